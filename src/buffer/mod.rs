@@ -1,0 +1,625 @@
+//! Chunks by time key, in files, committed atomically with the read positions that filled them.
+//!
+//! The [`ChunkStore`] is owned by the pipeline thread. Reading appends bytes to open chunks;
+//! [`ChunkStore::commit`] makes them durable (fsync of the chunk files, then an atomic rewrite of
+//! `state.json` that records chunk lengths *and* the tail checkpoints) and returns the chunks
+//! sealed since the last commit, which may then be delivered. Anything that fails between two
+//! commits is undone with [`ChunkStore::rollback`]: chunk files are cut back to their committed
+//! length and the reader goes back to its committed positions, so a failed write (full disk)
+//! neither loses nor repeats data.
+//!
+//! On open, chunk files are cut to the length the state records (bytes written after the last
+//! commit are re-read from the source), files the state does not know are removed, and every
+//! recovered chunk is sealed and delivered again under its recorded key.
+
+pub mod state;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use crate::config::Framing;
+use crate::fsutil::{sync_parent, write_atomic};
+use crate::sink::key::{KeyTemplate, KeyValues};
+pub use state::{ChunkMeta, IndexCounter, SourceCheckpoint, StateFile};
+
+/// Why the buffer could not do what was asked; every variant names the path involved.
+#[derive(Debug, thiserror::Error)]
+pub enum BufferError {
+    /// The buffer directory cannot be created or written.
+    #[error("buffer directory {path} is not usable: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// Another process uses this buffer directory.
+    #[error("buffer directory {0} is in use by another logship process (lock held on its .lock file)")]
+    Locked(PathBuf),
+    /// The state file could not be read.
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    /// Writing a chunk or the state failed (e.g. the disk is full).
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+/// How chunk keys are made for one output.
+#[derive(Debug, Clone)]
+pub struct OutputKeying {
+    /// Output name (as in the state file).
+    pub name: String,
+    /// The key template.
+    pub template: KeyTemplate,
+    /// Value of `%{path}`.
+    pub path: String,
+    /// strftime format of `%{time_slice}`.
+    pub time_slice_format: String,
+    /// `%{file_extension}`.
+    pub file_extension: String,
+    /// First `%{index}` of each prefix.
+    pub index_start: u64,
+}
+
+/// Chunk-cutting parameters shared by all outputs.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkLimits {
+    /// Time-key width in seconds.
+    pub timekey_secs: i64,
+    /// A chunk is never larger than this.
+    pub chunk_limit: u64,
+    /// fsync at commit.
+    pub fsync: bool,
+}
+
+/// A sealed, committed chunk ready for delivery.
+#[derive(Debug, Clone)]
+pub struct SealedChunk {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Index of the output it is for.
+    pub output: usize,
+    /// Its tag.
+    pub tag: String,
+    /// Its object key.
+    pub key: String,
+    /// The chunk file.
+    pub path: PathBuf,
+    /// Its length.
+    pub len: u64,
+    /// Start of its time-key window (seconds since the epoch).
+    pub timekey: i64,
+}
+
+/// How many counter-less hours an index counter of a timed key survives.
+const TIMED_COUNTER_TTL_SECS: i64 = 3600;
+
+/// The chunks of all outputs, and the state that makes them crash-safe.
+pub struct ChunkStore {
+    dir: PathBuf,
+    chunk_dir: PathBuf,
+    state_path: PathBuf,
+    limits: ChunkLimits,
+    outputs: Vec<OutputKeying>,
+    hostname: String,
+    /// The live state (includes uncommitted changes).
+    state: StateFile,
+    /// The state as last committed.
+    committed: StateFile,
+    /// Open chunk per (output, tag, timekey).
+    open: HashMap<(usize, String, i64), u64>,
+    /// Write handles of open chunks.
+    handles: HashMap<u64, File>,
+    /// Chunks written since the last commit (to fsync).
+    dirty: HashSet<u64>,
+    /// Chunks sealed since the last commit (to dispatch after it).
+    newly_sealed: Vec<u64>,
+    /// Chunk files to delete after the next commit (delivered or moved to the secondary).
+    to_delete: Vec<u64>,
+    _lock: File,
+}
+
+impl ChunkStore {
+    /// Opens (creating if needed) the buffer at `dir` and recovers what a previous run left.
+    pub fn open(dir: &Path, limits: ChunkLimits, outputs: Vec<OutputKeying>) -> Result<ChunkStore, BufferError> {
+        let dir_err = |source| BufferError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let chunk_dir = dir.join("chunks");
+        fs::create_dir_all(&chunk_dir).map_err(dir_err)?;
+        let lock_path = dir.join(".lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(dir_err)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(BufferError::Locked(dir.to_path_buf())),
+            Err(fs::TryLockError::Error(e)) => return Err(dir_err(e)),
+        }
+        // Prove the directory is writable now, with a clear error, rather than at the first chunk.
+        let probe = dir.join(".write-probe");
+        fs::write(&probe, b"ok").map_err(dir_err)?;
+        let _ = fs::remove_file(&probe);
+
+        let state_path = dir.join("state.json");
+        let mut state = StateFile::load(&state_path)?;
+        // Drop chunks of outputs that no longer exist? No: keep them, they are undelivered data.
+        // They are reported at exit and delivered again if the output comes back.
+        let known: HashSet<u64> = state.chunks.iter().map(|c| c.seq).collect();
+        for entry in fs::read_dir(&chunk_dir).map_err(dir_err)? {
+            let entry = entry.map_err(dir_err)?;
+            let name = entry.file_name();
+            let seq = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".chunk"))
+                .and_then(|n| n.parse().ok());
+            if !seq.is_some_and(|s| known.contains(&s)) {
+                // Written after the last commit: its bytes will be read again from the source.
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        for c in &mut state.chunks {
+            let path = chunk_dir.join(format!("{}.chunk", c.seq));
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|source| BufferError::Write {
+                    path: path.clone(),
+                    source,
+                })?;
+            f.set_len(c.len).map_err(|source| BufferError::Write { path, source })?;
+            c.sealed = true;
+        }
+        let recovered = state.chunks.iter().map(|c| c.seq).collect();
+        Ok(ChunkStore {
+            dir: dir.to_path_buf(),
+            chunk_dir,
+            state_path,
+            limits,
+            outputs,
+            hostname: crate::sink::key::hostname(),
+            committed: state.clone(),
+            state,
+            open: HashMap::new(),
+            handles: HashMap::new(),
+            dirty: HashSet::new(),
+            newly_sealed: recovered,
+            to_delete: Vec::new(),
+            _lock: lock,
+        })
+    }
+
+    /// The buffer directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The tail checkpoints as last committed.
+    pub fn checkpoints(&self) -> &[SourceCheckpoint] {
+        &self.committed.sources
+    }
+
+    /// Bytes in chunks on disk (committed or not).
+    pub fn total_bytes(&self) -> u64 {
+        self.state.chunks.iter().map(|c| c.len).sum()
+    }
+
+    /// Chunks still held (open, sealed or in delivery).
+    pub fn chunks(&self) -> &[ChunkMeta] {
+        &self.state.chunks
+    }
+
+    /// The file of a chunk.
+    pub fn chunk_path(&self, seq: u64) -> PathBuf {
+        self.chunk_dir.join(format!("{seq}.chunk"))
+    }
+
+    fn index_of(&self, seq: u64) -> Option<usize> {
+        self.state.chunks.iter().position(|c| c.seq == seq)
+    }
+
+    fn timekey_of(&self, now_ms: i64) -> i64 {
+        let secs = now_ms.div_euclid(1000);
+        secs - secs.rem_euclid(self.limits.timekey_secs)
+    }
+
+    /// The open chunk for (output, tag) in the current time key, opened if there is none.
+    fn open_chunk(&mut self, output: usize, tag: &str, now_ms: i64) -> Result<u64, BufferError> {
+        let timekey = self.timekey_of(now_ms);
+        let map_key = (output, tag.to_string(), timekey);
+        if let Some(&seq) = self.open.get(&map_key) {
+            return Ok(seq);
+        }
+        let seq = self.state.next_seq;
+        let ok = &self.outputs[output];
+        let time_slice = crate::sink::key::format_time_slice(&ok.time_slice_format, timekey);
+        let random = seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (now_ms as u64).rotate_left(17);
+        let values = KeyValues {
+            tag,
+            path: &ok.path,
+            time_slice: &time_slice,
+            file_extension: &ok.file_extension,
+            random,
+            hostname: &self.hostname,
+        };
+        let timed = ok.template.to_string().contains("%{time_slice}");
+        let key = if ok.template.has_index() {
+            let prefix = ok.template.prefix(&values);
+            let counter = match self
+                .state
+                .indices
+                .iter_mut()
+                .find(|c| c.output == ok.name && c.prefix == prefix)
+            {
+                Some(c) => c,
+                None => {
+                    self.state.indices.push(IndexCounter {
+                        output: ok.name.clone(),
+                        prefix,
+                        next: ok.index_start,
+                        timekey,
+                        timed,
+                    });
+                    self.state.indices.last_mut().expect("just pushed")
+                }
+            };
+            let index = counter.next;
+            counter.next += 1;
+            counter.timekey = counter.timekey.max(timekey);
+            ok.template.render(&values, index)
+        } else {
+            ok.template.render(&values, 0)
+        };
+        let path = self.chunk_path(seq);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)
+            .map_err(|source| BufferError::Write { path, source })?;
+        self.state.next_seq += 1;
+        self.state.chunks.push(ChunkMeta {
+            seq,
+            output: ok.name.clone(),
+            tag: tag.to_string(),
+            timekey,
+            key,
+            len: 0,
+            created_ms: now_ms,
+            last_write_ms: now_ms,
+            sealed: false,
+        });
+        self.handles.insert(seq, file);
+        self.open.insert(map_key, seq);
+        Ok(seq)
+    }
+
+    fn write_to(&mut self, seq: u64, bytes: &[u8], now_ms: i64) -> Result<(), BufferError> {
+        let i = self.index_of(seq).expect("open chunk has metadata");
+        let path = self.chunk_path(seq);
+        let f = self.handles.get_mut(&seq).expect("open chunk has a handle");
+        f.write_all(bytes)
+            .map_err(|source| BufferError::Write { path, source })?;
+        let c = &mut self.state.chunks[i];
+        c.len += bytes.len() as u64;
+        c.last_write_ms = now_ms;
+        self.dirty.insert(seq);
+        Ok(())
+    }
+
+    fn room(&self, seq: u64) -> u64 {
+        let i = self.index_of(seq).expect("chunk exists");
+        self.limits.chunk_limit.saturating_sub(self.state.chunks[i].len)
+    }
+
+    /// Appends `piece` (whole lines, or any bytes with `Framing::Raw`) to the open chunk of
+    /// (output, tag), cutting it into several chunks at line ends when it does not fit.
+    pub fn append(
+        &mut self,
+        output: usize,
+        tag: &str,
+        framing: Framing,
+        piece: &[u8],
+        now_ms: i64,
+    ) -> Result<(), BufferError> {
+        let mut rest = piece;
+        while !rest.is_empty() {
+            let seq = self.open_chunk(output, tag, now_ms)?;
+            let room = self.room(seq) as usize;
+            if rest.len() <= room {
+                self.write_to(seq, rest, now_ms)?;
+                if self.room(seq) == 0 {
+                    self.seal(seq);
+                }
+                return Ok(());
+            }
+            let cut = match framing {
+                Framing::Raw => room,
+                Framing::Lines => memchr::memrchr(b'\n', &rest[..room]).map_or(0, |i| i + 1),
+            };
+            let cut = if cut == 0 && self.state.chunks[self.index_of(seq).expect("exists")].len == 0 {
+                // One line longer than a whole chunk (only possible with max_line_size >
+                // chunk_limit, which config validation refuses): cut it at the limit.
+                room
+            } else {
+                cut
+            };
+            if cut > 0 {
+                self.write_to(seq, &rest[..cut], now_ms)?;
+                rest = &rest[cut..];
+            }
+            self.seal(seq);
+        }
+        Ok(())
+    }
+
+    /// Makes sure the open chunk of (output, tag) has room for `len` more bytes, so a long line
+    /// streamed in several writes with [`ChunkStore::append_reserved`] stays in one chunk.
+    pub fn reserve(&mut self, output: usize, tag: &str, len: u64, now_ms: i64) -> Result<u64, BufferError> {
+        let seq = self.open_chunk(output, tag, now_ms)?;
+        if self.room(seq) >= len {
+            return Ok(seq);
+        }
+        self.seal(seq);
+        self.open_chunk(output, tag, now_ms)
+    }
+
+    /// Writes part of a reserved long line.
+    pub fn append_reserved(&mut self, seq: u64, bytes: &[u8], now_ms: i64) -> Result<(), BufferError> {
+        self.write_to(seq, bytes, now_ms)
+    }
+
+    /// Seals one chunk: it takes no more data and will be dispatched after the next commit.
+    fn seal(&mut self, seq: u64) {
+        let Some(i) = self.index_of(seq) else { return };
+        let c = &mut self.state.chunks[i];
+        if c.sealed {
+            return;
+        }
+        c.sealed = true;
+        let (output, tag, timekey) = (c.output.clone(), c.tag.clone(), c.timekey);
+        let key = (self.outputs_index(&output), tag, timekey);
+        self.open.remove(&key);
+        self.newly_sealed.push(seq);
+    }
+
+    fn outputs_index(&self, name: &str) -> usize {
+        self.outputs.iter().position(|o| o.name == name).unwrap_or(usize::MAX)
+    }
+
+    /// Seals the open chunks that `is_due(chunk)` says are ready; returns how many.
+    pub fn seal_where(&mut self, mut is_due: impl FnMut(&ChunkMeta) -> bool) -> usize {
+        let due: Vec<u64> = self
+            .state
+            .chunks
+            .iter()
+            .filter(|c| !c.sealed && c.len > 0 && is_due(c))
+            .map(|c| c.seq)
+            .collect();
+        for &seq in &due {
+            self.seal(seq);
+        }
+        due.len()
+    }
+
+    /// The open chunks (for computing when the next one is due).
+    pub fn open_chunks(&self) -> impl Iterator<Item = &ChunkMeta> {
+        self.state.chunks.iter().filter(|c| !c.sealed)
+    }
+
+    /// Whether anything changed since the last commit.
+    pub fn is_dirty(&self) -> bool {
+        self.state != self.committed || !self.newly_sealed.is_empty()
+    }
+
+    /// Makes everything appended so far durable together with the given checkpoints, and returns
+    /// the chunks that may now be delivered. On error nothing changed on disk: call
+    /// [`ChunkStore::rollback`].
+    pub fn commit(&mut self, checkpoints: Vec<SourceCheckpoint>, now_ms: i64) -> Result<Vec<SealedChunk>, BufferError> {
+        if self.limits.fsync {
+            for &seq in &self.dirty {
+                if let Some(f) = self.handles.get(&seq) {
+                    f.sync_data().map_err(|source| BufferError::Write {
+                        path: self.chunk_dir.join(format!("{seq}.chunk")),
+                        source,
+                    })?;
+                }
+            }
+        }
+        self.state.sources = checkpoints;
+        let horizon = self.timekey_of(now_ms) - TIMED_COUNTER_TTL_SECS;
+        self.state.indices.retain(|c| !c.timed || c.timekey >= horizon);
+        if self.state != self.committed {
+            write_atomic(&self.state_path, &self.state.to_bytes(), self.limits.fsync).map_err(|source| {
+                BufferError::Write {
+                    path: self.state_path.clone(),
+                    source,
+                }
+            })?;
+            self.committed = self.state.clone();
+        }
+        self.dirty.clear();
+        for seq in std::mem::take(&mut self.to_delete) {
+            let _ = fs::remove_file(self.chunk_path(seq));
+        }
+        let mut out = Vec::new();
+        for seq in std::mem::take(&mut self.newly_sealed) {
+            self.handles.remove(&seq);
+            if let Some(c) = self.state.chunks.iter().find(|c| c.seq == seq) {
+                out.push(SealedChunk {
+                    seq,
+                    output: self.outputs_index(&c.output),
+                    tag: c.tag.clone(),
+                    key: c.key.clone(),
+                    path: self.chunk_path(seq),
+                    len: c.len,
+                    timekey: c.timekey,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Undoes everything since the last commit: chunk files go back to their committed length,
+    /// chunks opened since are removed. The caller rewinds its read positions to the committed
+    /// checkpoints.
+    pub fn rollback(&mut self) {
+        for c in &self.state.chunks {
+            let path = self.chunk_path(c.seq);
+            match self.committed.chunks.iter().find(|k| k.seq == c.seq) {
+                Some(k) => {
+                    if k.len != c.len
+                        && let Ok(f) = OpenOptions::new().write(true).open(&path)
+                    {
+                        let _ = f.set_len(k.len);
+                    }
+                }
+                None => {
+                    let _ = fs::remove_file(&path);
+                }
+            }
+        }
+        // Delivered chunks stay delivered: keep them out of the restored state.
+        let gone: HashSet<u64> = self.to_delete.iter().copied().collect();
+        self.state = self.committed.clone();
+        self.state.chunks.retain(|c| !gone.contains(&c.seq));
+        self.open.clear();
+        self.handles.clear();
+        self.dirty.clear();
+        // Chunks sealed since the commit are open again; seal them (they stay with their keys).
+        let mut resealed = Vec::new();
+        for c in &mut self.state.chunks {
+            if !c.sealed {
+                c.sealed = true;
+                resealed.push(c.seq);
+            }
+        }
+        self.newly_sealed
+            .retain(|s| self.state.chunks.iter().any(|c| c.seq == *s));
+        self.newly_sealed.extend(resealed);
+    }
+
+    /// Forgets a chunk that was delivered (or written to the secondary directory). The chunk file
+    /// is deleted after the next commit.
+    pub fn remove(&mut self, seq: u64) {
+        self.state.chunks.retain(|c| c.seq != seq);
+        self.handles.remove(&seq);
+        self.open.retain(|_, s| *s != seq);
+        self.dirty.remove(&seq);
+        self.to_delete.push(seq);
+    }
+
+    /// Seals every open chunk (drain).
+    pub fn seal_all(&mut self) {
+        self.seal_where(|_| true);
+    }
+
+    /// fsyncs the chunk directory (after deletions at exit).
+    pub fn sync_dir(&self) {
+        let _ = sync_parent(&self.chunk_path(0));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &Path, limit: u64) -> ChunkStore {
+        let keying = OutputKeying {
+            name: "out".into(),
+            template: KeyTemplate::parse("%{tag}/%{index}").unwrap(),
+            path: String::new(),
+            time_slice_format: "%Y".into(),
+            file_extension: "txt".into(),
+            index_start: 1,
+        };
+        let limits = ChunkLimits {
+            timekey_secs: 30,
+            chunk_limit: limit,
+            fsync: false,
+        };
+        ChunkStore::open(dir, limits, vec![keying]).unwrap()
+    }
+
+    #[test]
+    fn append_cuts_at_line_ends_and_numbers_keys() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = store(d.path(), 10);
+        s.append(0, "t", Framing::Lines, b"aaaa\nbbbb\ncccc\n", 1_000).unwrap();
+        let sealed = s.commit(vec![], 1_000).unwrap();
+        assert_eq!(sealed.len(), 1);
+        assert_eq!(fs::read(&sealed[0].path).unwrap(), b"aaaa\nbbbb\n");
+        assert_eq!(sealed[0].key, "t/1");
+        let open: Vec<_> = s.open_chunks().collect();
+        assert_eq!(open.len(), 1);
+        assert_eq!(open[0].key, "t/2");
+        assert_eq!(fs::read(s.chunk_path(open[0].seq)).unwrap(), b"cccc\n");
+    }
+
+    #[test]
+    fn a_new_time_key_opens_a_new_chunk() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = store(d.path(), 1000);
+        s.append(0, "t", Framing::Lines, b"a\n", 1_000).unwrap();
+        s.append(0, "t", Framing::Lines, b"b\n", 31_000).unwrap();
+        assert_eq!(s.open_chunks().count(), 2);
+    }
+
+    #[test]
+    fn rollback_restores_committed_lengths_and_recovery_truncates() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let mut s = store(d.path(), 1000);
+            s.append(0, "t", Framing::Lines, b"committed\n", 1_000).unwrap();
+            s.commit(vec![], 1_000).unwrap();
+            s.append(0, "t", Framing::Lines, b"lost\n", 1_000).unwrap();
+            s.append(0, "u", Framing::Lines, b"other\n", 1_000).unwrap();
+            s.rollback();
+            assert_eq!(s.chunks().len(), 1);
+            assert_eq!(fs::read(s.chunk_path(0)).unwrap(), b"committed\n");
+            assert!(!s.chunk_path(1).exists());
+            s.append(0, "t", Framing::Lines, b"uncommitted\n", 1_000).unwrap();
+            // Dropped without commit: as if killed.
+        }
+        let mut s = store(d.path(), 1000);
+        let sealed = s.commit(vec![], 2_000).unwrap();
+        assert_eq!(sealed.len(), 1, "the recovered chunk is sealed and dispatched");
+        assert_eq!(fs::read(&sealed[0].path).unwrap(), b"committed\n");
+        assert_eq!(sealed[0].key, "t/1");
+        // The index counter was persisted: the next chunk gets 2, never 1 again.
+        s.append(0, "t", Framing::Lines, b"next\n", 3_000).unwrap();
+        assert_eq!(s.open_chunks().next().unwrap().key, "t/2");
+    }
+
+    #[test]
+    fn second_store_on_same_dir_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let _a = store(d.path(), 1000);
+        let keying = OutputKeying {
+            name: "out".into(),
+            template: KeyTemplate::parse("x").unwrap(),
+            path: String::new(),
+            time_slice_format: "%Y".into(),
+            file_extension: String::new(),
+            index_start: 0,
+        };
+        let limits = ChunkLimits {
+            timekey_secs: 30,
+            chunk_limit: 1000,
+            fsync: false,
+        };
+        let e = ChunkStore::open(d.path(), limits, vec![keying]).err().unwrap();
+        assert!(matches!(e, BufferError::Locked(_)), "{e}");
+    }
+}

@@ -1,0 +1,199 @@
+//! The buffer's on-disk state file (`state.json`), versioned.
+//!
+//! One file holds the chunk metadata, the tail checkpoints and the `%{index}` counters, and it is
+//! replaced atomically at each commit. Keeping them in one file is deliberate: a chunk's committed
+//! length and the read position that produced it can never disagree after a crash, so a restart
+//! neither loses nor repeats a byte (see `docs/design.md`, "One state file").
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::FileId;
+
+/// The format version written by this build. A newer version on disk is refused, not guessed at.
+pub const STATE_VERSION: u32 = 1;
+
+/// Everything the buffer must remember across a restart.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StateFile {
+    /// Format version ([`STATE_VERSION`]).
+    pub version: u32,
+    /// The sequence number the next chunk gets; never reused.
+    pub next_seq: u64,
+    /// Read positions of the files being tailed.
+    pub sources: Vec<SourceCheckpoint>,
+    /// Chunks not yet delivered, in creation order.
+    pub chunks: Vec<ChunkMeta>,
+    /// `%{index}` counters per output and key prefix.
+    pub indices: Vec<IndexCounter>,
+}
+
+/// Where reading of one file stopped; every byte before `pos` is in a chunk (or delivered).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceCheckpoint {
+    /// Device and inode of the file.
+    #[serde(flatten)]
+    pub id: FileId,
+    /// How many leading bytes the fingerprint covers (a file shorter than the fingerprint size
+    /// when first seen is fingerprinted on what it had).
+    pub fp_len: u32,
+    /// FNV-1a of the first `fp_len` bytes: tells a reused inode from the same file.
+    pub fp: u64,
+    /// Byte offset up to which the file has been read into chunks.
+    pub pos: u64,
+    /// The path it was last seen at (for messages only).
+    pub path: PathBuf,
+    /// The tag its records carry.
+    pub tag: String,
+    /// The source (config `name`) that reads it.
+    pub source: String,
+}
+
+/// One chunk: a file of bytes under `chunks/` bound for one output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkMeta {
+    /// Unique, increasing; names the chunk file.
+    pub seq: u64,
+    /// Name of the output it is for.
+    pub output: String,
+    /// Tag of the records in it.
+    pub tag: String,
+    /// Start of its time-key window, seconds since the epoch.
+    pub timekey: i64,
+    /// The object key it will be delivered to, fixed when the chunk was opened.
+    pub key: String,
+    /// Committed length in bytes.
+    pub len: u64,
+    /// When it was opened (ms since the epoch).
+    pub created_ms: i64,
+    /// When its last bytes were written (ms since the epoch).
+    pub last_write_ms: i64,
+    /// Sealed chunks take no more data and are (being) delivered.
+    pub sealed: bool,
+}
+
+/// Next `%{index}` for chunks whose keys share a prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexCounter {
+    /// Output name.
+    pub output: String,
+    /// The key with `%{index}` left out.
+    pub prefix: String,
+    /// The next index to hand out.
+    pub next: u64,
+    /// The time key of the last chunk that used it; counters of keys that contain the time
+    /// slice are forgotten an hour after their window, since no new chunk can fall into it.
+    pub timekey: i64,
+    /// Whether the key contains the time slice (otherwise the counter is kept forever).
+    pub timed: bool,
+}
+
+/// Why the state file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// I/O error reading it.
+    #[error("cannot read buffer state {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Not valid JSON of the expected shape.
+    #[error("corrupt buffer state {path}: {source}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: serde_json::Error,
+    },
+    /// Written by a newer logship.
+    #[error(
+        "buffer state {path} has format version {found}; this logship reads version {STATE_VERSION} (use the newer logship, or another buffer dir)"
+    )]
+    Version {
+        /// The file.
+        path: PathBuf,
+        /// Its version.
+        found: u32,
+    },
+}
+
+impl StateFile {
+    /// Reads the state file, or returns an empty state when there is none.
+    pub fn load(path: &Path) -> Result<StateFile, StateError> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(StateFile {
+                    version: STATE_VERSION,
+                    ..Default::default()
+                });
+            }
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        #[derive(Deserialize)]
+        struct VersionOnly {
+            version: u32,
+        }
+        let v: VersionOnly = serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if v.version != STATE_VERSION {
+            return Err(StateError::Version {
+                path: path.to_path_buf(),
+                found: v.version,
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// The JSON written to disk.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("state serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_file_is_empty_state_and_roundtrip_keeps_everything() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.json");
+        let mut s = StateFile::load(&p).unwrap();
+        assert_eq!(s.version, STATE_VERSION);
+        s.next_seq = 7;
+        s.sources.push(SourceCheckpoint {
+            id: FileId { dev: 1, ino: 2 },
+            fp_len: 3,
+            fp: 4,
+            pos: 5,
+            path: "/a".into(),
+            tag: "a".into(),
+            source: "s".into(),
+        });
+        std::fs::write(&p, s.to_bytes()).unwrap();
+        assert_eq!(StateFile::load(&p).unwrap(), s);
+    }
+
+    #[test]
+    fn newer_version_is_refused_with_the_path() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.json");
+        std::fs::write(&p, br#"{"version": 99}"#).unwrap();
+        let e = StateFile::load(&p).unwrap_err().to_string();
+        assert!(e.contains("version 99") && e.contains("state.json"), "{e}");
+    }
+}

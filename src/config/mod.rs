@@ -1,0 +1,543 @@
+//! The native configuration: what to read (`[[source]]`), where to send it (`[[output]]`), how to
+//! buffer it (`[buffer]`) and when to stop (`[lifecycle]`).
+//!
+//! Every entry point (`run --config`, the quick mode `ship`, later the fluentd translation) ends up
+//! as one [`Config`], so there is one engine and one set of rules. Unknown keys are errors, and
+//! errors carry the TOML line and column.
+
+pub mod quick;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::units::{ByteSize, HumanDuration};
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or a key is unknown or has a bad value (the message has the line).
+    #[error("invalid config {origin}: {message}")]
+    Parse {
+        /// The file name, or a description of where the text came from.
+        origin: String,
+        /// toml's message, which quotes the line and column.
+        message: String,
+    },
+    /// The values are individually valid but do not fit together.
+    #[error("invalid config: {key}: {message}")]
+    Invalid {
+        /// The dotted key, e.g. `source[0].paths`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The whole configuration of one logship process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where chunks and checkpoints live and how chunks are cut.
+    #[serde(default)]
+    pub buffer: BufferConfig,
+    /// What to read.
+    #[serde(default, rename = "source")]
+    pub sources: Vec<SourceConfig>,
+    /// Where to deliver.
+    #[serde(default, rename = "output")]
+    pub outputs: Vec<OutputConfig>,
+    /// When to stop, and how long the final delivery may take.
+    #[serde(default)]
+    pub lifecycle: LifecycleConfig,
+}
+
+/// How records are grouped into chunks, and where the chunks are kept until delivered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BufferConfig {
+    /// Directory for chunk files and the state file. Must be writable; in a pod, an emptyDir
+    /// that survives container restarts so a restarted sidecar recovers what it had not delivered.
+    pub dir: PathBuf,
+    /// Width of a time key: records read in the same window go to the same chunk (fluentd `timekey`).
+    pub timekey: HumanDuration,
+    /// How long after its window closes a chunk is kept open (fluentd `timekey_wait`).
+    pub timekey_wait: HumanDuration,
+    /// A chunk is sealed before it would exceed this size (fluentd `chunk_limit_size`).
+    pub chunk_limit: ByteSize,
+    /// When chunks on disk add up to this, reading pauses until deliveries free space
+    /// (back-pressure); nothing is dropped to stay under it.
+    pub total_limit: ByteSize,
+    /// When open chunks are sealed for delivery.
+    pub flush_mode: FlushMode,
+    /// With `flush_mode = "interval"`: seal a chunk this long after it was opened.
+    pub flush_interval: HumanDuration,
+    /// fsync chunk data and state at each commit. Off only survives a process crash, not a node crash.
+    pub fsync: bool,
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        BufferConfig {
+            dir: PathBuf::from("/tmp/logship"),
+            timekey: HumanDuration::secs(30),
+            timekey_wait: HumanDuration::secs(0),
+            chunk_limit: ByteSize(32 << 20),
+            total_limit: ByteSize(1 << 30),
+            flush_mode: FlushMode::Lazy,
+            flush_interval: HumanDuration::secs(60),
+            fsync: true,
+        }
+    }
+}
+
+/// When an open chunk becomes ready for delivery (besides being full, and at drain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlushMode {
+    /// When its time key has closed (`timekey + timekey_wait` after the window started).
+    Lazy,
+    /// `flush_interval` after the chunk was opened.
+    Interval,
+    /// As soon as the data is committed to the chunk file.
+    Immediate,
+}
+
+/// One thing to read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// A name for logs, metrics and the default tag prefix. Defaults to `source-<n>`.
+    #[serde(default)]
+    pub name: String,
+    /// The kind of source.
+    #[serde(rename = "type")]
+    pub kind: SourceKind,
+    /// Files to follow: paths or glob patterns (`*`, `?`, `[...]`, `**`).
+    pub paths: Vec<String>,
+    /// Where to start in a file seen for the first time when logship starts (files that appear
+    /// later are always read from their beginning).
+    #[serde(default)]
+    pub read_from: ReadFrom,
+    /// How often to look for new files matching `paths` (file-system events also trigger a look).
+    #[serde(default = "default_refresh_interval")]
+    pub refresh_interval: HumanDuration,
+    /// Line framing (`lines`) or none (`raw`, for files that are not line-oriented).
+    #[serde(default)]
+    pub format: Framing,
+    /// A line longer than this is split into pieces of this size (counted in the summary);
+    /// also bounds how long an unterminated last line may wait for its newline.
+    #[serde(default = "default_max_line_size")]
+    pub max_line_size: ByteSize,
+    /// How changes are noticed: inotify (`notify`, with a slow safety poll) or `poll` only
+    /// (for file systems without events, e.g. some network mounts).
+    #[serde(default)]
+    pub watch: WatchMode,
+    /// With `watch = "poll"`: how often files are checked for new data.
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval: HumanDuration,
+    /// After a file was renamed away or deleted, how long it is still followed once at its end
+    /// (writers keep appending to a rotated file until they reopen).
+    #[serde(default = "default_rotate_wait")]
+    pub rotate_wait: HumanDuration,
+    /// A fixed tag for every file of this source. Without it, each file's tag is its path
+    /// relative to the glob's fixed directory (`/var/log/*/stdout` → `pod-1/stdout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Names of the outputs this source feeds; empty means all outputs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<String>,
+}
+
+fn default_refresh_interval() -> HumanDuration {
+    HumanDuration::secs(30)
+}
+fn default_max_line_size() -> ByteSize {
+    ByteSize(16 << 20)
+}
+fn default_poll_interval() -> HumanDuration {
+    HumanDuration::secs(1)
+}
+fn default_rotate_wait() -> HumanDuration {
+    HumanDuration::secs(5)
+}
+
+/// Kinds of source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// Follow files by path and identity (rotation, truncation, renames).
+    Tail,
+}
+
+/// Where to start reading a pre-existing file that has no checkpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadFrom {
+    /// From its first byte (fluentd `read_from_head true`; what a log shipper in a pod wants).
+    #[default]
+    Head,
+    /// From its current end.
+    End,
+}
+
+/// How a source's bytes are framed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Framing {
+    /// Newline-terminated lines: chunks end only at line ends.
+    #[default]
+    Lines,
+    /// No framing: chunks may end at any byte.
+    Raw,
+}
+
+/// How a tail source notices changes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WatchMode {
+    /// inotify events, plus a poll every few seconds as a safety net.
+    #[default]
+    Notify,
+    /// Polling only, every `poll_interval`.
+    Poll,
+}
+
+/// One destination.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// A name, used in routes (`source.outputs`), logs and the summary. Defaults to `output-<n>`.
+    #[serde(default)]
+    pub name: String,
+    /// The kind of output and its own settings.
+    #[serde(rename = "type")]
+    pub kind: OutputKind,
+    /// Directory for a file output (`type = "file"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// Object key (file path) of a chunk; placeholders as fluent-plugin-s3: `%{tag}`, `%{path}`,
+    /// `%{time_slice}`, `%{index}`, `%{file_extension}`, `%{hex_random}`, `%{uuid_flush}`,
+    /// `%{hostname}`.
+    #[serde(default = "default_key_format")]
+    pub key_format: String,
+    /// Value of `%{path}`.
+    #[serde(default)]
+    pub path: String,
+    /// strftime format of `%{time_slice}` (UTC); derived from the time key when empty.
+    #[serde(default)]
+    pub time_slice_format: String,
+    /// First value of `%{index}` for each key prefix (EMR's event-log layout starts at 1).
+    #[serde(default)]
+    pub index_start: u64,
+    /// Retries of a failed delivery.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Where a chunk goes when delivery has failed for good.
+    #[serde(default)]
+    pub secondary: SecondaryConfig,
+}
+
+/// The default object key layout: one directory per tag, time slice and index in the name.
+pub fn default_key_format() -> String {
+    "%{tag}/%{time_slice}_%{index}.%{file_extension}".to_string()
+}
+
+/// Kinds of output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputKind {
+    /// Each chunk becomes a file under `dir` (written to a temp name, then renamed).
+    File,
+    /// Lines are written to logship's own standard output.
+    Stdout,
+}
+
+/// Retry schedule of one output, with fluentd's parameter names and defaults where they are safe.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Wait before the first retry (fluentd `retry_wait`).
+    pub wait: HumanDuration,
+    /// Each further wait is multiplied by this (fluentd `retry_exponential_backoff_base`).
+    pub exponential_base: f32,
+    /// No wait is longer than this (fluentd `retry_max_interval`).
+    pub max_interval: HumanDuration,
+    /// Randomize each wait (jitter), as fluentd's `retry_randomize`.
+    pub randomize: bool,
+    /// Give up after this many retries (fluentd `retry_max_times`); 0 = no retry.
+    pub max_times: usize,
+    /// Give up when retrying this chunk has taken this long (fluentd `retry_timeout`).
+    pub timeout: HumanDuration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            wait: HumanDuration::secs(1),
+            exponential_base: 2.0,
+            max_interval: HumanDuration::secs(60),
+            randomize: true,
+            max_times: 10,
+            timeout: HumanDuration::secs(600),
+        }
+    }
+}
+
+/// The secondary (error) directory of an output: where chunks go when delivery failed for good.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecondaryConfig {
+    /// Directory; empty means `<buffer.dir>/secondary`.
+    pub directory: PathBuf,
+    /// File name; each chunk is written to `<basename>.<n>`, n the first unused number
+    /// (fluentd's `secondary_file`). Empty means `<output name>.chunk`.
+    pub basename: String,
+}
+
+impl Default for SecondaryConfig {
+    fn default() -> Self {
+        SecondaryConfig {
+            directory: PathBuf::new(),
+            basename: String::new(),
+        }
+    }
+}
+
+/// When the process stops and how long the final delivery may take.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LifecycleConfig {
+    /// EMR's heartbeat file (`SIDECAR_SIGNAL_FILE`): the Spark container touches it every 2 s.
+    /// Main has ended when it goes stale or is deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat_file: Option<PathBuf>,
+    /// The heartbeat is stale when not modified for this long.
+    pub heartbeat_timeout: HumanDuration,
+    /// How long to wait for the heartbeat file to appear at all; if it never does, logship
+    /// warns, drains and exits (as EMR's own sample sidecar does), so a pod whose main container
+    /// never started does not run forever.
+    pub heartbeat_appear_timeout: HumanDuration,
+    /// A file whose appearance means "main has ended" (written by `logship wrap`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal_file: Option<PathBuf>,
+    /// Ship what exists, then drain and exit (quick mode `--once`).
+    pub once: bool,
+    /// The whole drain (read to end, seal, deliver) must finish within this; what is not
+    /// delivered by then goes to the secondary directory and the exit code says so.
+    pub drain_deadline: HumanDuration,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        LifecycleConfig {
+            heartbeat_file: None,
+            heartbeat_timeout: HumanDuration::secs(15),
+            heartbeat_appear_timeout: HumanDuration::secs(120),
+            signal_file: None,
+            once: false,
+            drain_deadline: HumanDuration::secs(60),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a TOML config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        config.normalize();
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The effective configuration as TOML (defaults filled in), for `logship check`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+
+    /// Fills in names and derived defaults.
+    pub fn normalize(&mut self) {
+        for (i, s) in self.sources.iter_mut().enumerate() {
+            if s.name.is_empty() {
+                s.name = format!("source-{i}");
+            }
+        }
+        for (i, o) in self.outputs.iter_mut().enumerate() {
+            if o.name.is_empty() {
+                o.name = format!("output-{i}");
+            }
+            if o.secondary.directory.as_os_str().is_empty() {
+                o.secondary.directory = self.buffer.dir.join("secondary");
+            }
+            if o.secondary.basename.is_empty() {
+                o.secondary.basename = format!("{}.chunk", o.name);
+            }
+        }
+    }
+
+    /// Checks what serde cannot: names, routes and limits that must agree.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.sources.is_empty() {
+            return Err(invalid("source", "at least one [[source]] is required"));
+        }
+        if self.outputs.is_empty() {
+            return Err(invalid("output", "at least one [[output]] is required"));
+        }
+        let b = &self.buffer;
+        if b.timekey.get().as_secs() == 0 {
+            return Err(invalid("buffer.timekey", "must be at least 1s"));
+        }
+        if b.chunk_limit.bytes() < 1024 {
+            return Err(invalid("buffer.chunk_limit", "must be at least 1KiB"));
+        }
+        if b.total_limit < b.chunk_limit {
+            return Err(invalid(
+                "buffer.total_limit",
+                format!("must be at least buffer.chunk_limit ({})", b.chunk_limit),
+            ));
+        }
+        let mut names = HashSet::new();
+        for (i, o) in self.outputs.iter().enumerate() {
+            if !names.insert(o.name.as_str()) {
+                return Err(invalid(
+                    format!("output[{i}].name"),
+                    format!("duplicate name {:?}", o.name),
+                ));
+            }
+            if o.kind == OutputKind::File && o.dir.is_none() {
+                return Err(invalid(format!("output[{i}].dir"), "required for type = \"file\""));
+            }
+            if let Err(e) = crate::sink::key::KeyTemplate::parse(&o.key_format) {
+                return Err(invalid(format!("output[{i}].key_format"), e.to_string()));
+            }
+            if o.secondary.basename.contains('/') {
+                return Err(invalid(
+                    format!("output[{i}].secondary.basename"),
+                    "must not contain '/'",
+                ));
+            }
+            if o.retry.exponential_base < 1.0 {
+                return Err(invalid(
+                    format!("output[{i}].retry.exponential_base"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        for (i, s) in self.sources.iter().enumerate() {
+            if s.paths.is_empty() {
+                return Err(invalid(format!("source[{i}].paths"), "at least one path is required"));
+            }
+            for p in &s.paths {
+                if let Err(e) = glob::Pattern::new(p) {
+                    return Err(invalid(format!("source[{i}].paths"), format!("bad pattern {p:?}: {e}")));
+                }
+            }
+            if s.max_line_size.bytes() == 0 || s.max_line_size > b.chunk_limit {
+                return Err(invalid(
+                    format!("source[{i}].max_line_size"),
+                    format!("must be between 1 byte and buffer.chunk_limit ({})", b.chunk_limit),
+                ));
+            }
+            for o in &s.outputs {
+                if !names.contains(o.as_str()) {
+                    return Err(invalid(
+                        format!("source[{i}].outputs"),
+                        format!("no output named {o:?}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Indices of the outputs a source feeds.
+    pub fn routes(&self, source: &SourceConfig) -> Vec<usize> {
+        self.outputs
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| source.outputs.is_empty() || source.outputs.contains(&o.name))
+            .map(|(i, _)| i)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[[source]]
+type = "tail"
+paths = ["/var/log/spark/user/*/stdout"]
+
+[[output]]
+type = "file"
+dir = "/tmp/out"
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults_and_names() {
+        let c = Config::parse(MINIMAL, "test").unwrap();
+        assert_eq!(c.sources[0].name, "source-0");
+        assert_eq!(c.outputs[0].name, "output-0");
+        assert_eq!(c.buffer.chunk_limit.bytes(), 32 << 20);
+        assert_eq!(
+            c.outputs[0].secondary.directory,
+            PathBuf::from("/tmp/logship/secondary")
+        );
+        // The effective config prints and parses back to the same thing.
+        let again = Config::parse(&c.to_toml(), "printed").unwrap();
+        assert_eq!(again.to_toml(), c.to_toml());
+    }
+
+    #[test]
+    fn unknown_key_error_names_key_and_line() {
+        let text = format!("{MINIMAL}\n[buffer]\nchunk_limt = \"1MB\"\n");
+        let e = Config::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("chunk_limt"), "{e}");
+        assert!(e.contains("line 11"), "{e}");
+        assert!(e.contains("x.toml"), "{e}");
+    }
+
+    #[test]
+    fn bad_unit_error_names_value_and_line() {
+        let text = format!("{MINIMAL}\n[buffer]\ntimekey = \"30 parsecs\"\n");
+        let e = Config::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("30 parsecs") && e.contains("line 11"), "{e}");
+    }
+
+    #[test]
+    fn unknown_route_is_an_error() {
+        let text = MINIMAL.replace("paths =", "outputs = [\"s3\"]\npaths =");
+        let e = Config::parse(&text, "x").unwrap_err().to_string();
+        assert!(e.contains("source[0].outputs") && e.contains("\"s3\""), "{e}");
+    }
+}

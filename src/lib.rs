@@ -1,0 +1,17 @@
+//! logship: ships Spark's logs (event logs, stdout, stderr) from Kubernetes pods to S3, CloudWatch
+//! Logs or a directory, crash-safe and in a few MiB of memory.
+//!
+//! Data flows `source → buffer → sink`: [`source::tail`] follows files, [`buffer`] keeps chunks by
+//! time key in files committed atomically with the read positions, [`sink`] delivers sealed
+//! chunks, [`pipeline`] runs the loop and [`lifecycle`] decides when to drain and stop.
+
+pub mod buffer;
+pub mod config;
+pub mod engine;
+pub mod fsutil;
+pub mod lifecycle;
+pub mod pipeline;
+pub mod sink;
+pub mod source;
+pub mod summary;
+pub mod units;

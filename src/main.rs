@@ -1,0 +1,199 @@
+//! The `logship` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use logship::config::quick::{QuickArgs, build};
+use logship::config::{Config, FlushMode};
+use logship::units::{ByteSize, HumanDuration};
+
+/// Ships Spark's logs from Kubernetes pods (or any host) to a directory, S3 or CloudWatch Logs:
+/// crash-safe, nothing lost at the end of a job, in a few MiB of memory.
+#[derive(Parser, Debug)]
+#[command(name = "logship", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run from a native TOML config until a lifecycle trigger, then drain and exit.
+    Run {
+        /// The config file.
+        #[arg(long, short, env = "LOGSHIP_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a config and print the effective config (defaults filled in).
+    Check {
+        /// The config file.
+        #[arg(long, short, env = "LOGSHIP_CONFIG")]
+        config: PathBuf,
+    },
+    /// Quick mode: ship files to a destination without a config file.
+    Ship(Box<ShipArgs>),
+}
+
+#[derive(Args, Debug)]
+struct ShipArgs {
+    /// Files or glob patterns to ship (quote globs so the shell leaves them alone).
+    #[arg(required = true)]
+    paths: Vec<String>,
+    /// Destination: file:///DIR (one file per chunk under DIR), or stdout.
+    #[arg(long)]
+    to: String,
+    /// Ship what exists now (unterminated last lines included) and exit.
+    #[arg(long, conflicts_with = "follow")]
+    once: bool,
+    /// Keep following the files until the heartbeat goes stale, the signal file appears, or
+    /// SIGTERM/SIGINT (the default when --once is not given).
+    #[arg(long)]
+    follow: bool,
+    /// Buffer directory (chunks and checkpoints). Default with --once: a fresh temporary
+    /// directory (removed when everything was delivered); otherwise $TMPDIR/logship.
+    #[arg(long)]
+    buffer_dir: Option<PathBuf>,
+    /// Time-key width: lines read in the same window share a chunk.
+    #[arg(long, default_value = "30s")]
+    timekey: HumanDuration,
+    /// Largest chunk (object) size.
+    #[arg(long, default_value = "32MB")]
+    chunk_limit: ByteSize,
+    /// When chunks are sealed: lazy (time key closed), interval, immediate.
+    #[arg(long, default_value = "lazy", value_parser = parse_flush_mode)]
+    flush_mode: FlushMode,
+    /// EMR heartbeat file: drain when it is not modified for --heartbeat-timeout or is deleted.
+    #[arg(long, env = "SIDECAR_SIGNAL_FILE")]
+    heartbeat_file: Option<PathBuf>,
+    /// How long without a heartbeat means the main container has ended.
+    #[arg(long, default_value = "15s")]
+    heartbeat_timeout: HumanDuration,
+    /// Drain when this file appears (written by `logship wrap`).
+    #[arg(long)]
+    signal_file: Option<PathBuf>,
+    /// Time limit of the whole drain; what is not delivered by then goes to the secondary dir.
+    #[arg(long, default_value = "60s")]
+    drain_deadline: HumanDuration,
+    /// Object key format (fluent-plugin-s3 placeholders, plus %{tag}).
+    #[arg(long)]
+    key_format: Option<String>,
+    /// Where undeliverable chunks go (default: <buffer-dir>/secondary).
+    #[arg(long)]
+    secondary_dir: Option<PathBuf>,
+    /// No line framing: chunks may end at any byte.
+    #[arg(long)]
+    raw: bool,
+    /// Poll for changes instead of using inotify.
+    #[arg(long)]
+    poll: bool,
+}
+
+fn parse_flush_mode(s: &str) -> Result<FlushMode, String> {
+    match s {
+        "lazy" => Ok(FlushMode::Lazy),
+        "interval" => Ok(FlushMode::Interval),
+        "immediate" => Ok(FlushMode::Immediate),
+        _ => Err(format!("unknown flush mode {s:?} (lazy, interval, immediate)")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match real_main(cli) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("logship: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LOGSHIP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}
+
+fn real_main(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Check { config } => {
+            let c = Config::load(&config)?;
+            print!("{}", c.to_toml());
+            eprintln!("logship: {} is valid", config.display());
+            Ok(0)
+        }
+        Command::Run { config } => {
+            let c = Config::load(&config)?;
+            run_engine(c, None)
+        }
+        Command::Ship(args) => {
+            let args = *args;
+            let mut temp = None;
+            let buffer_dir = match (&args.buffer_dir, args.once) {
+                (Some(d), _) => d.clone(),
+                (None, true) => {
+                    let t = tempfile::Builder::new()
+                        .prefix("logship-once-")
+                        .tempdir()
+                        .context("cannot create a temporary buffer directory")?;
+                    let p = t.path().to_path_buf();
+                    temp = Some(t);
+                    p
+                }
+                (None, false) => std::env::temp_dir().join("logship"),
+            };
+            let quick = QuickArgs {
+                paths: args.paths,
+                to: args.to,
+                once: args.once,
+                buffer_dir,
+                timekey: args.timekey,
+                chunk_limit: args.chunk_limit,
+                heartbeat_file: args.heartbeat_file,
+                heartbeat_timeout: args.heartbeat_timeout,
+                signal_file: args.signal_file,
+                drain_deadline: args.drain_deadline,
+                key_format: args.key_format,
+                secondary_dir: args.secondary_dir,
+                raw: args.raw,
+                poll: args.poll,
+                flush_mode: args.flush_mode,
+            };
+            let c = build(&quick)?;
+            run_engine(c, temp)
+        }
+    }
+}
+
+fn run_engine(config: Config, temp_buffer: Option<tempfile::TempDir>) -> Result<i32> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(4)
+        .build()
+        .context("cannot start the runtime")?;
+    let summary = rt.block_on(logship::engine::run(config))?;
+    eprint!("{}", summary.human());
+    eprintln!("{}", summary.json());
+    let code = summary.exit_code();
+    if let Some(t) = temp_buffer {
+        if code == 0 {
+            drop(t);
+        } else {
+            let kept = t.keep();
+            eprintln!(
+                "logship: buffer kept at {} (rerun with --buffer-dir to resume)",
+                kept.display()
+            );
+        }
+    }
+    Ok(code)
+}

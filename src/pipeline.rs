@@ -1,0 +1,436 @@
+//! The pipeline thread: reads sources into the buffer, commits, dispatches sealed chunks to the
+//! outputs, and applies their results. It alone owns the [`ChunkStore`] and the tail sources, so
+//! the order "bytes in a chunk file → fsync → state with positions → dispatch" needs no locks.
+//!
+//! It is driven by [`Control`] messages (file-system events, delivery results, drain and
+//! deadline) and otherwise sleeps until the next thing is due: a chunk's time key closing, a scan
+//! for new files, a safety poll. Idle, it wakes at most every few seconds.
+//!
+//! The drain (DESIGN invariant 6) is one ordered sequence: a last scan for files, every file read
+//! to its end (unterminated last lines included), every chunk sealed and committed, then
+//! delivered; the thread ends when nothing is left, or at the deadline, when what is left goes to
+//! the secondary directories.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::buffer::{ChunkStore, SealedChunk};
+use crate::config::{Config, FlushMode};
+use crate::sink::secondary::write_secondary;
+use crate::source::tail::TailSource;
+use crate::summary::{SecondaryFile, Summary};
+
+/// Messages to the pipeline thread.
+#[derive(Debug)]
+pub enum Control {
+    /// Files may have changed (a file-system event).
+    Wake,
+    /// Start the drain.
+    Drain(String),
+    /// The drain deadline passed: stop, and put what is left in the secondary directories.
+    Deadline,
+    /// A chunk was delivered.
+    Delivered(u64),
+    /// A chunk could not be delivered (retries exhausted or permanent error).
+    Failed(u64, String),
+}
+
+/// Flags set by the file-system watcher, so a burst of events costs one wake-up.
+#[derive(Debug, Default)]
+pub struct WakeFlags {
+    /// A wake-up message is already queued.
+    pub pending: AtomicBool,
+    /// Files were created, renamed or removed: look for new files.
+    pub rescan: AtomicBool,
+}
+
+/// How much to read before committing (bounds the work lost to a crash and the commit latency).
+const COMMIT_EVERY_BYTES: u64 = 16 << 20;
+
+/// The pipeline thread's state.
+pub struct Pipeline {
+    config: Arc<Config>,
+    store: ChunkStore,
+    sources: Vec<TailSource>,
+    outputs: Vec<UnboundedSender<SealedChunk>>,
+    rx: Receiver<Control>,
+    wake: Arc<WakeFlags>,
+    summary: Summary,
+    in_flight: HashSet<u64>,
+    /// Chunks that could not even be written to the secondary: kept, not re-dispatched.
+    stuck: HashSet<u64>,
+    drain_reason: Option<String>,
+    /// After a write error, reading waits until this time.
+    write_backoff: Option<Instant>,
+    last_poll: Instant,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Pipeline {
+    /// A pipeline over an opened store; `outputs[i]` receives the chunks of output `i`.
+    pub fn new(
+        config: Arc<Config>,
+        store: ChunkStore,
+        outputs: Vec<UnboundedSender<SealedChunk>>,
+        rx: Receiver<Control>,
+        wake: Arc<WakeFlags>,
+    ) -> Pipeline {
+        let sources = config
+            .sources
+            .iter()
+            .map(|s| TailSource::new(s.clone(), config.routes(s)))
+            .collect();
+        let summary = Summary::new(&config);
+        Pipeline {
+            config,
+            store,
+            sources,
+            outputs,
+            rx,
+            wake,
+            summary,
+            in_flight: HashSet::new(),
+            stuck: HashSet::new(),
+            drain_reason: None,
+            write_backoff: None,
+            last_poll: Instant::now(),
+        }
+    }
+
+    /// Directories the file-system watcher should watch (and whether recursively).
+    pub fn watch_dirs(&self) -> Vec<(PathBuf, bool)> {
+        self.sources.iter().flat_map(|s| s.watch_dirs()).collect()
+    }
+
+    /// Runs until the drain is complete or the deadline passes; returns what happened.
+    pub fn run(mut self) -> Summary {
+        let mut deadline_hit = false;
+        let mut reading_done = false;
+        loop {
+            // 1. Messages.
+            while let Ok(m) = self.rx.try_recv() {
+                deadline_hit |= self.handle(m);
+            }
+            if deadline_hit {
+                self.deadline();
+                break;
+            }
+            self.wake.pending.store(false, Ordering::SeqCst);
+            let draining = self.drain_reason.is_some();
+
+            // 2. Discover, read, seal, commit, dispatch.
+            if !draining && (self.wake.rescan.swap(false, Ordering::SeqCst) || self.scan_due(Instant::now())) {
+                self.scan_all();
+            }
+            let mut progressed = false;
+            if !reading_done && let Ok(n) = self.read_all(draining) {
+                progressed = n > 0;
+                if draining && n == 0 && !self.over_limit() {
+                    reading_done = true;
+                    self.store.seal_all();
+                }
+            }
+            self.seal_due();
+            self.commit();
+
+            // 3. Done when everything read was delivered (or put aside).
+            if reading_done && self.store.chunks().iter().all(|c| self.stuck.contains(&c.seq)) {
+                break;
+            }
+            if progressed {
+                continue;
+            }
+
+            // 4. Sleep until something is due or a message arrives.
+            let timeout = self.next_wake(Instant::now(), draining);
+            match self.rx.recv_timeout(timeout) {
+                Ok(m) => deadline_hit |= self.handle(m),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    deadline_hit |= self.handle(Control::Drain("control channel closed".into()));
+                }
+            }
+        }
+        self.finish()
+    }
+
+    /// Applies one message; true when it is the deadline.
+    fn handle(&mut self, m: Control) -> bool {
+        match m {
+            Control::Wake => {}
+            Control::Drain(reason) => {
+                if self.drain_reason.is_none() {
+                    tracing::info!(%reason, "draining: reading every file to its end, then delivering");
+                    self.drain_reason = Some(reason);
+                    // The last look for files that appeared since the last scan.
+                    self.scan_all();
+                }
+            }
+            Control::Deadline => return true,
+            Control::Delivered(seq) => self.delivered(seq),
+            Control::Failed(seq, error) => self.failed(seq, &error),
+        }
+        false
+    }
+
+    fn scan_due(&self, now: Instant) -> bool {
+        self.sources.iter().any(|s| s.next_scan().is_none_or(|t| now >= t))
+    }
+
+    fn scan_all(&mut self) {
+        let now = Instant::now();
+        let checkpoints = self.store.checkpoints().to_vec();
+        for s in &mut self.sources {
+            s.scan(&checkpoints, now);
+        }
+    }
+
+    fn over_limit(&self) -> bool {
+        self.store.total_bytes() >= self.config.buffer.total_limit.bytes()
+    }
+
+    /// Reads every source until there is nothing new, or enough for one commit. Err after a
+    /// write error (rolled back; reading resumes after a pause).
+    fn read_all(&mut self, draining: bool) -> Result<u64, ()> {
+        if let Some(t) = self.write_backoff {
+            if Instant::now() < t {
+                return Err(());
+            }
+            self.write_backoff = None;
+        }
+        let now = Instant::now();
+        self.last_poll = now;
+        let mut total = 0;
+        while total < COMMIT_EVERY_BYTES {
+            if self.over_limit() {
+                if !self.summary.backpressure_logged {
+                    tracing::warn!(
+                        limit = %self.config.buffer.total_limit,
+                        "buffer is full; reading pauses until deliveries free space"
+                    );
+                    self.summary.backpressure_logged = true;
+                }
+                break;
+            }
+            let mut pass = 0;
+            for s in &mut self.sources {
+                match s.read(&mut self.store, COMMIT_EVERY_BYTES - total, draining, now, now_ms()) {
+                    Ok(n) => pass += n,
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading into the buffer failed; undoing this batch and retrying in 1s");
+                        self.summary.write_errors += 1;
+                        self.store.rollback();
+                        for s in &mut self.sources {
+                            s.rewind();
+                        }
+                        self.write_backoff = Some(Instant::now() + Duration::from_secs(1));
+                        return Err(());
+                    }
+                }
+            }
+            total += pass;
+            if pass == 0 {
+                break;
+            }
+        }
+        if total > 0 {
+            self.summary.backpressure_logged = false;
+        }
+        Ok(total)
+    }
+
+    fn seal_due(&mut self) {
+        let b = &self.config.buffer;
+        let now = now_ms();
+        let tk = b.timekey.get().as_millis() as i64;
+        let wait = b.timekey_wait.get().as_millis() as i64;
+        let interval = b.flush_interval.get().as_millis() as i64;
+        match b.flush_mode {
+            FlushMode::Lazy => self.store.seal_where(|c| now >= c.timekey * 1000 + tk + wait),
+            FlushMode::Interval => self.store.seal_where(|c| now >= c.created_ms + interval),
+            FlushMode::Immediate => self.store.seal_where(|_| true),
+        };
+    }
+
+    fn commit(&mut self) {
+        let checkpoints = self.sources.iter().flat_map(|s| s.checkpoints()).collect::<Vec<_>>();
+        let positions_moved = checkpoints.as_slice() != self.store.checkpoints();
+        if !positions_moved && !self.store.is_dirty() {
+            return;
+        }
+        match self.store.commit(checkpoints, now_ms()) {
+            Ok(sealed) => {
+                for s in &mut self.sources {
+                    s.committed();
+                }
+                for chunk in sealed {
+                    self.dispatch(chunk);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot commit the buffer; undoing this batch and retrying in 1s");
+                self.summary.write_errors += 1;
+                self.store.rollback();
+                for s in &mut self.sources {
+                    s.rewind();
+                }
+                self.write_backoff = Some(Instant::now() + Duration::from_secs(1));
+            }
+        }
+    }
+
+    fn dispatch(&mut self, chunk: SealedChunk) {
+        if self.in_flight.contains(&chunk.seq) || self.stuck.contains(&chunk.seq) {
+            return;
+        }
+        match self.outputs.get(chunk.output) {
+            Some(tx) => {
+                tracing::debug!(seq = chunk.seq, key = %chunk.key, bytes = chunk.len, "dispatching chunk");
+                self.in_flight.insert(chunk.seq);
+                if tx.send(chunk.clone()).is_err() {
+                    self.in_flight.remove(&chunk.seq);
+                    self.stuck.insert(chunk.seq);
+                }
+            }
+            None => {
+                tracing::error!(seq = chunk.seq, key = %chunk.key, "chunk belongs to an output that is no longer configured; keeping it in the buffer");
+                self.stuck.insert(chunk.seq);
+            }
+        }
+    }
+
+    fn delivered(&mut self, seq: u64) {
+        self.in_flight.remove(&seq);
+        if let Some(c) = self.store.chunks().iter().find(|c| c.seq == seq) {
+            tracing::debug!(seq, key = %c.key, bytes = c.len, "delivered");
+            if let Some(o) = self.summary.output_mut(&c.output) {
+                o.chunks_delivered += 1;
+                o.bytes_delivered += c.len;
+                o.last_key = Some(c.key.clone());
+            }
+            self.store.remove(seq);
+        }
+    }
+
+    fn failed(&mut self, seq: u64, error: &str) {
+        self.in_flight.remove(&seq);
+        let Some(c) = self.store.chunks().iter().find(|c| c.seq == seq).cloned() else {
+            return;
+        };
+        tracing::error!(seq, key = %c.key, output = %c.output, %error, "delivery failed for good; writing the chunk to the secondary directory");
+        self.put_in_secondary(seq, error);
+    }
+
+    fn put_in_secondary(&mut self, seq: u64, reason: &str) {
+        let Some(c) = self.store.chunks().iter().find(|c| c.seq == seq).cloned() else {
+            return;
+        };
+        let Some(out) = self.config.outputs.iter().find(|o| o.name == c.output) else {
+            self.stuck.insert(seq);
+            return;
+        };
+        let path = self.store.chunk_path(seq);
+        match write_secondary(
+            &path,
+            &out.secondary.directory,
+            &out.secondary.basename,
+            self.config.buffer.fsync,
+        ) {
+            Ok(file) => {
+                tracing::warn!(file = %file.display(), key = %c.key, bytes = c.len, "chunk written to the secondary directory");
+                if let Some(o) = self.summary.output_mut(&c.output) {
+                    o.secondary.push(SecondaryFile {
+                        file,
+                        key: c.key.clone(),
+                        bytes: c.len,
+                        reason: reason.to_string(),
+                    });
+                }
+                self.store.remove(seq);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, key = %c.key, "cannot write the secondary file; the chunk stays in the buffer");
+                self.stuck.insert(seq);
+            }
+        }
+    }
+
+    fn deadline(&mut self) {
+        tracing::error!("drain deadline passed; moving undelivered chunks to the secondary directories");
+        self.summary.deadline_passed = true;
+        // Whatever was read stays consistent: commit it first (seal everything).
+        self.store.seal_all();
+        self.commit();
+        let left: Vec<u64> = self.store.chunks().iter().map(|c| c.seq).collect();
+        for seq in left {
+            self.in_flight.remove(&seq);
+            self.put_in_secondary(seq, "not delivered before the drain deadline");
+        }
+        self.commit();
+    }
+
+    fn next_wake(&self, now: Instant, draining: bool) -> Duration {
+        let mut next = now + Duration::from_secs(5);
+        for s in &self.sources {
+            if let Some(t) = s.next_scan() {
+                next = next.min(t);
+            }
+            if let Some(t) = s.next_rotate_deadline() {
+                next = next.min(t);
+            }
+            next = next.min(self.last_poll + s.poll_interval());
+        }
+        if let Some(t) = self.write_backoff {
+            next = next.min(t);
+        }
+        // The next open chunk to become due.
+        let b = &self.config.buffer;
+        let now_wall = now_ms();
+        for c in self.store.open_chunks() {
+            let due_ms = match b.flush_mode {
+                FlushMode::Lazy => c.timekey * 1000 + (b.timekey.get() + b.timekey_wait.get()).as_millis() as i64,
+                FlushMode::Interval => c.created_ms + b.flush_interval.get().as_millis() as i64,
+                FlushMode::Immediate => now_wall,
+            };
+            let wait = Duration::from_millis((due_ms - now_wall).max(0) as u64);
+            next = next.min(now + wait);
+        }
+        if draining {
+            next = next.min(now + Duration::from_millis(200));
+        }
+        next.saturating_duration_since(now)
+    }
+
+    fn finish(mut self) -> Summary {
+        self.store.sync_dir();
+        for s in &self.sources {
+            for (path, bytes) in s.unread() {
+                self.summary.unread.push((path, bytes));
+            }
+            self.summary.sources.push(crate::summary::SourceSummary {
+                name: s.config.name.clone(),
+                stats: s.stats.clone(),
+            });
+        }
+        for c in self.store.chunks() {
+            self.summary
+                .left_in_buffer
+                .push((self.store.chunk_path(c.seq), c.key.clone(), c.len));
+        }
+        self.summary.buffer_dir = self.store.dir().to_path_buf();
+        self.summary.drain_reason = self.drain_reason.take();
+        self.summary
+    }
+}

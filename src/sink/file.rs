@@ -1,0 +1,91 @@
+//! The directory output (`file://DIR`): each chunk becomes the file `DIR/<key>`.
+//!
+//! The chunk is copied to a hidden temporary name next to its destination, fsynced, and renamed
+//! over the destination, so a reader never sees a partial file and a re-delivered chunk replaces
+//! itself byte for byte.
+
+use std::path::{Component, Path, PathBuf};
+
+use super::DeliveryError;
+use crate::buffer::SealedChunk;
+use crate::fsutil::{sync_parent, temp_path_for};
+
+/// Writes chunks as files under a directory.
+#[derive(Debug, Clone)]
+pub struct FileSink {
+    dir: PathBuf,
+}
+
+impl FileSink {
+    /// An output writing under `dir` (created when needed).
+    pub fn new(dir: PathBuf) -> FileSink {
+        FileSink { dir }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The destination of a key, refusing keys that would leave the directory.
+    pub fn destination(&self, key: &str) -> Result<PathBuf, DeliveryError> {
+        let rel = Path::new(key);
+        let ok = !key.is_empty() && rel.components().all(|c| matches!(c, Component::Normal(_)));
+        if !ok {
+            return Err(DeliveryError::Permanent(format!(
+                "key {key:?} is not a relative path inside {}",
+                self.dir.display()
+            )));
+        }
+        Ok(self.dir.join(rel))
+    }
+
+    /// Copies the chunk file to its destination atomically.
+    pub async fn deliver(&self, chunk: &SealedChunk) -> Result<(), DeliveryError> {
+        let dest = self.destination(&chunk.key)?;
+        let src = chunk.path.clone();
+        let expected = chunk.len;
+        tokio::task::spawn_blocking(move || copy_atomic(&src, &dest, expected))
+            .await
+            .map_err(|e| DeliveryError::Retryable(format!("delivery task failed: {e}")))?
+    }
+}
+
+fn copy_atomic(src: &Path, dest: &Path, expected: u64) -> Result<(), DeliveryError> {
+    let retry =
+        |what: &str, p: &Path, e: std::io::Error| DeliveryError::Retryable(format!("{what} {}: {e}", p.display()));
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| retry("cannot create directory", parent, e))?;
+    }
+    let tmp = temp_path_for(dest);
+    // std::fs::copy uses copy_file_range: the kernel copies, no bytes pass through logship.
+    let copied = std::fs::copy(src, &tmp).map_err(|e| retry("cannot write", &tmp, e))?;
+    if copied != expected {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(DeliveryError::Retryable(format!(
+            "chunk file {} has {copied} bytes, expected {expected}",
+            src.display()
+        )));
+    }
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| retry("cannot fsync", &tmp, e))?;
+    std::fs::rename(&tmp, dest).map_err(|e| retry("cannot rename into", dest, e))?;
+    sync_parent(dest).map_err(|e| retry("cannot fsync directory of", dest, e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_must_stay_inside_the_directory() {
+        let s = FileSink::new("/out".into());
+        assert_eq!(s.destination("a/b.txt").unwrap(), PathBuf::from("/out/a/b.txt"));
+        assert!(s.destination("../x").is_err());
+        assert!(s.destination("/etc/passwd").is_err());
+        assert!(s.destination("a/./b").is_ok());
+        assert!(s.destination("").is_err());
+    }
+}

@@ -1,0 +1,616 @@
+//! Following files by path and identity.
+//!
+//! A [`TailSource`] finds files matching its globs and follows each one by device and inode, so
+//! a rename (rotation, Spark's `.inprogress` → final name) keeps its position, and a new file at
+//! an old path is a new file. A followed file that disappears from its paths (renamed away,
+//! deleted) keeps being read through its open descriptor until it has been quiet for
+//! `rotate_wait`, then it is closed. A file that shrinks, or whose first bytes change (copytruncate
+//! followed by new writes), is read again from the start.
+//!
+//! Reading copies large blocks into the buffer and cuts at the last newline found with one
+//! backward search (`memrchr`); the bytes after it (a partial line) are read again next time, so a
+//! chunk never ends inside a line. Lines longer than the block are found with a forward scan and
+//! streamed into one chunk; lines longer than `max_line_size` are split (and counted). At drain,
+//! an unterminated last line is delivered as it is.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::buffer::{BufferError, ChunkStore, SourceCheckpoint};
+use crate::config::{Framing, ReadFrom, SourceConfig};
+use crate::fsutil::{FileId, fnv1a};
+
+/// How many leading bytes identify a file's content (against inode reuse and rewrites).
+const FINGERPRINT_MAX: u64 = 1024;
+/// Largest block read at once. Bounds the memory a source uses.
+pub const READ_BLOCK: usize = 256 * 1024;
+
+/// What went wrong reading a file; the pipeline logs it and carries on.
+#[derive(Debug, thiserror::Error)]
+pub enum TailError {
+    /// Appending to the buffer failed (the pipeline rolls back and retries later).
+    #[error(transparent)]
+    Buffer(#[from] BufferError),
+    /// Reading the file failed.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Counters of one source, for the summary and metrics.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct TailStats {
+    /// Bytes copied into chunks.
+    pub bytes_read: u64,
+    /// Files that shrank or were rewritten and were read again from the start.
+    pub truncations: u64,
+    /// Lines longer than `max_line_size` that were split.
+    pub lines_split: u64,
+    /// Unterminated last lines delivered as they were (at drain or after rotation).
+    pub partial_lines_flushed: u64,
+    /// Files discovered.
+    pub files_found: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fingerprint {
+    len: u32,
+    hash: u64,
+}
+
+/// One followed file.
+#[derive(Debug)]
+pub struct TailedFile {
+    /// Device and inode.
+    pub id: FileId,
+    /// Where it was last seen.
+    pub path: PathBuf,
+    /// Tag of its records.
+    pub tag: String,
+    file: File,
+    /// Bytes before this are in chunks.
+    pub pos: u64,
+    committed_pos: u64,
+    fp: Fingerprint,
+    /// Bytes after `pos` already known to hold no newline (saves rescanning a growing long line).
+    scan_hint: u64,
+    /// When it stopped matching any path (renamed away or deleted).
+    gone_since: Option<Instant>,
+    /// When it last grew (or was found).
+    last_growth: Instant,
+    /// Size at the last look.
+    last_size: u64,
+}
+
+struct Pattern {
+    glob: String,
+    /// The literal directory the pattern starts from; tags are paths relative to it.
+    base: PathBuf,
+}
+
+/// A source of type `tail`.
+pub struct TailSource {
+    /// Its configuration.
+    pub config: SourceConfig,
+    /// Indices of the outputs it feeds.
+    pub routes: Vec<usize>,
+    patterns: Vec<Pattern>,
+    /// The files being followed, in discovery order.
+    pub files: Vec<TailedFile>,
+    scanned_once: bool,
+    last_scan: Option<Instant>,
+    /// Counters.
+    pub stats: TailStats,
+    buf: Vec<u8>,
+}
+
+/// The literal leading directories of a glob (`/var/log/*/stdout` → `/var/log`), and whether
+/// matches may lie deeper than one level below it.
+pub fn glob_base(pattern: &str) -> (PathBuf, bool) {
+    let is_magic = |s: &str| s.contains(['*', '?', '[']);
+    let path = Path::new(pattern);
+    let mut base = PathBuf::new();
+    let comps: Vec<_> = path.components().collect();
+    for (i, c) in comps.iter().enumerate() {
+        let s = c.as_os_str().to_string_lossy();
+        if is_magic(&s) {
+            let deep = comps.len() - i > 1 || s.contains("**");
+            return (base, deep);
+        }
+        if i == comps.len() - 1 {
+            // A plain path: its directory is the base.
+            return (base, false);
+        }
+        base.push(c.as_os_str());
+    }
+    (base, false)
+}
+
+impl TailSource {
+    /// A source from its config; `routes` are the outputs it feeds.
+    pub fn new(config: SourceConfig, routes: Vec<usize>) -> TailSource {
+        let patterns = config
+            .paths
+            .iter()
+            .map(|p| Pattern {
+                glob: p.clone(),
+                base: glob_base(p).0,
+            })
+            .collect();
+        let block = READ_BLOCK.min(config.max_line_size.bytes() as usize).max(1);
+        TailSource {
+            config,
+            routes,
+            patterns,
+            files: Vec::new(),
+            scanned_once: false,
+            last_scan: None,
+            stats: TailStats::default(),
+            buf: vec![0; block],
+        }
+    }
+
+    /// Directories to watch for events, and whether recursively.
+    pub fn watch_dirs(&self) -> Vec<(PathBuf, bool)> {
+        self.config.paths.iter().map(|p| glob_base(p)).collect()
+    }
+
+    /// When the next periodic scan for new files is due.
+    pub fn next_scan(&self) -> Option<Instant> {
+        self.last_scan.map(|t| t + self.config.refresh_interval.get())
+    }
+
+    /// When a file that went away will have waited `rotate_wait`.
+    pub fn next_rotate_deadline(&self) -> Option<Instant> {
+        let wait = self.config.rotate_wait.get();
+        self.files
+            .iter()
+            .filter_map(|f| f.gone_since.map(|g| g.max(f.last_growth) + wait))
+            .min()
+    }
+
+    /// Looks for files matching the patterns: new ones are opened (resuming from `checkpoints`
+    /// when the fingerprint matches), known ones get their current path, missing ones are marked
+    /// gone.
+    pub fn scan(&mut self, checkpoints: &[SourceCheckpoint], now: Instant) {
+        let initial = !self.scanned_once;
+        self.scanned_once = true;
+        self.last_scan = Some(now);
+        let mut seen = Vec::new();
+        for pi in 0..self.patterns.len() {
+            let entries = match glob::glob(&self.patterns[pi].glob) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(pattern = %self.patterns[pi].glob, error = %e, "bad glob pattern");
+                    continue;
+                }
+            };
+            for path in entries.flatten() {
+                let Ok(meta) = std::fs::metadata(&path) else { continue };
+                if !meta.is_file() {
+                    continue;
+                }
+                let id = FileId::of(&meta);
+                if seen.contains(&id) {
+                    continue;
+                }
+                seen.push(id);
+                if let Some(f) = self.files.iter_mut().find(|f| f.id == id) {
+                    if f.path != path {
+                        tracing::info!(from = %f.path.display(), to = %path.display(), "file renamed; following it");
+                        f.path = path;
+                    }
+                    f.gone_since = None;
+                    continue;
+                }
+                let base = self.patterns[pi].base.clone();
+                match self.open_file(&path, &base, checkpoints, initial, now) {
+                    Ok(Some(f)) => {
+                        seen.push(f.id);
+                        tracing::info!(path = %f.path.display(), pos = f.pos, tag = %f.tag, "following file");
+                        self.stats.files_found += 1;
+                        self.files.push(f);
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot open file; will retry"),
+                }
+            }
+        }
+        for f in &mut self.files {
+            if !seen.contains(&f.id) && f.gone_since.is_none() {
+                tracing::info!(path = %f.path.display(), "file is gone from its path; reading it to its end");
+                f.gone_since = Some(now);
+            }
+        }
+    }
+
+    fn open_file(
+        &self,
+        path: &Path,
+        base: &Path,
+        checkpoints: &[SourceCheckpoint],
+        initial: bool,
+        now: Instant,
+    ) -> std::io::Result<Option<TailedFile>> {
+        let file = File::open(path)?;
+        let meta = file.metadata()?;
+        let id = FileId::of(&meta);
+        if self.files.iter().any(|f| f.id == id) {
+            return Ok(None);
+        }
+        let size = meta.len();
+        let resume = checkpoints.iter().find(|c| c.id == id && c.source == self.config.name).and_then(|c| {
+            let same = c.pos <= size
+                && (c.fp_len as u64) <= size
+                && fingerprint(&file, c.fp_len as u64).ok() == Some(Fingerprint { len: c.fp_len, hash: c.fp });
+            if !same {
+                tracing::info!(path = %path.display(), "checkpoint does not match the file's content (new file with a reused inode, or rewritten); reading from the start");
+            }
+            same.then(|| (c.pos, c.tag.clone()))
+        });
+        let (pos, tag) = match resume {
+            Some((pos, tag)) => (pos, tag),
+            None => {
+                let pos = if initial && self.config.read_from == ReadFrom::End {
+                    size
+                } else {
+                    0
+                };
+                (pos, self.tag_for(path, base))
+            }
+        };
+        let fp = fingerprint(&file, size.min(FINGERPRINT_MAX))?;
+        Ok(Some(TailedFile {
+            id,
+            path: path.to_path_buf(),
+            tag,
+            file,
+            pos,
+            committed_pos: pos,
+            fp,
+            scan_hint: 0,
+            gone_since: None,
+            last_growth: now,
+            last_size: size,
+        }))
+    }
+
+    fn tag_for(&self, path: &Path, base: &Path) -> String {
+        if let Some(t) = &self.config.tag {
+            return t.clone();
+        }
+        let rel = path.strip_prefix(base).unwrap_or(path);
+        let s = rel.to_string_lossy().trim_start_matches('/').to_string();
+        if s.is_empty() { self.config.name.clone() } else { s }
+    }
+
+    /// Checkpoints of the files being followed (their current, uncommitted positions).
+    pub fn checkpoints(&self) -> impl Iterator<Item = SourceCheckpoint> + '_ {
+        self.files.iter().map(|f| SourceCheckpoint {
+            id: f.id,
+            fp_len: f.fp.len,
+            fp: f.fp.hash,
+            pos: f.pos,
+            path: f.path.clone(),
+            tag: f.tag.clone(),
+            source: self.config.name.clone(),
+        })
+    }
+
+    /// After a successful commit: the current positions are the committed ones.
+    pub fn committed(&mut self) {
+        for f in &mut self.files {
+            f.committed_pos = f.pos;
+        }
+    }
+
+    /// After a rollback: go back to the committed positions.
+    pub fn rewind(&mut self) {
+        for f in &mut self.files {
+            f.pos = f.committed_pos;
+            f.scan_hint = 0;
+        }
+    }
+
+    /// Bytes not yet read into chunks, per file (for the exit summary).
+    pub fn unread(&self) -> Vec<(PathBuf, u64)> {
+        self.files
+            .iter()
+            .filter_map(|f| {
+                let size = f.file.metadata().map(|m| m.len()).unwrap_or(f.last_size);
+                (size > f.pos).then(|| (f.path.clone(), size - f.pos))
+            })
+            .collect()
+    }
+
+    /// Reads new data of every file into `store`, at most about `budget` bytes in all.
+    /// With `drain`, unterminated last lines are delivered as they are. Returns bytes read.
+    pub fn read(
+        &mut self,
+        store: &mut ChunkStore,
+        budget: u64,
+        drain: bool,
+        now: Instant,
+        now_ms: i64,
+    ) -> Result<u64, TailError> {
+        let mut total = 0;
+        for i in 0..self.files.len() {
+            if total >= budget {
+                break;
+            }
+            let flush_partial = drain
+                || self.files[i]
+                    .gone_since
+                    .is_some_and(|g| now >= g.max(self.files[i].last_growth) + self.config.rotate_wait.get());
+            total += self.read_file(i, store, budget - total, flush_partial, now, now_ms)?;
+        }
+        // Close files that are gone, quiet for rotate_wait, and read to their end.
+        let wait = self.config.rotate_wait.get();
+        self.files.retain(|f| {
+            let done = f.gone_since.is_some_and(|g| now >= g.max(f.last_growth) + wait) && f.pos >= f.last_size;
+            if done {
+                tracing::info!(path = %f.path.display(), "closed file that was renamed away or deleted");
+            }
+            !done
+        });
+        Ok(total)
+    }
+
+    fn read_file(
+        &mut self,
+        i: usize,
+        store: &mut ChunkStore,
+        budget: u64,
+        flush_partial: bool,
+        now: Instant,
+        now_ms: i64,
+    ) -> Result<u64, TailError> {
+        let framing = self.config.format;
+        let max_line = self.config.max_line_size.bytes();
+        let block = self.buf.len();
+        let f = &mut self.files[i];
+        let read_err = |path: &Path, source| TailError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let size = f.file.metadata().map_err(|e| read_err(&f.path, e))?.len();
+        let changed = size != f.last_size;
+        if changed {
+            f.last_growth = now;
+        } else if size == f.pos {
+            return Ok(0);
+        }
+        f.last_size = size;
+        // Shrunk, or first bytes rewritten (copytruncate then new writes): start again.
+        let rewritten = size < f.pos
+            || (changed
+                && f.fp.len > 0
+                && (size < f.fp.len as u64
+                    || fingerprint(&f.file, f.fp.len as u64).map_err(|e| read_err(&f.path, e))? != f.fp));
+        if rewritten {
+            tracing::warn!(path = %f.path.display(), old_pos = f.pos, size, "file was truncated or rewritten; reading it from the start");
+            self.stats.truncations += 1;
+            f.pos = 0;
+            f.scan_hint = 0;
+            f.fp = Fingerprint {
+                len: 0,
+                hash: fnv1a(b""),
+            };
+        }
+        if (f.fp.len as u64) < FINGERPRINT_MAX && size > f.fp.len as u64 {
+            f.fp = fingerprint(&f.file, size.min(FINGERPRINT_MAX)).map_err(|e| read_err(&f.path, e))?;
+        }
+        let start = f.pos;
+        while f.pos < size && f.pos - start < budget {
+            let want = (size - f.pos).min(block as u64) as usize;
+            let n = f
+                .file
+                .read_at(&mut self.buf[..want], f.pos)
+                .map_err(|e| read_err(&f.path, e))?;
+            if n == 0 {
+                break;
+            }
+            let data = &self.buf[..n];
+            if framing == Framing::Raw {
+                for &o in &self.routes {
+                    store.append(o, &f.tag, framing, data, now_ms)?;
+                }
+                f.pos += n as u64;
+                continue;
+            }
+            if let Some(last_nl) = memchr::memrchr(b'\n', data) {
+                let lines = &data[..=last_nl];
+                for &o in &self.routes {
+                    store.append(o, &f.tag, framing, lines, now_ms)?;
+                }
+                f.pos += lines.len() as u64;
+                f.scan_hint = 0;
+                continue;
+            }
+            // No newline in this block.
+            if n as u64 >= max_line {
+                // The block is exactly max_line_size long: split here.
+                for &o in &self.routes {
+                    store.append(o, &f.tag, Framing::Raw, data, now_ms)?;
+                }
+                f.pos += n as u64;
+                self.stats.lines_split += 1;
+                continue;
+            }
+            if n < block {
+                // Reached the end inside a line: wait for its newline (or flush at drain).
+                if flush_partial {
+                    let len = size - f.pos;
+                    let tag = f.tag.clone();
+                    Self::copy_range(
+                        &self.routes,
+                        &tag,
+                        &f.file,
+                        &f.path,
+                        &mut self.buf,
+                        store,
+                        f.pos,
+                        len,
+                        now_ms,
+                    )?;
+                    f.pos += len;
+                    self.stats.partial_lines_flushed += 1;
+                }
+                break;
+            }
+            // A line longer than the block: find its end with a forward scan.
+            let mut scanned = f.scan_hint.max(n as u64);
+            let line_len = loop {
+                if scanned >= max_line {
+                    self.stats.lines_split += 1;
+                    break Some(max_line);
+                }
+                let off = f.pos + scanned;
+                if off >= size {
+                    break None;
+                }
+                let want = (block as u64).min(max_line - scanned).min(size - off) as usize;
+                let m = f
+                    .file
+                    .read_at(&mut self.buf[..want], off)
+                    .map_err(|e| read_err(&f.path, e))?;
+                if m == 0 {
+                    break None;
+                }
+                if let Some(j) = memchr::memchr(b'\n', &self.buf[..m]) {
+                    break Some(scanned + j as u64 + 1);
+                }
+                scanned += m as u64;
+            };
+            match line_len {
+                Some(len) => {
+                    let tag = f.tag.clone();
+                    Self::copy_range(
+                        &self.routes,
+                        &tag,
+                        &f.file,
+                        &f.path,
+                        &mut self.buf,
+                        store,
+                        f.pos,
+                        len,
+                        now_ms,
+                    )?;
+                    f.pos += len;
+                    f.scan_hint = 0;
+                }
+                None => {
+                    f.scan_hint = scanned;
+                    if flush_partial {
+                        let len = size - f.pos;
+                        let tag = f.tag.clone();
+                        Self::copy_range(
+                            &self.routes,
+                            &tag,
+                            &f.file,
+                            &f.path,
+                            &mut self.buf,
+                            store,
+                            f.pos,
+                            len,
+                            now_ms,
+                        )?;
+                        f.pos += len;
+                        f.scan_hint = 0;
+                        self.stats.partial_lines_flushed += 1;
+                    }
+                    break;
+                }
+            }
+        }
+        let read = f.pos.saturating_sub(start);
+        self.stats.bytes_read += read;
+        Ok(read)
+    }
+
+    /// Streams `len` bytes at `pos` of `file` into one chunk per route, in pieces of at most
+    /// max_line_size (`len` above it only at drain, for an overlong unterminated line).
+    #[allow(clippy::too_many_arguments)]
+    fn copy_range(
+        routes: &[usize],
+        tag: &str,
+        file: &File,
+        path: &Path,
+        buf: &mut [u8],
+        store: &mut ChunkStore,
+        pos: u64,
+        len: u64,
+        now_ms: i64,
+    ) -> Result<(), TailError> {
+        let mut seqs = Vec::with_capacity(routes.len());
+        for &o in routes {
+            seqs.push(store.reserve(o, tag, len, now_ms)?);
+        }
+        let mut done = 0;
+        while done < len {
+            let want = (len - done).min(buf.len() as u64) as usize;
+            let m = file
+                .read_at(&mut buf[..want], pos + done)
+                .map_err(|source| TailError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            if m == 0 {
+                break;
+            }
+            for &seq in &seqs {
+                store.append_reserved(seq, &buf[..m], now_ms)?;
+            }
+            done += m as u64;
+        }
+        Ok(())
+    }
+
+    /// Whether a file-system poll should happen now (files may have grown without an event).
+    pub fn poll_interval(&self) -> Duration {
+        match self.config.watch {
+            crate::config::WatchMode::Poll => self.config.poll_interval.get(),
+            crate::config::WatchMode::Notify => Duration::from_secs(5),
+        }
+    }
+}
+
+fn fingerprint(file: &File, len: u64) -> std::io::Result<Fingerprint> {
+    let mut buf = [0u8; FINGERPRINT_MAX as usize];
+    let len = len.min(FINGERPRINT_MAX) as usize;
+    let mut got = 0;
+    while got < len {
+        let n = file.read_at(&mut buf[got..len], got as u64)?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    Ok(Fingerprint {
+        len: got as u32,
+        hash: fnv1a(&buf[..got]),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_base_finds_the_literal_directory() {
+        assert_eq!(
+            glob_base("/var/log/spark/user/*/stdout"),
+            (PathBuf::from("/var/log/spark/user"), true)
+        );
+        assert_eq!(glob_base("/var/log/app.log"), (PathBuf::from("/var/log"), false));
+        assert_eq!(glob_base("/var/log/*.log"), (PathBuf::from("/var/log"), false));
+        assert_eq!(glob_base("/var/log/**/x"), (PathBuf::from("/var/log"), true));
+        assert_eq!(glob_base("rel.log"), (PathBuf::from(""), false));
+    }
+}

@@ -1,0 +1,158 @@
+//! What a run did, reported at exit: on stderr for people, as one JSON line for machines, and
+//! as the exit code.
+//!
+//! Exit codes: 0 everything read was delivered; 3 some chunks went to a secondary directory;
+//! 4 data was left undelivered (still in the buffer directory, or never read). 1 is a fatal
+//! error before or outside the pipeline, 2 a usage error.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::source::tail::TailStats;
+
+/// Exit code: everything was delivered.
+pub const EXIT_OK: i32 = 0;
+/// Exit code: some data is in a secondary directory instead of its output.
+pub const EXIT_SECONDARY: i32 = 3;
+/// Exit code: some data was not delivered anywhere (left in the buffer, or not read).
+pub const EXIT_UNDELIVERED: i32 = 4;
+
+/// One chunk written to a secondary directory.
+#[derive(Debug, Clone, Serialize)]
+pub struct SecondaryFile {
+    /// The file it was written to.
+    pub file: PathBuf,
+    /// The key it was meant for.
+    pub key: String,
+    /// Its size.
+    pub bytes: u64,
+    /// Why it was not delivered.
+    pub reason: String,
+}
+
+/// Per-output results.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputSummary {
+    /// Output name.
+    pub name: String,
+    /// Where it delivers (no secrets).
+    pub destination: String,
+    /// Chunks delivered.
+    pub chunks_delivered: u64,
+    /// Bytes delivered.
+    pub bytes_delivered: u64,
+    /// The key of the last chunk delivered.
+    pub last_key: Option<String>,
+    /// Chunks written to the secondary directory.
+    pub secondary: Vec<SecondaryFile>,
+}
+
+/// Per-source results.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceSummary {
+    /// Source name.
+    pub name: String,
+    /// Its counters.
+    #[serde(flatten)]
+    pub stats: TailStats,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Summary {
+    /// Why the drain started.
+    pub drain_reason: Option<String>,
+    /// Whether the drain deadline passed.
+    pub deadline_passed: bool,
+    /// Per output.
+    pub outputs: Vec<OutputSummary>,
+    /// Per source.
+    pub sources: Vec<SourceSummary>,
+    /// Files with bytes that were never read: (path, bytes).
+    pub unread: Vec<(PathBuf, u64)>,
+    /// Chunks still in the buffer: (chunk file, key, bytes).
+    pub left_in_buffer: Vec<(PathBuf, String, u64)>,
+    /// The buffer directory.
+    pub buffer_dir: PathBuf,
+    /// Failed writes to the buffer (each retried).
+    pub write_errors: u64,
+    #[serde(skip)]
+    pub(crate) backpressure_logged: bool,
+}
+
+impl Summary {
+    /// An empty summary with one entry per configured output.
+    pub fn new(config: &Config) -> Summary {
+        Summary {
+            outputs: config
+                .outputs
+                .iter()
+                .map(|o| OutputSummary {
+                    name: o.name.clone(),
+                    destination: crate::sink::Sink::from_config(o).describe(),
+                    chunks_delivered: 0,
+                    bytes_delivered: 0,
+                    last_key: None,
+                    secondary: Vec::new(),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    pub(crate) fn output_mut(&mut self, name: &str) -> Option<&mut OutputSummary> {
+        self.outputs.iter_mut().find(|o| o.name == name)
+    }
+
+    /// The process exit code for this result.
+    pub fn exit_code(&self) -> i32 {
+        if !self.unread.is_empty() || !self.left_in_buffer.is_empty() {
+            EXIT_UNDELIVERED
+        } else if self.outputs.iter().any(|o| !o.secondary.is_empty()) {
+            EXIT_SECONDARY
+        } else {
+            EXIT_OK
+        }
+    }
+
+    /// A few lines for people.
+    pub fn human(&self) -> String {
+        let mut s = String::new();
+        for o in &self.outputs {
+            s.push_str(&format!(
+                "logship: {}: delivered {} chunks ({} bytes) to {}\n",
+                o.name, o.chunks_delivered, o.bytes_delivered, o.destination
+            ));
+            for f in &o.secondary {
+                s.push_str(&format!(
+                    "logship: {}: NOT DELIVERED: {} bytes for key {} are in {} ({})\n",
+                    o.name,
+                    f.bytes,
+                    f.key,
+                    f.file.display(),
+                    f.reason
+                ));
+            }
+        }
+        for (path, key, bytes) in &self.left_in_buffer {
+            s.push_str(&format!(
+                "logship: NOT DELIVERED: {bytes} bytes for key {key} are still in {}\n",
+                path.display()
+            ));
+        }
+        for (path, bytes) in &self.unread {
+            s.push_str(&format!(
+                "logship: NOT READ: {bytes} bytes at the end of {}\n",
+                path.display()
+            ));
+        }
+        s
+    }
+
+    /// One JSON line for machines.
+    pub fn json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}

@@ -1,0 +1,241 @@
+//! Test harness: runs the real `logship` binary as a process on real files, and reads what the
+//! directory output wrote. Waits are on conditions with generous timeouts, never fixed sleeps.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_logship")
+}
+
+/// A scratch layout: input files, output directory, buffer directory, signal file.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub input: PathBuf,
+    pub out: PathBuf,
+    pub buffer: PathBuf,
+    pub signal: PathBuf,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in");
+        let out = dir.path().join("out");
+        fs::create_dir_all(&input).unwrap();
+        Env {
+            input,
+            out,
+            buffer: dir.path().join("buffer"),
+            signal: dir.path().join("main-ended"),
+            dir,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.input.join(name)
+    }
+
+    /// `ship --follow` over `pattern` (relative to the input dir) into the output dir, ending when
+    /// the signal file appears; chunks are sealed at every commit so output shows up quickly.
+    pub fn follow_args(&self, pattern: &str) -> Vec<String> {
+        vec![
+            "ship".into(),
+            "--follow".into(),
+            self.input.join(pattern).display().to_string(),
+            "--to".into(),
+            format!("file://{}", self.out.display()),
+            "--buffer-dir".into(),
+            self.buffer.display().to_string(),
+            "--signal-file".into(),
+            self.signal.display().to_string(),
+            "--flush-mode".into(),
+            "immediate".into(),
+            "--drain-deadline".into(),
+            "60s".into(),
+        ]
+    }
+
+    pub fn signal_end(&self) {
+        fs::write(&self.signal, b"0").unwrap();
+    }
+}
+
+/// A running logship process with its stderr captured to a file.
+pub struct Daemon {
+    pub child: Child,
+    pub stderr_path: PathBuf,
+    pub stdout_path: PathBuf,
+}
+
+impl Daemon {
+    pub fn spawn(args: &[String], log_dir: &Path) -> Daemon {
+        Self::spawn_cmd(Command::new(bin()), args, log_dir)
+    }
+
+    pub fn spawn_cmd(mut cmd: Command, args: &[String], log_dir: &Path) -> Daemon {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let stderr_path = log_dir.join(format!("logship-{n}.stderr"));
+        let stdout_path = log_dir.join(format!("logship-{n}.stdout"));
+        let child = cmd
+            .args(args)
+            .env("LOGSHIP_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&stdout_path).unwrap())
+            .stderr(fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .expect("spawn logship");
+        Daemon {
+            child,
+            stderr_path,
+            stdout_path,
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn stdout(&self) -> Vec<u8> {
+        fs::read(&self.stdout_path).unwrap_or_default()
+    }
+
+    /// Waits for exit; panics with the log if it takes longer than `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            if start.elapsed() > timeout {
+                let _ = self.child.kill();
+                panic!("logship did not exit within {timeout:?}; stderr:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// The JSON summary line printed at exit.
+    pub fn summary(&self) -> serde_json::Value {
+        let err = self.stderr();
+        let line = err
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("{\"drain_reason\""))
+            .unwrap_or_else(|| panic!("no summary line in stderr:\n{err}"));
+        serde_json::from_str(line).unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` until it is true; panics after `timeout` naming `what`.
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// The chunk files under `out/<tag>/`, in key order (time slice, then index).
+pub fn chunk_files(out: &Path, tag: &str) -> Vec<PathBuf> {
+    let dir = out.join(tag);
+    let Ok(rd) = fs::read_dir(&dir) else { return Vec::new() };
+    let mut files: Vec<(u64, u64, PathBuf)> = rd
+        .flatten()
+        .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                return None;
+            }
+            let stem = name.strip_suffix(".txt")?;
+            let (slice, index) = stem.rsplit_once('_')?;
+            Some((slice.parse().ok()?, index.parse().ok()?, e.path()))
+        })
+        .collect();
+    files.sort();
+    files.into_iter().map(|(_, _, p)| p).collect()
+}
+
+/// Everything delivered for `tag`, concatenated in key order.
+pub fn collect(out: &Path, tag: &str) -> Vec<u8> {
+    let mut all = Vec::new();
+    for f in chunk_files(out, tag) {
+        all.extend(fs::read(f).unwrap());
+    }
+    all
+}
+
+/// Appends to a file (creating it).
+pub fn append(path: &Path, bytes: &[u8]) {
+    let mut f = fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+/// `n` numbered lines starting at `from`, each `prefix-<i>` padded with a JSON-ish body.
+pub fn lines(prefix: &str, from: usize, n: usize) -> Vec<u8> {
+    let mut v = Vec::new();
+    for i in from..from + n {
+        writeln!(
+            v,
+            "{{\"Event\":\"{prefix}\",\"n\":{i},\"pad\":\"{}\"}}",
+            "x".repeat(i % 97)
+        )
+        .unwrap();
+    }
+    v
+}
+
+/// Shows the first difference between two byte strings, for assertion messages.
+pub fn first_diff(a: &[u8], b: &[u8]) -> String {
+    let i = a
+        .iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()));
+    let ctx = |s: &[u8]| String::from_utf8_lossy(&s[i.saturating_sub(40)..(i + 40).min(s.len())]).into_owned();
+    format!(
+        "lengths {} vs {}; first difference at byte {i}: {:?} vs {:?}",
+        a.len(),
+        b.len(),
+        ctx(a),
+        ctx(b)
+    )
+}
+
+/// Asserts that two byte strings are equal, with a readable message.
+#[track_caller]
+pub fn assert_bytes_eq(actual: &[u8], expected: &[u8]) {
+    if actual != expected {
+        panic!("bytes differ: {}", first_diff(actual, expected));
+    }
+}

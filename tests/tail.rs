@@ -1,0 +1,354 @@
+//! Tailing edge cases, one test each, with the real binary on real files.
+
+mod common;
+
+use std::fs;
+use std::time::Duration;
+
+use common::*;
+
+const T: Duration = Duration::from_secs(60);
+
+fn ok(status: std::process::ExitStatus, d: &Daemon) {
+    assert!(status.success(), "exit {status:?}; stderr:\n{}", d.stderr());
+}
+
+#[test]
+fn once_reproduces_several_files_exactly_including_partial_last_lines() {
+    let env = Env::new();
+    let a = [lines("a", 0, 5000), b"last line without newline".to_vec()].concat();
+    let b = lines("b", 0, 3);
+    let c = b"just a partial".to_vec();
+    fs::write(env.path("a.log"), &a).unwrap();
+    fs::create_dir_all(env.input.join("pod-1")).unwrap();
+    fs::write(env.input.join("pod-1/stdout"), &b).unwrap();
+    fs::write(env.path("c.log"), &c).unwrap();
+    let args: Vec<String> = vec![
+        "ship".into(),
+        "--once".into(),
+        format!("{}/**/*", env.input.display()),
+        "--to".into(),
+        format!("file://{}", env.out.display()),
+        "--chunk-limit".into(),
+        "64KiB".into(),
+    ];
+    let mut d = Daemon::spawn(&args, env.dir.path());
+    ok(d.wait_exit(T), &d);
+    assert_bytes_eq(&collect(&env.out, "a.log"), &a);
+    assert_bytes_eq(&collect(&env.out, "pod-1/stdout"), &b);
+    assert_bytes_eq(&collect(&env.out, "c.log"), &c);
+    // 64 KiB chunks: a.log is cut into several objects, each ending at a line end except the last.
+    let files = chunk_files(&env.out, "a.log");
+    assert!(files.len() > 3, "expected several chunks, got {}", files.len());
+    for f in &files[..files.len() - 1] {
+        let bytes = fs::read(f).unwrap();
+        assert!(bytes.len() <= 64 * 1024);
+        assert_eq!(bytes.last(), Some(&b'\n'), "{} ends inside a line", f.display());
+    }
+    let s = d.summary();
+    assert_eq!(s["sources"][0]["partial_lines_flushed"], 2);
+    assert_eq!(s["outputs"][0]["bytes_delivered"], (a.len() + b.len() + c.len()) as u64);
+}
+
+#[test]
+fn partial_line_waits_for_its_newline_and_is_flushed_as_is_at_drain() {
+    let env = Env::new();
+    let p = env.path("app.log");
+    append(&p, b"first\nsecond hal");
+    let mut d = Daemon::spawn(&env.follow_args("app.log"), env.dir.path());
+    wait_until("first line shipped", T, || collect(&env.out, "app.log") == b"first\n");
+    append(&p, b"f\nthird\ntail without newline");
+    wait_until("completed line shipped", T, || {
+        collect(&env.out, "app.log") == b"first\nsecond half\nthird\n"
+    });
+    env.signal_end();
+    ok(d.wait_exit(T), &d);
+    assert_bytes_eq(
+        &collect(&env.out, "app.log"),
+        b"first\nsecond half\nthird\ntail without newline",
+    );
+    // Every object but the drain's last one ends at a line end.
+    let files = chunk_files(&env.out, "app.log");
+    for f in &files[..files.len() - 1] {
+        assert_eq!(fs::read(f).unwrap().last(), Some(&b'\n'));
+    }
+}
+
+#[test]
+fn rotation_by_rename_keeps_reading_the_old_file_and_picks_up_the_new_one() {
+    let env = Env::new();
+    let p = env.path("app.log");
+    let first = lines("old", 0, 1000);
+    append(&p, &first);
+    let mut d = Daemon::spawn(&env.follow_args("app.log"), env.dir.path());
+    wait_until("old lines shipped", T, || collect(&env.out, "app.log") == first);
+    // Rotate: rename, keep writing to the old file through its descriptor (as a writer does
+    // until it reopens), then create the new file.
+    let mut old = fs::OpenOptions::new().append(true).open(&p).unwrap();
+    fs::rename(&p, env.path("app.log.1")).unwrap();
+    let late = lines("late", 0, 100);
+    std::io::Write::write_all(&mut old, &late).unwrap();
+    drop(old);
+    let new = lines("new", 0, 500);
+    append(&p, &new);
+    wait_until("new file shipped", T, || {
+        let got = collect(&env.out, "app.log");
+        got.len() == first.len() + late.len() + new.len()
+    });
+    env.signal_end();
+    ok(d.wait_exit(T), &d);
+    let got = collect(&env.out, "app.log");
+    let mut got_lines: Vec<&[u8]> = got.split_inclusive(|&b| b == b'\n').collect();
+    let all = [first.clone(), late.clone(), new.clone()].concat();
+    let mut want: Vec<&[u8]> = all.split_inclusive(|&b| b == b'\n').collect();
+    got_lines.sort();
+    want.sort();
+    assert_eq!(got_lines.len(), want.len(), "no line lost or repeated");
+    assert!(got_lines == want);
+    assert!(got.starts_with(&first), "the old file's lines come first");
+}
+
+#[test]
+fn copytruncate_is_detected_and_the_new_content_is_read_from_the_start() {
+    let env = Env::new();
+    let p = env.path("app.log");
+    let before = lines("before", 0, 2000);
+    append(&p, &before);
+    let mut d = Daemon::spawn(&env.follow_args("app.log"), env.dir.path());
+    wait_until("first content shipped", T, || collect(&env.out, "app.log") == before);
+    // copytruncate: copy away, truncate in place; the writer continues with less data than before.
+    fs::copy(&p, env.path("app.log.1")).unwrap();
+    fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(0).unwrap();
+    let after = lines("after", 0, 10);
+    append(&p, &after);
+    let want = [before.clone(), after.clone()].concat();
+    wait_until("content after truncation shipped", T, || {
+        collect(&env.out, "app.log") == want
+    });
+    // Truncate and immediately write *more* than before: caught by the fingerprint, not the size.
+    fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(0).unwrap();
+    let bigger = lines("bigger", 0, 4000);
+    append(&p, &bigger);
+    let want = [want, bigger].concat();
+    wait_until("rewritten content shipped", T, || {
+        collect(&env.out, "app.log").len() >= want.len()
+    });
+    env.signal_end();
+    ok(d.wait_exit(T), &d);
+    assert_bytes_eq(&collect(&env.out, "app.log"), &want);
+    assert!(d.summary()["sources"][0]["truncations"].as_u64().unwrap() >= 2);
+}
+
+#[test]
+fn delete_and_recreate_reads_both_files() {
+    let env = Env::new();
+    let p = env.path("app.log");
+    let one = lines("one", 0, 300);
+    append(&p, &one);
+    let mut d = Daemon::spawn(&env.follow_args("app.log"), env.dir.path());
+    wait_until("first file shipped", T, || collect(&env.out, "app.log") == one);
+    fs::remove_file(&p).unwrap();
+    let two = lines("two", 0, 300);
+    append(&p, &two);
+    let want = [one, two].concat();
+    wait_until("second file shipped", T, || collect(&env.out, "app.log") == want);
+    env.signal_end();
+    ok(d.wait_exit(T), &d);
+    assert_bytes_eq(&collect(&env.out, "app.log"), &want);
+}
+
+#[test]
+fn a_file_that_appears_late_is_found() {
+    let env = Env::new();
+    let mut d = Daemon::spawn(&env.follow_args("*/stdout"), env.dir.path());
+    wait_until("logship started", T, || {
+        d.stderr().contains("draining") || env.buffer.join("state.json").exists() || env.buffer.join(".lock").exists()
+    });
+    fs::create_dir_all(env.input.join("pod-7")).unwrap();
+    let content = lines("late", 0, 100);
+    append(&env.input.join("pod-7/stdout"), &content);
+    wait_until("late file shipped", T, || collect(&env.out, "pod-7/stdout") == content);
+    env.signal_end();
+    ok(d.wait_exit(T), &d);
+    assert_bytes_eq(&collect(&env.out, "pod-7/stdout"), &content);
+}
+
+#[test]
+fn a_file_renamed_while_open_is_not_read_twice() {
+    // Spark renames <app>.inprogress to <app> when the application ends.
+    let env = Env::new();
+    let p = env.path("spark-1.inprogress");
+    let mut f = fs::OpenOptions::new().create(true).append(true).open(&p).unwrap();
+    let one = lines("ev", 0, 1000);
+    std::io::Write::write_all(&mut f, &one).unwrap();
+    let mut d = Daemon::spawn(&env.follow_args("spark-1*"), env.dir.path());
+    wait_until("first events shipped", T, || {
+        collect(&env.out, "spark-1.inprogress") == one
+    });
+    let two = lines("ev", 1000, 10);
+    std::io::Write::write_all(&mut f, &two).unwrap();
+    fs::rename(&p, env.path("spark-1")).unwrap();
+    let three = lines("ev", 1010, 10);
+    std::io::Write::write_all(&mut f, &three).unwrap();
+    drop(f);
+    let want = [one, two, three].concat();
+    wait_until("all events shipped", T, || {
+        collect(&env.out, "spark-1.inprogress").len() >= want.len()
+    });
+    env.signal_end();
+    ok(d.wait_exit(T), &d);
+    assert_bytes_eq(&collect(&env.out, "spark-1.inprogress"), &want);
+    assert!(
+        !env.out.join("spark-1").exists(),
+        "the renamed file was not shipped again under its new name"
+    );
+}
+
+#[test]
+fn a_file_deleted_before_it_was_fully_read_is_read_to_its_end() {
+    let env = Env::new();
+    let p = env.path("app.log");
+    let head = lines("head", 0, 10);
+    append(&p, &head);
+    let mut args = env.follow_args("app.log");
+    // A small buffer limit: logship cannot read the whole file at once, so most of it is still
+    // unread when the file is deleted.
+    args.extend(["--chunk-limit".into(), "64KiB".into()]);
+    let mut d = Daemon::spawn(&args, env.dir.path());
+    wait_until("file opened and first lines shipped", T, || {
+        collect(&env.out, "app.log") == head
+    });
+    let body = lines("body", 0, 100_000);
+    append(&p, &body);
+    fs::remove_file(&p).unwrap();
+    let want = [head, body].concat();
+    wait_until("deleted file read to its end", T, || {
+        collect(&env.out, "app.log").len() >= want.len()
+    });
+    env.signal_end();
+    ok(d.wait_exit(T), &d);
+    assert_bytes_eq(&collect(&env.out, "app.log"), &want);
+}
+
+#[test]
+fn long_lines_are_split_at_the_maximum_and_counted() {
+    let env = Env::new();
+    // Quick mode's max_line_size is the chunk limit: a 200 KiB line with 64 KiB chunks.
+    let long = [vec![b'L'; 200 * 1024], b"\n".to_vec(), lines("after", 0, 10)].concat();
+    fs::write(env.path("long.log"), &long).unwrap();
+    let args: Vec<String> = vec![
+        "ship".into(),
+        "--once".into(),
+        env.path("long.log").display().to_string(),
+        "--to".into(),
+        format!("file://{}", env.out.display()),
+        "--chunk-limit".into(),
+        "64KiB".into(),
+    ];
+    let mut d = Daemon::spawn(&args, env.dir.path());
+    ok(d.wait_exit(T), &d);
+    assert_bytes_eq(&collect(&env.out, "long.log"), &long);
+    assert_eq!(
+        d.summary()["sources"][0]["lines_split"],
+        3,
+        "200 KiB = 3 pieces of 64 KiB + the rest"
+    );
+    for f in chunk_files(&env.out, "long.log") {
+        assert!(fs::metadata(&f).unwrap().len() <= 64 * 1024);
+    }
+}
+
+#[test]
+fn lines_longer_than_the_read_block_stay_whole() {
+    let env = Env::new();
+    // 1 MiB lines (longer than the 256 KiB read block, shorter than the 32 MB default limit).
+    let mut content = Vec::new();
+    for i in 0..5u8 {
+        content.extend(vec![b'a' + i; 1 << 20]);
+        content.push(b'\n');
+    }
+    fs::write(env.path("big.log"), &content).unwrap();
+    let args: Vec<String> = vec![
+        "ship".into(),
+        "--once".into(),
+        env.path("big.log").display().to_string(),
+        "--to".into(),
+        format!("file://{}", env.out.display()),
+        "--chunk-limit".into(),
+        "3MiB".into(),
+    ];
+    let mut d = Daemon::spawn(&args, env.dir.path());
+    ok(d.wait_exit(T), &d);
+    assert_bytes_eq(&collect(&env.out, "big.log"), &content);
+    assert_eq!(d.summary()["sources"][0]["lines_split"], 0);
+    for f in chunk_files(&env.out, "big.log") {
+        let b = fs::read(&f).unwrap();
+        assert_eq!(b.len() % ((1 << 20) + 1), 0, "chunks hold whole 1 MiB lines");
+    }
+}
+
+#[test]
+fn raw_mode_ships_bytes_without_line_framing() {
+    let env = Env::new();
+    let bytes: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    fs::write(env.path("blob.bin"), &bytes).unwrap();
+    let args: Vec<String> = vec![
+        "ship".into(),
+        "--once".into(),
+        "--raw".into(),
+        env.path("blob.bin").display().to_string(),
+        "--to".into(),
+        format!("file://{}", env.out.display()),
+        "--chunk-limit".into(),
+        "64KiB".into(),
+    ];
+    let mut d = Daemon::spawn(&args, env.dir.path());
+    ok(d.wait_exit(T), &d);
+    assert_bytes_eq(&collect(&env.out, "blob.bin"), &bytes);
+    let files = chunk_files(&env.out, "blob.bin");
+    assert_eq!(files.len(), 5, "300,000 bytes in 65,536-byte chunks");
+    assert_eq!(fs::metadata(&files[0]).unwrap().len(), 65536);
+}
+
+#[test]
+fn forced_polling_follows_files_without_inotify() {
+    let env = Env::new();
+    let p = env.path("app.log");
+    let one = lines("poll", 0, 100);
+    append(&p, &one);
+    let mut args = env.follow_args("app.log");
+    args.push("--poll".into());
+    let mut d = Daemon::spawn(&args, env.dir.path());
+    wait_until("polled lines shipped", T, || collect(&env.out, "app.log") == one);
+    let two = lines("poll", 100, 100);
+    append(&p, &two);
+    let want = [one, two].concat();
+    wait_until("more polled lines shipped", T, || collect(&env.out, "app.log") == want);
+    env.signal_end();
+    ok(d.wait_exit(T), &d);
+}
+
+#[test]
+fn restart_resumes_from_the_checkpoint_without_repeating() {
+    let env = Env::new();
+    let p = env.path("app.log");
+    let one = lines("one", 0, 500);
+    append(&p, &one);
+    let mut d = Daemon::spawn(&env.follow_args("app.log"), env.dir.path());
+    wait_until("first part shipped", T, || collect(&env.out, "app.log") == one);
+    env.signal_end();
+    ok(d.wait_exit(T), &d);
+    fs::remove_file(&env.signal).unwrap();
+    let two = lines("two", 0, 500);
+    append(&p, &two);
+    let mut d = Daemon::spawn(&env.follow_args("app.log"), env.dir.path());
+    let want = [one, two].concat();
+    wait_until("second part shipped", T, || {
+        collect(&env.out, "app.log").len() >= want.len()
+    });
+    env.signal_end();
+    ok(d.wait_exit(T), &d);
+    assert_bytes_eq(&collect(&env.out, "app.log"), &want);
+}
