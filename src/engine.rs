@@ -129,7 +129,10 @@ async fn deliver_loop(
             _ = cancel.wait_for(|c| *c) => return,
         };
         let msg = match result {
-            Ok(()) => Control::Delivered(chunk.seq),
+            Ok(()) => {
+                crate::crashpoint::hit("delivered-before-ack");
+                Control::Delivered(chunk.seq)
+            }
             Err(e) => Control::Failed(chunk.seq, e.to_string()),
         };
         if ctl.send(msg).is_err() {

@@ -7,6 +7,7 @@
 
 pub mod buffer;
 pub mod config;
+pub mod crashpoint;
 pub mod engine;
 pub mod fsutil;
 pub mod lifecycle;

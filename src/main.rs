@@ -71,6 +71,10 @@ struct ShipArgs {
     /// How long without a heartbeat means the main container has ended.
     #[arg(long, default_value = "15s")]
     heartbeat_timeout: HumanDuration,
+    /// How long to wait for the heartbeat file to appear before assuming main never started
+    /// (then logship drains and exits).
+    #[arg(long, default_value = "120s")]
+    heartbeat_appear_timeout: HumanDuration,
     /// Drain when this file appears (written by `logship wrap`).
     #[arg(long)]
     signal_file: Option<PathBuf>,
@@ -160,6 +164,7 @@ fn real_main(cli: Cli) -> Result<i32> {
                 chunk_limit: args.chunk_limit,
                 heartbeat_file: args.heartbeat_file,
                 heartbeat_timeout: args.heartbeat_timeout,
+                heartbeat_appear_timeout: args.heartbeat_appear_timeout,
                 signal_file: args.signal_file,
                 drain_deadline: args.drain_deadline,
                 key_format: args.key_format,

@@ -52,6 +52,8 @@ pub struct WakeFlags {
 
 /// How much to read before committing (bounds the work lost to a crash and the commit latency).
 const COMMIT_EVERY_BYTES: u64 = 16 << 20;
+/// The smallest batch after write errors: on a nearly full disk, small batches still fit.
+const MIN_BATCH_BYTES: u64 = 64 << 10;
 
 /// The pipeline thread's state.
 pub struct Pipeline {
@@ -68,6 +70,8 @@ pub struct Pipeline {
     drain_reason: Option<String>,
     /// After a write error, reading waits until this time.
     write_backoff: Option<Instant>,
+    /// Bytes to read before a commit: shrinks after a write error, grows back after commits.
+    batch: u64,
     last_poll: Instant,
 }
 
@@ -105,6 +109,7 @@ impl Pipeline {
             stuck: HashSet::new(),
             drain_reason: None,
             write_backoff: None,
+            batch: COMMIT_EVERY_BYTES,
             last_poll: Instant::now(),
         }
     }
@@ -176,6 +181,9 @@ impl Pipeline {
                     self.drain_reason = Some(reason);
                     // The last look for files that appeared since the last scan.
                     self.scan_all();
+                    for s in &mut self.sources {
+                        s.mark_drain_point();
+                    }
                 }
             }
             Control::Deadline => return true,
@@ -213,7 +221,8 @@ impl Pipeline {
         let now = Instant::now();
         self.last_poll = now;
         let mut total = 0;
-        while total < COMMIT_EVERY_BYTES {
+        let batch = self.batch;
+        while total < batch {
             if self.over_limit() {
                 if !self.summary.backpressure_logged {
                     tracing::warn!(
@@ -226,11 +235,12 @@ impl Pipeline {
             }
             let mut pass = 0;
             for s in &mut self.sources {
-                match s.read(&mut self.store, COMMIT_EVERY_BYTES - total, draining, now, now_ms()) {
+                match s.read(&mut self.store, batch - total, draining, now, now_ms()) {
                     Ok(n) => pass += n,
                     Err(e) => {
                         tracing::error!(error = %e, "reading into the buffer failed; undoing this batch and retrying in 1s");
                         self.summary.write_errors += 1;
+                        self.batch = (self.batch / 4).max(MIN_BATCH_BYTES);
                         self.store.rollback();
                         for s in &mut self.sources {
                             s.rewind();
@@ -272,6 +282,7 @@ impl Pipeline {
         }
         match self.store.commit(checkpoints, now_ms()) {
             Ok(sealed) => {
+                self.batch = (self.batch * 2).min(COMMIT_EVERY_BYTES);
                 for s in &mut self.sources {
                     s.committed();
                 }
@@ -282,6 +293,7 @@ impl Pipeline {
             Err(e) => {
                 tracing::error!(error = %e, "cannot commit the buffer; undoing this batch and retrying in 1s");
                 self.summary.write_errors += 1;
+                self.batch = (self.batch / 4).max(MIN_BATCH_BYTES);
                 self.store.rollback();
                 for s in &mut self.sources {
                     s.rewind();

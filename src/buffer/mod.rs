@@ -311,6 +311,7 @@ impl ChunkStore {
         let f = self.handles.get_mut(&seq).expect("open chunk has a handle");
         f.write_all(bytes)
             .map_err(|source| BufferError::Write { path, source })?;
+        crate::crashpoint::hit("chunk-written");
         let c = &mut self.state.chunks[i];
         c.len += bytes.len() as u64;
         c.last_write_ms = now_ms;
@@ -441,6 +442,7 @@ impl ChunkStore {
         let horizon = self.timekey_of(now_ms) - TIMED_COUNTER_TTL_SECS;
         self.state.indices.retain(|c| !c.timed || c.timekey >= horizon);
         if self.state != self.committed {
+            crate::crashpoint::hit("before-state-write");
             write_atomic(&self.state_path, &self.state.to_bytes(), self.limits.fsync).map_err(|source| {
                 BufferError::Write {
                     path: self.state_path.clone(),
@@ -448,6 +450,7 @@ impl ChunkStore {
                 }
             })?;
             self.committed = self.state.clone();
+            crate::crashpoint::hit("after-state-write");
         }
         self.dirty.clear();
         for seq in std::mem::take(&mut self.to_delete) {

@@ -28,6 +28,8 @@ pub struct QuickArgs {
     pub heartbeat_file: Option<PathBuf>,
     /// Heartbeat timeout.
     pub heartbeat_timeout: HumanDuration,
+    /// How long the heartbeat file may take to appear.
+    pub heartbeat_appear_timeout: HumanDuration,
     /// Signal file.
     pub signal_file: Option<PathBuf>,
     /// Drain deadline.
@@ -93,10 +95,10 @@ pub fn build(args: &QuickArgs) -> Result<Config, ConfigError> {
         lifecycle: LifecycleConfig {
             heartbeat_file: args.heartbeat_file.clone(),
             heartbeat_timeout: args.heartbeat_timeout,
+            heartbeat_appear_timeout: args.heartbeat_appear_timeout,
             signal_file: args.signal_file.clone(),
             once: args.once,
             drain_deadline: args.drain_deadline,
-            ..LifecycleConfig::default()
         },
     };
     config.normalize();
@@ -140,6 +142,7 @@ mod tests {
             chunk_limit: ByteSize(32 << 20),
             heartbeat_file: None,
             heartbeat_timeout: HumanDuration::secs(15),
+            heartbeat_appear_timeout: HumanDuration::secs(120),
             signal_file: None,
             drain_deadline: HumanDuration::secs(60),
             key_format: None,

@@ -70,6 +70,7 @@ fn copy_atomic(src: &Path, dest: &Path, expected: u64) -> Result<(), DeliveryErr
     std::fs::File::open(&tmp)
         .and_then(|f| f.sync_all())
         .map_err(|e| retry("cannot fsync", &tmp, e))?;
+    crate::crashpoint::hit("file-sink-before-rename");
     std::fs::rename(&tmp, dest).map_err(|e| retry("cannot rename into", dest, e))?;
     sync_parent(dest).map_err(|e| retry("cannot fsync directory of", dest, e))?;
     Ok(())

@@ -86,6 +86,9 @@ pub struct TailedFile {
     last_growth: Instant,
     /// Size at the last look.
     last_size: u64,
+    /// Size when the drain started: the drain reads up to here (a writer that keeps going does
+    /// not keep the drain going), and only bytes before it count as not delivered.
+    drain_size: Option<u64>,
 }
 
 struct Pattern {
@@ -278,6 +281,7 @@ impl TailSource {
             gone_since: None,
             last_growth: now,
             last_size: size,
+            drain_size: None,
         }))
     }
 
@@ -318,12 +322,22 @@ impl TailSource {
         }
     }
 
-    /// Bytes not yet read into chunks, per file (for the exit summary).
+    /// Records the drain point: every file's current size.
+    pub fn mark_drain_point(&mut self) {
+        for f in &mut self.files {
+            let size = f.file.metadata().map(|m| m.len()).unwrap_or(f.last_size);
+            f.drain_size = Some(size);
+        }
+    }
+
+    /// Bytes written before the drain point but not read into chunks, per file (for the exit
+    /// summary).
     pub fn unread(&self) -> Vec<(PathBuf, u64)> {
         self.files
             .iter()
             .filter_map(|f| {
                 let size = f.file.metadata().map(|m| m.len()).unwrap_or(f.last_size);
+                let size = f.drain_size.map_or(size, |d| d.min(size));
                 (size > f.pos).then(|| (f.path.clone(), size - f.pos))
             })
             .collect()
@@ -379,7 +393,10 @@ impl TailSource {
             path: path.to_path_buf(),
             source,
         };
-        let size = f.file.metadata().map_err(|e| read_err(&f.path, e))?.len();
+        let mut size = f.file.metadata().map_err(|e| read_err(&f.path, e))?.len();
+        if let Some(d) = f.drain_size {
+            size = size.min(d);
+        }
         let changed = size != f.last_size;
         if changed {
             f.last_growth = now;

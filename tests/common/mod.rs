@@ -239,3 +239,13 @@ pub fn assert_bytes_eq(actual: &[u8], expected: &[u8]) {
         panic!("bytes differ: {}", first_diff(actual, expected));
     }
 }
+
+/// Sets `--flag value` in an argument list, replacing an earlier value.
+pub fn set_flag(args: &mut Vec<String>, flag: &str, value: &str) {
+    if let Some(i) = args.iter().position(|a| a == flag) {
+        args[i + 1] = value.to_string();
+    } else {
+        args.push(flag.to_string());
+        args.push(value.to_string());
+    }
+}
