@@ -111,3 +111,19 @@ fn an_unsupported_destination_is_a_usage_error_naming_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--to") && err.contains("ftp://host/x"), "{err}");
 }
+
+#[test]
+fn the_readme_config_example_is_valid() {
+    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme.find("```toml\n").expect("README has a TOML example") + "```toml\n".len();
+    let end = start + readme[start..].find("```").unwrap();
+    let env = Env::new();
+    let cfg = env.dir.path().join("readme.toml");
+    fs::write(&cfg, &readme[start..end]).unwrap();
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

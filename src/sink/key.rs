@@ -37,6 +37,14 @@ enum Part {
 }
 
 /// A parsed key format such as `%{path}/events_%{index}_spark-123`.
+///
+/// ```
+/// use logship::sink::key::{KeyTemplate, KeyValues};
+/// let t = KeyTemplate::parse("%{path}/events_%{index}_spark-1").unwrap();
+/// let v = KeyValues { path: "logs/eventlog_v2_spark-1", ..Default::default() };
+/// assert_eq!(t.render(&v, 1), "logs/eventlog_v2_spark-1/events_1_spark-1");
+/// assert_eq!(t.prefix(&v), "logs/eventlog_v2_spark-1/events_%{index}_spark-1");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyTemplate {
     parts: Vec<Part>,

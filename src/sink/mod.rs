@@ -58,7 +58,10 @@ impl Sink {
     /// Where it delivers, for messages (no secrets).
     pub fn describe(&self) -> String {
         match self {
-            Sink::File(f) => format!("file://{}", f.dir().display()),
+            Sink::File(f) => {
+                let dir = std::path::absolute(f.dir()).unwrap_or_else(|_| f.dir().to_path_buf());
+                format!("file://{}", dir.display())
+            }
             Sink::Stdout(_) => "stdout".to_string(),
         }
     }
