@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
 
-use notify::{EventKind, RecursiveMode, Watcher};
+use notify::EventKind;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::buffer::{BufferError, ChunkLimits, ChunkStore, OutputKeying, SealedChunk};
@@ -80,8 +80,8 @@ pub async fn run(config: Config) -> Result<Summary, EngineError> {
     }
 
     let wake = Arc::new(WakeFlags::default());
-    let pipeline = Pipeline::new(config.clone(), store, senders, ctl_rx, wake.clone());
-    let _watcher = start_watcher(&config, &pipeline, ctl_tx.clone(), wake);
+    let mut pipeline = Pipeline::new(config.clone(), store, senders, ctl_rx, wake.clone());
+    pipeline.set_watcher(start_watcher(&config, ctl_tx.clone(), wake));
 
     let (done_tx, mut done_rx) = oneshot::channel::<Summary>();
     let thread = std::thread::Builder::new()
@@ -141,14 +141,9 @@ async fn deliver_loop(
     }
 }
 
-/// Starts inotify watches on the sources' directories; a burst of events becomes one wake-up.
-/// Without it (poll mode, or inotify unavailable) the pipeline polls.
-fn start_watcher(
-    config: &Config,
-    pipeline: &Pipeline,
-    ctl: Sender<Control>,
-    wake: Arc<WakeFlags>,
-) -> Option<notify::RecommendedWatcher> {
+/// Creates the inotify watcher (the pipeline adds the directories); a burst of events becomes one
+/// wake-up. Without it (poll mode, or inotify unavailable) the pipeline polls.
+fn start_watcher(config: &Config, ctl: Sender<Control>, wake: Arc<WakeFlags>) -> Option<notify::RecommendedWatcher> {
     if config.sources.iter().all(|s| s.watch == WatchMode::Poll) {
         return None;
     }
@@ -165,23 +160,11 @@ fn start_watcher(
             let _ = ctl.send(Control::Wake);
         }
     };
-    let mut watcher = match notify::recommended_watcher(handler) {
-        Ok(w) => w,
+    match notify::recommended_watcher(handler) {
+        Ok(w) => Some(w),
         Err(e) => {
             tracing::warn!(error = %e, "file-system events unavailable; polling instead");
-            return None;
-        }
-    };
-    for (dir, recursive) in pipeline.watch_dirs() {
-        let dir = if dir.as_os_str().is_empty() { ".".into() } else { dir };
-        let mode = if recursive {
-            RecursiveMode::Recursive
-        } else {
-            RecursiveMode::NonRecursive
-        };
-        if let Err(e) = watcher.watch(&dir, mode) {
-            tracing::info!(dir = %dir.display(), error = %e, "cannot watch directory (yet); new files there are found by the periodic scan");
+            None
         }
     }
-    Some(watcher)
 }

@@ -72,7 +72,13 @@ pub struct Pipeline {
     write_backoff: Option<Instant>,
     /// Bytes to read before a commit: shrinks after a write error, grows back after commits.
     batch: u64,
+    /// When "buffer is full" was last logged (at most once a minute).
+    backpressure_logged: Option<Instant>,
     last_poll: Instant,
+    /// inotify, when available; directories are added as they appear.
+    watcher: Option<notify::RecommendedWatcher>,
+    /// Directories being watched.
+    watched: HashSet<PathBuf>,
 }
 
 fn now_ms() -> i64 {
@@ -110,13 +116,52 @@ impl Pipeline {
             drain_reason: None,
             write_backoff: None,
             batch: COMMIT_EVERY_BYTES,
+            backpressure_logged: None,
             last_poll: Instant::now(),
+            watcher: None,
+            watched: HashSet::new(),
         }
     }
 
-    /// Directories the file-system watcher should watch (and whether recursively).
-    pub fn watch_dirs(&self) -> Vec<(PathBuf, bool)> {
-        self.sources.iter().flat_map(|s| s.watch_dirs()).collect()
+    /// Gives the pipeline the file-system watcher; it watches the sources' directories, adding
+    /// each one when it exists (at start, or at a later scan).
+    pub fn set_watcher(&mut self, watcher: Option<notify::RecommendedWatcher>) {
+        self.watcher = watcher;
+        self.add_watches();
+    }
+
+    fn add_watches(&mut self) {
+        use notify::{RecursiveMode, Watcher};
+        let Some(w) = self.watcher.as_mut() else { return };
+        for s in &self.sources {
+            if s.config.watch == crate::config::WatchMode::Poll {
+                continue;
+            }
+            for (dir, recursive) in s.watch_dirs() {
+                let dir = if dir.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    dir
+                };
+                if self.watched.contains(&dir) || !dir.is_dir() {
+                    continue;
+                }
+                let mode = if recursive {
+                    RecursiveMode::Recursive
+                } else {
+                    RecursiveMode::NonRecursive
+                };
+                match w.watch(&dir, mode) {
+                    Ok(()) => {
+                        tracing::debug!(dir = %dir.display(), "watching");
+                        self.watched.insert(dir);
+                    }
+                    Err(e) => {
+                        tracing::info!(dir = %dir.display(), error = %e, "cannot watch directory; relying on scans and polls")
+                    }
+                }
+            }
+        }
     }
 
     /// Runs until the drain is complete or the deadline passes; returns what happened.
@@ -198,6 +243,7 @@ impl Pipeline {
     }
 
     fn scan_all(&mut self) {
+        self.add_watches();
         let now = Instant::now();
         let checkpoints = self.store.checkpoints().to_vec();
         for s in &mut self.sources {
@@ -222,20 +268,31 @@ impl Pipeline {
         self.last_poll = now;
         let mut total = 0;
         let batch = self.batch;
+        let limit = self.config.buffer.total_limit.bytes();
         while total < batch {
             if self.over_limit() {
-                if !self.summary.backpressure_logged {
+                if self
+                    .backpressure_logged
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+                {
                     tracing::warn!(
                         limit = %self.config.buffer.total_limit,
                         "buffer is full; reading pauses until deliveries free space"
                     );
-                    self.summary.backpressure_logged = true;
+                    self.backpressure_logged = Some(Instant::now());
                 }
                 break;
             }
             let mut pass = 0;
             for s in &mut self.sources {
-                match s.read(&mut self.store, batch - total, draining, now, now_ms()) {
+                // Stay under total_limit (to within one read block): each byte read is stored
+                // once per output the source feeds.
+                let room = limit.saturating_sub(self.store.total_bytes()) / s.routes.len().max(1) as u64;
+                let budget = batch.saturating_sub(total + pass).min(room);
+                if budget == 0 {
+                    continue;
+                }
+                match s.read(&mut self.store, budget, draining, now, now_ms()) {
                     Ok(n) => pass += n,
                     Err(e) => {
                         tracing::error!(error = %e, "reading into the buffer failed; undoing this batch and retrying in 1s");
@@ -254,9 +311,6 @@ impl Pipeline {
             if pass == 0 {
                 break;
             }
-        }
-        if total > 0 {
-            self.summary.backpressure_logged = false;
         }
         Ok(total)
     }

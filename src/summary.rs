@@ -78,8 +78,6 @@ pub struct Summary {
     pub buffer_dir: PathBuf,
     /// Failed writes to the buffer (each retried).
     pub write_errors: u64,
-    #[serde(skip)]
-    pub(crate) backpressure_logged: bool,
 }
 
 impl Summary {

@@ -352,3 +352,22 @@ fn restart_resumes_from_the_checkpoint_without_repeating() {
     ok(d.wait_exit(T), &d);
     assert_bytes_eq(&collect(&env.out, "app.log"), &want);
 }
+
+#[test]
+fn a_directory_that_appears_late_is_found_and_followed() {
+    let env = Env::new();
+    let mut d = Daemon::spawn(&env.follow_args("later/*.log"), env.dir.path());
+    wait_until("logship started", T, || env.buffer.join(".lock").exists());
+    fs::create_dir_all(env.input.join("later")).unwrap();
+    let one = lines("dir", 0, 100);
+    append(&env.path("later/x.log"), &one);
+    wait_until("file in late directory shipped", T, || {
+        collect(&env.out, "x.log") == one
+    });
+    let two = lines("dir", 100, 100);
+    append(&env.path("later/x.log"), &two);
+    let want = [one, two].concat();
+    wait_until("appended lines shipped", T, || collect(&env.out, "x.log") == want);
+    env.signal_end();
+    ok(d.wait_exit(T), &d);
+}

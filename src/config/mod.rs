@@ -142,9 +142,10 @@ pub struct SourceConfig {
     #[serde(default)]
     pub format: Framing,
     /// A line longer than this is split into pieces of this size (counted in the summary);
-    /// also bounds how long an unterminated last line may wait for its newline.
-    #[serde(default = "default_max_line_size")]
-    pub max_line_size: ByteSize,
+    /// also bounds how long an unterminated last line may wait for its newline. Default: 16 MiB,
+    /// or `buffer.chunk_limit` when that is smaller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_line_size: Option<ByteSize>,
     /// How changes are noticed: inotify (`notify`, with a slow safety poll) or `poll` only
     /// (for file systems without events, e.g. some network mounts).
     #[serde(default)]
@@ -167,9 +168,6 @@ pub struct SourceConfig {
 
 fn default_refresh_interval() -> HumanDuration {
     HumanDuration::secs(30)
-}
-fn default_max_line_size() -> ByteSize {
-    ByteSize(16 << 20)
 }
 fn default_poll_interval() -> HumanDuration {
     HumanDuration::secs(1)
@@ -357,6 +355,13 @@ impl Default for LifecycleConfig {
     }
 }
 
+impl SourceConfig {
+    /// The effective maximum line length (see `max_line_size`).
+    pub fn max_line(&self) -> u64 {
+        self.max_line_size.map_or(16 << 20, ByteSize::bytes)
+    }
+}
+
 impl Config {
     /// Reads and validates a TOML config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -388,6 +393,9 @@ impl Config {
         for (i, s) in self.sources.iter_mut().enumerate() {
             if s.name.is_empty() {
                 s.name = format!("source-{i}");
+            }
+            if s.max_line_size.is_none() {
+                s.max_line_size = Some(ByteSize((16 << 20).min(self.buffer.chunk_limit.bytes())));
             }
         }
         for (i, o) in self.outputs.iter_mut().enumerate() {
@@ -460,7 +468,7 @@ impl Config {
                     return Err(invalid(format!("source[{i}].paths"), format!("bad pattern {p:?}: {e}")));
                 }
             }
-            if s.max_line_size.bytes() == 0 || s.max_line_size > b.chunk_limit {
+            if s.max_line_size.is_some_and(|m| m.bytes() == 0 || m > b.chunk_limit) {
                 return Err(invalid(
                     format!("source[{i}].max_line_size"),
                     format!("must be between 1 byte and buffer.chunk_limit ({})", b.chunk_limit),
@@ -532,6 +540,15 @@ dir = "/tmp/out"
         let text = format!("{MINIMAL}\n[buffer]\ntimekey = \"30 parsecs\"\n");
         let e = Config::parse(&text, "x.toml").unwrap_err().to_string();
         assert!(e.contains("30 parsecs") && e.contains("line 11"), "{e}");
+    }
+
+    #[test]
+    fn max_line_size_defaults_to_the_chunk_limit_when_smaller_but_an_explicit_larger_one_is_an_error() {
+        let small = format!("{MINIMAL}\n[buffer]\nchunk_limit = \"256KiB\"\n");
+        assert_eq!(Config::parse(&small, "x").unwrap().sources[0].max_line(), 256 << 10);
+        let explicit = small.replace("paths =", "max_line_size = \"1MiB\"\npaths =");
+        let e = Config::parse(&explicit, "x").unwrap_err().to_string();
+        assert!(e.contains("source[0].max_line_size"), "{e}");
     }
 
     #[test]

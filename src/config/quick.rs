@@ -74,7 +74,7 @@ pub fn build(args: &QuickArgs) -> Result<Config, ConfigError> {
             HumanDuration::secs(5)
         },
         format: if args.raw { Framing::Raw } else { Framing::Lines },
-        max_line_size: ByteSize(args.chunk_limit.bytes().min(16 << 20)),
+        max_line_size: None,
         watch: if args.poll { WatchMode::Poll } else { WatchMode::Notify },
         poll_interval: HumanDuration::secs(1),
         rotate_wait: HumanDuration::secs(5),

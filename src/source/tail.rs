@@ -146,7 +146,7 @@ impl TailSource {
                 base: glob_base(p).0,
             })
             .collect();
-        let block = READ_BLOCK.min(config.max_line_size.bytes() as usize).max(1);
+        let block = READ_BLOCK.min(config.max_line() as usize).max(1);
         TailSource {
             config,
             routes,
@@ -386,7 +386,7 @@ impl TailSource {
         now_ms: i64,
     ) -> Result<u64, TailError> {
         let framing = self.config.format;
-        let max_line = self.config.max_line_size.bytes();
+        let max_line = self.config.max_line();
         let block = self.buf.len();
         let f = &mut self.files[i];
         let read_err = |path: &Path, source| TailError::Read {
