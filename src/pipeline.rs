@@ -295,14 +295,7 @@ impl Pipeline {
                 match s.read(&mut self.store, budget, draining, now, now_ms()) {
                     Ok(n) => pass += n,
                     Err(e) => {
-                        tracing::error!(error = %e, "reading into the buffer failed; undoing this batch and retrying in 1s");
-                        self.summary.write_errors += 1;
-                        self.batch = (self.batch / 4).max(MIN_BATCH_BYTES);
-                        self.store.rollback();
-                        for s in &mut self.sources {
-                            s.rewind();
-                        }
-                        self.write_backoff = Some(Instant::now() + Duration::from_secs(1));
+                        self.undo_batch("reading into the buffer failed", &e);
                         return Err(());
                     }
                 }
@@ -344,17 +337,21 @@ impl Pipeline {
                     self.dispatch(chunk);
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot commit the buffer; undoing this batch and retrying in 1s");
-                self.summary.write_errors += 1;
-                self.batch = (self.batch / 4).max(MIN_BATCH_BYTES);
-                self.store.rollback();
-                for s in &mut self.sources {
-                    s.rewind();
-                }
-                self.write_backoff = Some(Instant::now() + Duration::from_secs(1));
-            }
+            Err(e) => self.undo_batch("cannot commit the buffer", &e),
         }
+    }
+
+    /// After a failed write: back to the last commit (chunk files cut back, read positions
+    /// rewound), a smaller batch, and a pause before reading again.
+    fn undo_batch(&mut self, what: &str, error: &dyn std::fmt::Display) {
+        tracing::error!(%error, "{what}; undoing this batch and retrying in 1s");
+        self.summary.write_errors += 1;
+        self.batch = (self.batch / 4).max(MIN_BATCH_BYTES);
+        self.store.rollback();
+        for s in &mut self.sources {
+            s.rewind();
+        }
+        self.write_backoff = Some(Instant::now() + Duration::from_secs(1));
     }
 
     fn dispatch(&mut self, chunk: SealedChunk) {

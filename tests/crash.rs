@@ -122,21 +122,19 @@ fn crash_and_recover(mode: &str, timekey: &str, point: &str, n: u64, big: &[u8],
     let b = env.path("b.log");
     fs::write(&a, big).unwrap();
     fs::write(&b, small).unwrap();
-    let args: Vec<String> = vec![
-        "ship".into(),
-        "--once".into(),
-        env.path("*.log").display().to_string(),
-        "--to".into(),
-        format!("file://{}", env.out.display()),
-        "--buffer-dir".into(),
-        env.buffer.display().to_string(),
-        "--chunk-limit".into(),
-        "4MiB".into(),
-        "--flush-mode".into(),
-        mode.into(),
-        "--timekey".into(),
-        timekey.into(),
-    ];
+    let args = env.once_args(
+        "*.log",
+        &[
+            "--buffer-dir",
+            &env.buffer.display().to_string(),
+            "--chunk-limit",
+            "4MiB",
+            "--flush-mode",
+            mode,
+            "--timekey",
+            timekey,
+        ],
+    );
     let what = format!("{mode} {point}:{n}");
     let mut cmd = std::process::Command::new(bin());
     cmd.env("LOGSHIP_CRASH_AT", format!("{point}:{n}"));

@@ -31,21 +31,19 @@ fn a_full_buffer_disk_pauses_reading_names_the_path_and_loses_nothing() {
     let content = lines("disk", 0, 70_000);
     assert!(content.len() > 5 << 20);
     fs::write(env.path("app.log"), &content).unwrap();
-    let args: Vec<String> = vec![
-        "ship".into(),
-        "--once".into(),
-        env.path("app.log").display().to_string(),
-        "--to".into(),
-        format!("file://{}", env.out.display()),
-        "--buffer-dir".into(),
-        env.buffer.display().to_string(),
-        "--chunk-limit".into(),
-        "128KiB".into(),
-        "--flush-mode".into(),
-        "immediate".into(),
-        "--drain-deadline".into(),
-        "120s".into(),
-    ];
+    let args = env.once_args(
+        "app.log",
+        &[
+            "--buffer-dir",
+            &env.buffer.display().to_string(),
+            "--chunk-limit",
+            "128KiB",
+            "--flush-mode",
+            "immediate",
+            "--drain-deadline",
+            "120s",
+        ],
+    );
     let mut d = Daemon::spawn_cmd(in_tmpfs(&env.buffer, "size=1m"), &args, env.dir.path());
     let st = d.wait_exit(Duration::from_secs(180));
     let err = d.stderr();
@@ -63,15 +61,7 @@ fn a_full_buffer_disk_pauses_reading_names_the_path_and_loses_nothing() {
 fn a_read_only_buffer_directory_is_a_clear_error_before_anything_is_read() {
     let env = Env::new();
     fs::write(env.path("app.log"), b"a line\n").unwrap();
-    let args: Vec<String> = vec![
-        "ship".into(),
-        "--once".into(),
-        env.path("app.log").display().to_string(),
-        "--to".into(),
-        format!("file://{}", env.out.display()),
-        "--buffer-dir".into(),
-        env.buffer.display().to_string(),
-    ];
+    let args = env.once_args("app.log", &["--buffer-dir", &env.buffer.display().to_string()]);
     let mut d = Daemon::spawn_cmd(in_tmpfs(&env.buffer, "ro"), &args, env.dir.path());
     let st = d.wait_exit(Duration::from_secs(60));
     let err = d.stderr();

@@ -163,17 +163,15 @@ fn undeliverable_chunks_go_to_the_secondary_directory_and_the_exit_code_says_so(
     // The output directory is a file: every delivery fails. A permanent key error would skip
     // retries; here the error is an I/O error, retried until the drain deadline.
     fs::write(&env.out, b"not a directory").unwrap();
-    let args: Vec<String> = vec![
-        "ship".into(),
-        "--once".into(),
-        env.path("a.log").display().to_string(),
-        "--to".into(),
-        format!("file://{}", env.out.display()),
-        "--buffer-dir".into(),
-        env.buffer.display().to_string(),
-        "--drain-deadline".into(),
-        "3s".into(),
-    ];
+    let args = env.once_args(
+        "a.log",
+        &[
+            "--buffer-dir",
+            &env.buffer.display().to_string(),
+            "--drain-deadline",
+            "3s",
+        ],
+    );
     let mut d = Daemon::spawn(&args, env.dir.path());
     let st = d.wait_exit(T);
     assert_eq!(st.code(), Some(3), "stderr:\n{}", d.stderr());

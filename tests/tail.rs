@@ -23,15 +23,7 @@ fn once_reproduces_several_files_exactly_including_partial_last_lines() {
     fs::create_dir_all(env.input.join("pod-1")).unwrap();
     fs::write(env.input.join("pod-1/stdout"), &b).unwrap();
     fs::write(env.path("c.log"), &c).unwrap();
-    let args: Vec<String> = vec![
-        "ship".into(),
-        "--once".into(),
-        format!("{}/**/*", env.input.display()),
-        "--to".into(),
-        format!("file://{}", env.out.display()),
-        "--chunk-limit".into(),
-        "64KiB".into(),
-    ];
+    let args = env.once_args("**/*", &["--chunk-limit", "64KiB"]);
     let mut d = Daemon::spawn(&args, env.dir.path());
     ok(d.wait_exit(T), &d);
     assert_bytes_eq(&collect(&env.out, "a.log"), &a);
@@ -236,15 +228,7 @@ fn long_lines_are_split_at_the_maximum_and_counted() {
     // Quick mode's max_line_size is the chunk limit: a 200 KiB line with 64 KiB chunks.
     let long = [vec![b'L'; 200 * 1024], b"\n".to_vec(), lines("after", 0, 10)].concat();
     fs::write(env.path("long.log"), &long).unwrap();
-    let args: Vec<String> = vec![
-        "ship".into(),
-        "--once".into(),
-        env.path("long.log").display().to_string(),
-        "--to".into(),
-        format!("file://{}", env.out.display()),
-        "--chunk-limit".into(),
-        "64KiB".into(),
-    ];
+    let args = env.once_args("long.log", &["--chunk-limit", "64KiB"]);
     let mut d = Daemon::spawn(&args, env.dir.path());
     ok(d.wait_exit(T), &d);
     assert_bytes_eq(&collect(&env.out, "long.log"), &long);
@@ -268,15 +252,7 @@ fn lines_longer_than_the_read_block_stay_whole() {
         content.push(b'\n');
     }
     fs::write(env.path("big.log"), &content).unwrap();
-    let args: Vec<String> = vec![
-        "ship".into(),
-        "--once".into(),
-        env.path("big.log").display().to_string(),
-        "--to".into(),
-        format!("file://{}", env.out.display()),
-        "--chunk-limit".into(),
-        "3MiB".into(),
-    ];
+    let args = env.once_args("big.log", &["--chunk-limit", "3MiB"]);
     let mut d = Daemon::spawn(&args, env.dir.path());
     ok(d.wait_exit(T), &d);
     assert_bytes_eq(&collect(&env.out, "big.log"), &content);
@@ -294,16 +270,7 @@ fn raw_mode_ships_bytes_without_line_framing() {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
         .collect();
     fs::write(env.path("blob.bin"), &bytes).unwrap();
-    let args: Vec<String> = vec![
-        "ship".into(),
-        "--once".into(),
-        "--raw".into(),
-        env.path("blob.bin").display().to_string(),
-        "--to".into(),
-        format!("file://{}", env.out.display()),
-        "--chunk-limit".into(),
-        "64KiB".into(),
-    ];
+    let args = env.once_args("blob.bin", &["--raw", "--chunk-limit", "64KiB"]);
     let mut d = Daemon::spawn(&args, env.dir.path());
     ok(d.wait_exit(T), &d);
     assert_bytes_eq(&collect(&env.out, "blob.bin"), &bytes);

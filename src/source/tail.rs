@@ -464,19 +464,7 @@ impl TailSource {
                 // Reached the end inside a line: wait for its newline (or flush at drain).
                 if flush_partial {
                     let len = size - f.pos;
-                    let tag = f.tag.clone();
-                    Self::copy_range(
-                        &self.routes,
-                        &tag,
-                        &f.file,
-                        &f.path,
-                        &mut self.buf,
-                        store,
-                        f.pos,
-                        len,
-                        now_ms,
-                    )?;
-                    f.pos += len;
+                    Self::copy_ahead(&self.routes, &mut self.buf, store, f, len, now_ms)?;
                     self.stats.partial_lines_flushed += 1;
                 }
                 break;
@@ -507,39 +495,13 @@ impl TailSource {
             };
             match line_len {
                 Some(len) => {
-                    let tag = f.tag.clone();
-                    Self::copy_range(
-                        &self.routes,
-                        &tag,
-                        &f.file,
-                        &f.path,
-                        &mut self.buf,
-                        store,
-                        f.pos,
-                        len,
-                        now_ms,
-                    )?;
-                    f.pos += len;
-                    f.scan_hint = 0;
+                    Self::copy_ahead(&self.routes, &mut self.buf, store, f, len, now_ms)?;
                 }
                 None => {
                     f.scan_hint = scanned;
                     if flush_partial {
                         let len = size - f.pos;
-                        let tag = f.tag.clone();
-                        Self::copy_range(
-                            &self.routes,
-                            &tag,
-                            &f.file,
-                            &f.path,
-                            &mut self.buf,
-                            store,
-                            f.pos,
-                            len,
-                            now_ms,
-                        )?;
-                        f.pos += len;
-                        f.scan_hint = 0;
+                        Self::copy_ahead(&self.routes, &mut self.buf, store, f, len, now_ms)?;
                         self.stats.partial_lines_flushed += 1;
                     }
                     break;
@@ -551,31 +513,28 @@ impl TailSource {
         Ok(read)
     }
 
-    /// Streams `len` bytes at `pos` of `file` into one chunk per route, in pieces of at most
-    /// max_line_size (`len` above it only at drain, for an overlong unterminated line).
-    #[allow(clippy::too_many_arguments)]
-    fn copy_range(
+    /// Streams the next `len` bytes of `f` into one chunk per route (so a long line stays whole),
+    /// in pieces of at most the read block, and moves `f` past them.
+    fn copy_ahead(
         routes: &[usize],
-        tag: &str,
-        file: &File,
-        path: &Path,
         buf: &mut [u8],
         store: &mut ChunkStore,
-        pos: u64,
+        f: &mut TailedFile,
         len: u64,
         now_ms: i64,
     ) -> Result<(), TailError> {
         let mut seqs = Vec::with_capacity(routes.len());
         for &o in routes {
-            seqs.push(store.reserve(o, tag, len, now_ms)?);
+            seqs.push(store.reserve(o, &f.tag, len, now_ms)?);
         }
         let mut done = 0;
         while done < len {
             let want = (len - done).min(buf.len() as u64) as usize;
-            let m = file
-                .read_at(&mut buf[..want], pos + done)
+            let m = f
+                .file
+                .read_at(&mut buf[..want], f.pos + done)
                 .map_err(|source| TailError::Read {
-                    path: path.to_path_buf(),
+                    path: f.path.clone(),
                     source,
                 })?;
             if m == 0 {
@@ -586,6 +545,8 @@ impl TailSource {
             }
             done += m as u64;
         }
+        f.pos += done;
+        f.scan_hint = 0;
         Ok(())
     }
 

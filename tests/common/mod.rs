@@ -61,6 +61,19 @@ impl Env {
         ]
     }
 
+    /// `ship --once` over `pattern` (relative to the input dir) into the output dir, plus `extra`.
+    pub fn once_args(&self, pattern: &str, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            "ship".into(),
+            "--once".into(),
+            self.input.join(pattern).display().to_string(),
+            "--to".into(),
+            format!("file://{}", self.out.display()),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    }
+
     pub fn signal_end(&self) {
         fs::write(&self.signal, b"0").unwrap();
     }
