@@ -31,12 +31,14 @@ pub enum EngineError {
 /// Runs `config` until the drain completes (or its deadline passes).
 pub async fn run(config: Config) -> Result<Summary, EngineError> {
     let config = Arc::new(config);
-    let sinks: Vec<Sink> = config.outputs.iter().map(Sink::from_config).collect();
+    let mut sinks = Vec::new();
+    for o in &config.outputs {
+        sinks.push(Sink::build(o).await);
+    }
     let keying = config
         .outputs
         .iter()
-        .zip(&sinks)
-        .map(|(o, sink)| OutputKeying {
+        .map(|o| OutputKeying {
             name: o.name.clone(),
             template: KeyTemplate::parse(&o.key_format).expect("validated"),
             path: o.path.clone(),
@@ -45,7 +47,7 @@ pub async fn run(config: Config) -> Result<Summary, EngineError> {
             } else {
                 o.time_slice_format.clone()
             },
-            file_extension: sink.file_extension().to_string(),
+            file_extension: Sink::file_extension(o).to_string(),
             index_start: o.index_start,
         })
         .collect();

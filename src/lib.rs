@@ -12,6 +12,7 @@ pub mod engine;
 pub mod fsutil;
 pub mod lifecycle;
 pub mod pipeline;
+pub mod presign;
 pub mod sink;
 pub mod source;
 pub mod summary;

@@ -27,11 +27,37 @@ enum Command {
         #[arg(long, short, env = "LOGSHIP_CONFIG")]
         config: PathBuf,
     },
-    /// Validate a config and print the effective config (defaults filled in).
+    /// Validate a config and print the effective config (defaults filled in), and/or explain a
+    /// presigned POST file (bucket, key prefix, conditions, time left; never the signature).
     Check {
         /// The config file.
-        #[arg(long, short, env = "LOGSHIP_CONFIG")]
-        config: PathBuf,
+        #[arg(long, short, env = "LOGSHIP_CONFIG", required_unless_present = "presigned_post")]
+        config: Option<PathBuf>,
+        /// A presigned POST file to explain.
+        #[arg(long)]
+        presigned_post: Option<PathBuf>,
+    },
+    /// Print a presigned POST (JSON, as boto3 makes) that can only write objects under a key
+    /// prefix, up to a size, until it expires. Signed with credentials from the default chain.
+    Presign {
+        /// The bucket.
+        #[arg(long)]
+        bucket: String,
+        /// Objects must be written under this prefix.
+        #[arg(long)]
+        key_prefix: String,
+        /// How long it is valid.
+        #[arg(long, default_value = "1h")]
+        expires: HumanDuration,
+        /// Signing region.
+        #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
+        region: String,
+        /// An S3-compatible endpoint (path-style), e.g. http://127.0.0.1:9000.
+        #[arg(long, env = "AWS_ENDPOINT_URL")]
+        endpoint: Option<String>,
+        /// Largest object allowed.
+        #[arg(long, default_value = "5GB")]
+        max_size: ByteSize,
     },
     /// Quick mode: ship files to a destination without a config file.
     Ship(Box<ShipArgs>),
@@ -42,9 +68,25 @@ struct ShipArgs {
     /// Files or glob patterns to ship (quote globs so the shell leaves them alone).
     #[arg(required = true)]
     paths: Vec<String>,
-    /// Destination: file:///DIR (one file per chunk under DIR), or stdout.
+    /// Destination: file:///DIR (one file per chunk under DIR), s3://BUCKET/PREFIX, or stdout.
     #[arg(long)]
     to: String,
+    /// S3: upload through this presigned POST file (re-read before every upload) instead of the
+    /// S3 API with AWS credentials.
+    #[arg(long)]
+    presigned_post: Option<PathBuf>,
+    /// S3: text, gzip or zstd.
+    #[arg(long, default_value = "text", value_parser = parse_store_as)]
+    store_as: logship::sink::compress::StoreAs,
+    /// S3 API: an S3-compatible endpoint URL (also AWS_ENDPOINT_URL).
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// S3 API: region (default from the AWS configuration).
+    #[arg(long)]
+    region: Option<String>,
+    /// S3 API: path-style addressing (endpoint/bucket/key).
+    #[arg(long)]
+    path_style: bool,
     /// Ship what exists now (unterminated last lines included) and exit.
     #[arg(long, conflicts_with = "follow")]
     once: bool,
@@ -104,6 +146,10 @@ fn parse_flush_mode(s: &str) -> Result<FlushMode, String> {
     }
 }
 
+fn parse_store_as(s: &str) -> Result<logship::sink::compress::StoreAs, String> {
+    logship::sink::compress::StoreAs::parse(s).ok_or_else(|| format!("unknown store_as {s:?} (text, gzip, zstd)"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
@@ -129,10 +175,39 @@ fn init_logging() {
 
 fn real_main(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Check { config } => {
-            let c = Config::load(&config)?;
-            print!("{}", c.to_toml());
-            eprintln!("logship: {} is valid", config.display());
+        Command::Check { config, presigned_post } => {
+            if let Some(config) = config {
+                let c = Config::load(&config)?;
+                print!("{}", c.to_toml());
+                eprintln!("logship: {} is valid", config.display());
+            }
+            if let Some(post) = presigned_post {
+                print!(
+                    "{}",
+                    logship::sink::presigned_post::explain(&post, std::time::SystemTime::now())?
+                );
+            }
+            Ok(0)
+        }
+        Command::Presign {
+            bucket,
+            key_prefix,
+            expires,
+            region,
+            endpoint,
+            max_size,
+        } => {
+            let req = logship::presign::PresignRequest {
+                bucket,
+                key_prefix,
+                expires: expires.get(),
+                region,
+                endpoint,
+                max_size: max_size.bytes(),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let post = rt.block_on(logship::presign::presign(&req))?;
+            println!("{}", serde_json::to_string_pretty(&post)?);
             Ok(0)
         }
         Command::Run { config } => {
@@ -172,6 +247,11 @@ fn real_main(cli: Cli) -> Result<i32> {
                 raw: args.raw,
                 poll: args.poll,
                 flush_mode: args.flush_mode,
+                presigned_post: args.presigned_post,
+                store_as: args.store_as,
+                endpoint: args.endpoint,
+                region: args.region,
+                path_style: args.path_style,
             };
             let c = build(&quick)?;
             run_engine(c, temp)

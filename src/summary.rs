@@ -89,7 +89,7 @@ impl Summary {
                 .iter()
                 .map(|o| OutputSummary {
                     name: o.name.clone(),
-                    destination: crate::sink::Sink::from_config(o).describe(),
+                    destination: crate::sink::Sink::describe(o),
                     chunks_delivered: 0,
                     bytes_delivered: 0,
                     last_key: None,

@@ -250,6 +250,77 @@ pub struct OutputConfig {
     /// Where a chunk goes when delivery has failed for good.
     #[serde(default)]
     pub secondary: SecondaryConfig,
+    /// Settings of an S3 output (`type = "s3"`), in an `[output.s3]` table.
+    #[serde(default)]
+    pub s3: S3Settings,
+}
+
+/// Settings of an S3 output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Settings {
+    /// The bucket (S3 API mode; with a presigned POST, checked against the policy when set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    /// A presigned POST file (`{"url": ..., "fields": {...}}`, as boto3 makes): upload through it
+    /// instead of the S3 API. EMR mounts one at `/var/emr-container/s3/presigned-post`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presigned_post: Option<PathBuf>,
+    /// A presigned POST is treated as expired this long before its expiration (clock skew).
+    pub presigned_post_margin: HumanDuration,
+    /// Region (S3 API mode); default from the AWS configuration (`AWS_REGION`, profile, IMDS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Endpoint URL (S3 API mode; also `AWS_ENDPOINT_URL`), for S3-compatible stores.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`) instead of virtual hosts.
+    pub force_path_style: bool,
+    /// What objects hold: `text`, `gzip` or `zstd` (fluent-plugin-s3's `store_as`).
+    pub store_as: crate::sink::compress::StoreAs,
+    /// Compression level (gzip 0-9, default 6; zstd 1-22, default 3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compression_level: Option<i32>,
+    /// Storage class, e.g. `STANDARD`, `STANDARD_IA`, `INTELLIGENT_TIERING`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_class: Option<String>,
+    /// Server-side encryption: `AES256` or `aws:kms`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sse: Option<String>,
+    /// KMS key for `sse = "aws:kms"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sse_kms_key_id: Option<String>,
+    /// Content-Type of objects; default from `store_as`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// Objects at least this large use a multipart upload (S3 API mode).
+    pub multipart_threshold: ByteSize,
+    /// Part size of multipart uploads (at least 5 MiB).
+    pub part_size: ByteSize,
+    /// One request may take this long (a stalled connection is abandoned and retried).
+    pub request_timeout: HumanDuration,
+}
+
+impl Default for S3Settings {
+    fn default() -> Self {
+        S3Settings {
+            bucket: None,
+            presigned_post: None,
+            presigned_post_margin: HumanDuration::secs(30),
+            region: None,
+            endpoint: None,
+            force_path_style: false,
+            store_as: Default::default(),
+            compression_level: None,
+            storage_class: None,
+            sse: None,
+            sse_kms_key_id: None,
+            content_type: None,
+            multipart_threshold: ByteSize(64 << 20),
+            part_size: ByteSize(16 << 20),
+            request_timeout: HumanDuration::secs(120),
+        }
+    }
 }
 
 /// The default object key layout: one directory per tag, time slice and index in the name.
@@ -265,6 +336,8 @@ pub enum OutputKind {
     File,
     /// Lines are written to logship's own standard output.
     Stdout,
+    /// Objects in S3, through a presigned POST or the S3 API (`[output.s3]`).
+    S3,
 }
 
 /// Retry schedule of one output, with fluentd's parameter names and defaults where they are safe.
@@ -442,6 +515,18 @@ impl Config {
             }
             if o.kind == OutputKind::File && o.dir.is_none() {
                 return Err(invalid(format!("output[{i}].dir"), "required for type = \"file\""));
+            }
+            if o.kind == OutputKind::S3 && o.s3.bucket.is_none() && o.s3.presigned_post.is_none() {
+                return Err(invalid(
+                    format!("output[{i}].s3"),
+                    "type = \"s3\" needs s3.bucket (S3 API) or s3.presigned_post (a presigned POST file)",
+                ));
+            }
+            if o.kind == OutputKind::S3 && o.s3.part_size.bytes() < 5 << 20 {
+                return Err(invalid(
+                    format!("output[{i}].s3.part_size"),
+                    "S3 parts are at least 5MiB",
+                ));
             }
             if let Err(e) = crate::sink::key::KeyTemplate::parse(&o.key_format) {
                 return Err(invalid(format!("output[{i}].key_format"), e.to_string()));

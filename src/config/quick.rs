@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use super::{
     BufferConfig, Config, ConfigError, FlushMode, Framing, LifecycleConfig, OutputConfig, OutputKind, RetryConfig,
-    SecondaryConfig, SourceConfig, SourceKind, WatchMode,
+    S3Settings, SecondaryConfig, SourceConfig, SourceKind, WatchMode,
 };
 use crate::units::{ByteSize, HumanDuration};
 
@@ -44,17 +44,54 @@ pub struct QuickArgs {
     pub poll: bool,
     /// Flush mode.
     pub flush_mode: FlushMode,
+    /// S3: a presigned POST file.
+    pub presigned_post: Option<PathBuf>,
+    /// S3: text, gzip or zstd.
+    pub store_as: crate::sink::compress::StoreAs,
+    /// S3: endpoint URL.
+    pub endpoint: Option<String>,
+    /// S3: region.
+    pub region: Option<String>,
+    /// S3: path-style addressing.
+    pub path_style: bool,
 }
 
 /// Builds the native config for quick mode.
 pub fn build(args: &QuickArgs) -> Result<Config, ConfigError> {
-    let (kind, dir) = parse_destination(&args.to)?;
+    let dest = parse_destination(&args.to)?;
+    let mut s3 = S3Settings::default();
+    let (kind, dir, path) = match dest {
+        Destination::File(dir) => (OutputKind::File, Some(dir), String::new()),
+        Destination::Stdout => (OutputKind::Stdout, None, String::new()),
+        Destination::S3 { bucket, prefix } => {
+            s3.bucket = Some(bucket);
+            s3.presigned_post = args.presigned_post.clone();
+            s3.store_as = args.store_as;
+            s3.endpoint = args.endpoint.clone();
+            s3.region = args.region.clone();
+            s3.force_path_style = args.path_style;
+            (OutputKind::S3, None, prefix)
+        }
+    };
+    if args.presigned_post.is_some() && kind != OutputKind::S3 {
+        return Err(super::invalid(
+            "--presigned-post",
+            "only applies to --to s3://BUCKET/PREFIX",
+        ));
+    }
+    let key_format = args.key_format.clone().unwrap_or_else(|| {
+        if path.is_empty() {
+            super::default_key_format()
+        } else {
+            format!("%{{path}}/{}", super::default_key_format())
+        }
+    });
     let output = OutputConfig {
         name: "out".to_string(),
         kind,
         dir,
-        key_format: args.key_format.clone().unwrap_or_else(super::default_key_format),
-        path: String::new(),
+        key_format,
+        path,
         time_slice_format: String::new(),
         index_start: 0,
         retry: RetryConfig::default(),
@@ -62,6 +99,7 @@ pub fn build(args: &QuickArgs) -> Result<Config, ConfigError> {
             directory: args.secondary_dir.clone().unwrap_or_default(),
             basename: String::new(),
         },
+        s3,
     };
     let source = SourceConfig {
         name: "files".to_string(),
@@ -106,11 +144,17 @@ pub fn build(args: &QuickArgs) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
-/// Parses `--to`: `file:///dir` (or a bare absolute or relative directory path with `file://`
-/// prefix) and `stdout` / `-`.
-fn parse_destination(to: &str) -> Result<(OutputKind, Option<PathBuf>), ConfigError> {
+/// Where quick mode sends chunks.
+enum Destination {
+    File(PathBuf),
+    Stdout,
+    S3 { bucket: String, prefix: String },
+}
+
+/// Parses `--to`: `file:///dir` (or `file://relative/dir`), `s3://BUCKET[/PREFIX]`, `stdout` / `-`.
+fn parse_destination(to: &str) -> Result<Destination, ConfigError> {
     if to == "-" || to == "stdout" || to == "stdout://" {
-        return Ok((OutputKind::Stdout, None));
+        return Ok(Destination::Stdout);
     }
     if let Some(rest) = to.strip_prefix("file://") {
         if rest.is_empty() {
@@ -119,12 +163,27 @@ fn parse_destination(to: &str) -> Result<(OutputKind, Option<PathBuf>), ConfigEr
                 "file:// needs a directory, e.g. file:///tmp/out or file://./out",
             ));
         }
-        return Ok((OutputKind::File, Some(PathBuf::from(rest))));
+        return Ok(Destination::File(PathBuf::from(rest)));
+    }
+    if let Some(rest) = to.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(super::invalid(
+                "--to",
+                "s3:// needs a bucket, e.g. s3://my-bucket/spark-logs",
+            ));
+        }
+        return Ok(Destination::S3 {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_end_matches('/').to_string(),
+        });
     }
     let scheme = to.split("://").next().unwrap_or(to);
     Err(super::invalid(
         "--to",
-        format!("unsupported destination {to:?} (scheme {scheme:?}); supported: file:///DIR, stdout"),
+        format!(
+            "unsupported destination {to:?} (scheme {scheme:?}); supported: file:///DIR, s3://BUCKET/PREFIX, stdout"
+        ),
     ))
 }
 
@@ -150,6 +209,11 @@ mod tests {
             raw: false,
             poll: false,
             flush_mode: FlushMode::Lazy,
+            presigned_post: None,
+            store_as: Default::default(),
+            endpoint: None,
+            region: None,
+            path_style: false,
         }
     }
 
@@ -162,6 +226,13 @@ mod tests {
         let c = build(&args("file://./out")).unwrap();
         assert_eq!(c.outputs[0].dir, Some(PathBuf::from("./out")));
         assert_eq!(build(&args("-")).unwrap().outputs[0].kind, OutputKind::Stdout);
+        let c = build(&args("s3://bkt/spark/logs/")).unwrap();
+        assert_eq!(c.outputs[0].s3.bucket.as_deref(), Some("bkt"));
+        assert_eq!(c.outputs[0].path, "spark/logs");
+        assert_eq!(
+            c.outputs[0].key_format,
+            "%{path}/%{tag}/%{time_slice}_%{index}.%{file_extension}"
+        );
         let e = build(&args("gopher://x")).unwrap_err().to_string();
         assert!(e.contains("--to") && e.contains("gopher"), "{e}");
     }

@@ -5,9 +5,12 @@
 //! help. The pipeline removes a chunk file only after success; [`retry`] runs the retry schedule
 //! and [`secondary`] keeps what could not be delivered.
 
+pub mod compress;
 pub mod file;
 pub mod key;
+pub mod presigned_post;
 pub mod retry;
+pub mod s3;
 pub mod secondary;
 pub mod stdout;
 
@@ -20,15 +23,25 @@ pub enum DeliveryError {
     /// A failure that may pass (network, 5xx, throttling, a full disk): retried with backoff.
     #[error("{0}")]
     Retryable(String),
-    /// A failure that retrying cannot fix (bad key, refused by policy): goes to the secondary.
+    /// A failure that retrying cannot fix (bad key, malformed request): goes to the secondary.
     #[error("{0}")]
     Permanent(String),
+    /// The credentials (a presigned POST) are expired or do not allow this upload: the chunk
+    /// waits for valid ones, however long that takes (bounded only by the drain deadline), since
+    /// the kubelet refreshes the Secret on its own schedule.
+    #[error("{0}")]
+    Credentials(String),
 }
 
 impl DeliveryError {
     /// Whether trying again can help.
     pub fn is_retryable(&self) -> bool {
         matches!(self, DeliveryError::Retryable(_))
+    }
+
+    /// Whether the chunk must wait for new credentials.
+    pub fn is_credentials(&self) -> bool {
+        matches!(self, DeliveryError::Credentials(_))
     }
 }
 
@@ -39,30 +52,38 @@ pub enum Sink {
     File(file::FileSink),
     /// logship's own standard output.
     Stdout(stdout::StdoutSink),
+    /// S3 objects.
+    S3(Box<s3::S3Sink>),
 }
 
 impl Sink {
-    /// Builds the output described by `config`.
-    pub fn from_config(config: &OutputConfig) -> Sink {
+    /// Builds the output described by `config` (S3 API mode loads the AWS configuration).
+    pub async fn build(config: &OutputConfig) -> Sink {
         match config.kind {
             OutputKind::File => Sink::File(file::FileSink::new(config.dir.clone().unwrap_or_default())),
             OutputKind::Stdout => Sink::Stdout(stdout::StdoutSink),
+            OutputKind::S3 => Sink::S3(Box::new(s3::S3Sink::new(config).await)),
         }
     }
 
-    /// The `%{file_extension}` of what this output writes.
-    pub fn file_extension(&self) -> &'static str {
-        "txt"
+    /// The `%{file_extension}` of what an output writes.
+    pub fn file_extension(config: &OutputConfig) -> &'static str {
+        match config.kind {
+            OutputKind::S3 => config.s3.store_as.extension(),
+            OutputKind::File | OutputKind::Stdout => "txt",
+        }
     }
 
-    /// Where it delivers, for messages (no secrets).
-    pub fn describe(&self) -> String {
-        match self {
-            Sink::File(f) => {
-                let dir = std::path::absolute(f.dir()).unwrap_or_else(|_| f.dir().to_path_buf());
+    /// Where an output delivers, for messages (no secrets).
+    pub fn describe(config: &OutputConfig) -> String {
+        match config.kind {
+            OutputKind::File => {
+                let dir = config.dir.clone().unwrap_or_default();
+                let dir = std::path::absolute(&dir).unwrap_or(dir);
                 format!("file://{}", dir.display())
             }
-            Sink::Stdout(_) => "stdout".to_string(),
+            OutputKind::Stdout => "stdout".to_string(),
+            OutputKind::S3 => s3::S3Sink::describe(&config.s3),
         }
     }
 
@@ -71,6 +92,7 @@ impl Sink {
         match self {
             Sink::File(f) => f.deliver(chunk).await,
             Sink::Stdout(s) => s.deliver(chunk).await,
+            Sink::S3(s) => s.deliver(chunk).await,
         }
     }
 }

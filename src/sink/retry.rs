@@ -10,9 +10,28 @@ use super::{DeliveryError, Sink};
 use crate::buffer::SealedChunk;
 use crate::config::RetryConfig;
 
-/// Delivers `chunk`, retrying retryable errors on `config`'s schedule. Returns the last error
-/// when retries are exhausted, the error is permanent, or `config.timeout` has passed.
+/// Longest wait between two tries while waiting for valid credentials.
+const CREDENTIALS_MAX_WAIT: Duration = Duration::from_secs(15);
+
+/// Delivers `chunk`: retryable errors follow `config`'s schedule (the last error is returned when
+/// retries are exhausted or `config.timeout` has passed); credential errors (an expired or
+/// refusing presigned POST) are retried without limit, re-reading the credentials each time;
+/// permanent errors return at once.
 pub async fn deliver_with_retry(sink: &Sink, chunk: &SealedChunk, config: &RetryConfig) -> Result<(), DeliveryError> {
+    let mut wait = config.wait.get().max(Duration::from_millis(100));
+    loop {
+        match deliver_with_backoff(sink, chunk, config).await {
+            Err(e) if e.is_credentials() => {
+                tracing::warn!(key = %chunk.key, seq = chunk.seq, error = %e, retry_in = ?wait, "cannot upload with the current credentials; keeping the chunk and trying again");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(CREDENTIALS_MAX_WAIT);
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn deliver_with_backoff(sink: &Sink, chunk: &SealedChunk, config: &RetryConfig) -> Result<(), DeliveryError> {
     let mut backoff = ExponentialBuilder::new()
         .with_min_delay(config.wait.get())
         .with_factor(config.exponential_base)

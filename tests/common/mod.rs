@@ -92,13 +92,18 @@ impl Daemon {
     }
 
     pub fn spawn_cmd(mut cmd: Command, args: &[String], log_dir: &Path) -> Daemon {
+        if !cmd.get_envs().any(|(k, _)| k == "LOGSHIP_LOG") {
+            cmd.env(
+                "LOGSHIP_LOG",
+                std::env::var("TEST_LOGSHIP_LOG").unwrap_or("info".into()),
+            );
+        }
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let stderr_path = log_dir.join(format!("logship-{n}.stderr"));
         let stdout_path = log_dir.join(format!("logship-{n}.stdout"));
         let child = cmd
             .args(args)
-            .env("LOGSHIP_LOG", "info")
             .stdin(Stdio::null())
             .stdout(fs::File::create(&stdout_path).unwrap())
             .stderr(fs::File::create(&stderr_path).unwrap())
@@ -146,6 +151,20 @@ impl Daemon {
             .status()
             .unwrap();
         assert!(st.success());
+    }
+
+    /// Polls `f` until it is true; after `timeout`, panics naming `what`, with this daemon's log.
+    pub fn wait_until(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !f() {
+            if start.elapsed() > timeout {
+                panic!(
+                    "timed out after {timeout:?} waiting for: {what}; logship stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
     }
 
     /// The JSON summary line printed at exit.

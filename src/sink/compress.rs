@@ -1,0 +1,142 @@
+//! `store_as`: what an object holds. Text uploads the chunk file itself; gzip and zstd stream the
+//! chunk through the encoder into a sibling file (`<seq>.chunk.gz`), because an upload (a POST
+//! form above all) must know its length before it starts. Memory stays at the encoder's window.
+//! The sibling is reused by a retry and removed after delivery (or by buffer recovery).
+
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// How objects are stored (fluent-plugin-s3's `store_as`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreAs {
+    /// The bytes as read.
+    #[default]
+    Text,
+    /// gzip (RFC 1952).
+    Gzip,
+    /// zstd.
+    Zstd,
+}
+
+impl StoreAs {
+    /// `%{file_extension}`, as fluent-plugin-s3 names them.
+    pub fn extension(self) -> &'static str {
+        match self {
+            StoreAs::Text => "txt",
+            StoreAs::Gzip => "gz",
+            StoreAs::Zstd => "zst",
+        }
+    }
+
+    /// The object's Content-Type.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            StoreAs::Text => "text/plain",
+            StoreAs::Gzip => "application/x-gzip",
+            StoreAs::Zstd => "application/zstd",
+        }
+    }
+
+    /// Parses `text|gzip|zstd`.
+    pub fn parse(s: &str) -> Option<StoreAs> {
+        match s {
+            "text" | "txt" => Some(StoreAs::Text),
+            "gzip" | "gz" => Some(StoreAs::Gzip),
+            "zstd" | "zst" => Some(StoreAs::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// The file to upload for `chunk` and its length: the chunk itself, or its compressed sibling
+/// (made now unless a previous attempt left it complete).
+pub fn prepare(chunk: &Path, store_as: StoreAs, level: Option<i32>) -> io::Result<(PathBuf, u64)> {
+    if store_as == StoreAs::Text {
+        let len = std::fs::metadata(chunk)?.len();
+        return Ok((chunk.to_path_buf(), len));
+    }
+    let out = sibling(chunk, store_as);
+    if let Ok(m) = std::fs::metadata(&out) {
+        return Ok((out, m.len()));
+    }
+    let tmp = out.with_extension(format!("{}.tmp", store_as.extension()));
+    let mut src = File::open(chunk)?;
+    let dst = BufWriter::with_capacity(64 * 1024, File::create(&tmp)?);
+    let mut buf = vec![0u8; 128 * 1024];
+    match store_as {
+        StoreAs::Gzip => {
+            let level = flate2::Compression::new(level.unwrap_or(6).clamp(0, 9) as u32);
+            let mut enc = flate2::write::GzEncoder::new(dst, level);
+            pump(&mut src, &mut enc, &mut buf)?;
+            enc.finish()?.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        }
+        StoreAs::Zstd => {
+            let mut enc = zstd::stream::write::Encoder::new(dst, level.unwrap_or(3))?;
+            pump(&mut src, &mut enc, &mut buf)?;
+            enc.finish()?.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        }
+        StoreAs::Text => unreachable!(),
+    }
+    std::fs::rename(&tmp, &out)?;
+    let len = std::fs::metadata(&out)?.len();
+    Ok((out, len))
+}
+
+/// Removes the compressed sibling of a delivered chunk, if any.
+pub fn cleanup(chunk: &Path, store_as: StoreAs) {
+    if store_as != StoreAs::Text {
+        let _ = std::fs::remove_file(sibling(chunk, store_as));
+    }
+}
+
+fn sibling(chunk: &Path, store_as: StoreAs) -> PathBuf {
+    let mut name = chunk.file_name().unwrap_or_default().to_os_string();
+    name.push(".");
+    name.push(store_as.extension());
+    chunk.with_file_name(name)
+}
+
+fn pump(src: &mut File, dst: &mut impl Write, buf: &mut [u8]) -> io::Result<()> {
+    loop {
+        let n = src.read(buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        dst.write_all(&buf[..n])?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gzip_and_zstd_round_trip_and_text_is_the_chunk_itself() {
+        let d = tempfile::tempdir().unwrap();
+        let chunk = d.path().join("7.chunk");
+        let data: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| format!("line {i}\n").into_bytes())
+            .collect();
+        std::fs::write(&chunk, &data).unwrap();
+        assert_eq!(
+            prepare(&chunk, StoreAs::Text, None).unwrap(),
+            (chunk.clone(), data.len() as u64)
+        );
+        let (gz, len) = prepare(&chunk, StoreAs::Gzip, None).unwrap();
+        assert_eq!(gz, d.path().join("7.chunk.gz"));
+        assert_eq!(std::fs::metadata(&gz).unwrap().len(), len);
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(File::open(&gz).unwrap())
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, data);
+        let (zst, _) = prepare(&chunk, StoreAs::Zstd, None).unwrap();
+        assert_eq!(zstd::decode_all(File::open(&zst).unwrap()).unwrap(), data);
+        cleanup(&chunk, StoreAs::Gzip);
+        assert!(!gz.exists());
+    }
+}

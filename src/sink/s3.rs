@@ -1,0 +1,295 @@
+//! The S3 output: each sealed chunk becomes one object at its key.
+//!
+//! Two ways in: a **presigned POST** read from a file (EMR on EKS; see `presigned_post`), or the
+//! **S3 API** with aws-config's default credential chain (environment, web identity / IRSA, EKS
+//! Pod Identity, IMDS): PutObject, or a multipart upload above `multipart_threshold` (streamed
+//! parts, aborted on failure). A retried chunk is uploaded again to the same key with the same
+//! bytes, so an upload that succeeded but was not acknowledged is simply replaced.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+
+use super::DeliveryError;
+use super::compress::{cleanup, prepare};
+use crate::buffer::SealedChunk;
+use crate::config::{OutputConfig, S3Settings};
+
+/// How the S3 output authenticates.
+#[derive(Debug)]
+enum Access {
+    /// A presigned POST file.
+    Post { file: PathBuf, client: reqwest::Client },
+    /// The S3 API with the default credential chain.
+    Api { client: aws_sdk_s3::Client, bucket: String },
+}
+
+/// Uploads chunks to S3.
+#[derive(Debug)]
+pub struct S3Sink {
+    access: Access,
+    settings: S3Settings,
+}
+
+impl S3Sink {
+    /// Builds the output (loads AWS configuration for the API mode).
+    pub async fn new(config: &OutputConfig) -> S3Sink {
+        let settings = config.s3.clone();
+        let access = match &settings.presigned_post {
+            Some(file) => Access::Post {
+                file: file.clone(),
+                client: reqwest::Client::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .timeout(settings.request_timeout.get())
+                    .build()
+                    .expect("HTTP client"),
+            },
+            None => {
+                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+                if let Some(r) = &settings.region {
+                    loader = loader.region(aws_config::Region::new(r.clone()));
+                }
+                let shared = loader.load().await;
+                let timeouts = aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .operation_attempt_timeout(settings.request_timeout.get())
+                    .build();
+                let mut b = aws_sdk_s3::config::Builder::from(&shared)
+                    .force_path_style(settings.force_path_style)
+                    .timeout_config(timeouts);
+                if let Some(e) = &settings.endpoint {
+                    b = b.endpoint_url(e);
+                }
+                Access::Api {
+                    client: aws_sdk_s3::Client::from_conf(b.build()),
+                    bucket: settings.bucket.clone().unwrap_or_default(),
+                }
+            }
+        };
+        S3Sink { access, settings }
+    }
+
+    /// Where it delivers, for messages.
+    pub fn describe(settings: &S3Settings) -> String {
+        match (&settings.presigned_post, &settings.bucket) {
+            (Some(f), Some(b)) => format!("s3://{b} (presigned POST {})", f.display()),
+            (Some(f), None) => format!("s3 (presigned POST {})", f.display()),
+            (None, b) => format!("s3://{}", b.as_deref().unwrap_or("")),
+        }
+    }
+
+    /// Uploads one chunk.
+    pub async fn deliver(&self, chunk: &SealedChunk) -> Result<(), DeliveryError> {
+        let store_as = self.settings.store_as;
+        let level = self.settings.compression_level;
+        let src = chunk.path.clone();
+        let (file, len) = tokio::task::spawn_blocking(move || prepare(&src, store_as, level))
+            .await
+            .map_err(|e| DeliveryError::Retryable(format!("compression task failed: {e}")))?
+            .map_err(|e| {
+                DeliveryError::Retryable(format!("cannot prepare {} for upload: {e}", chunk.path.display()))
+            })?;
+        let content_type = self
+            .settings
+            .content_type
+            .clone()
+            .unwrap_or_else(|| store_as.content_type().to_string());
+        let result = match &self.access {
+            Access::Post { file: post, client } => {
+                super::presigned_post::upload(
+                    client,
+                    post,
+                    &chunk.key,
+                    &file,
+                    len,
+                    Some(&content_type),
+                    self.settings.presigned_post_margin.get(),
+                )
+                .await
+            }
+            Access::Api { client, bucket } => self.put(client, bucket, &chunk.key, &file, len, &content_type).await,
+        };
+        if result.is_ok() {
+            cleanup(&chunk.path, store_as);
+        }
+        result
+    }
+
+    async fn put(
+        &self,
+        client: &aws_sdk_s3::Client,
+        bucket: &str,
+        key: &str,
+        file: &Path,
+        len: u64,
+        content_type: &str,
+    ) -> Result<(), DeliveryError> {
+        let s = &self.settings;
+        if len >= s.multipart_threshold.bytes() {
+            return self.put_multipart(client, bucket, key, file, len, content_type).await;
+        }
+        let body = ByteStream::read_from()
+            .path(file)
+            .build()
+            .await
+            .map_err(|e| DeliveryError::Retryable(format!("cannot read {}: {e}", file.display())))?;
+        let mut req = client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .content_length(len as i64)
+            .content_type(content_type)
+            .body(body);
+        if let Some(c) = &s.storage_class {
+            req = req.storage_class(c.as_str().into());
+        }
+        if let Some(e) = &s.sse {
+            req = req.server_side_encryption(e.as_str().into());
+        }
+        if let Some(k) = &s.sse_kms_key_id {
+            req = req.ssekms_key_id(k);
+        }
+        req.send().await.map_err(|e| classify("PutObject", bucket, key, e))?;
+        Ok(())
+    }
+
+    async fn put_multipart(
+        &self,
+        client: &aws_sdk_s3::Client,
+        bucket: &str,
+        key: &str,
+        file: &Path,
+        len: u64,
+        content_type: &str,
+    ) -> Result<(), DeliveryError> {
+        let s = &self.settings;
+        let mut create = client
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .content_type(content_type);
+        if let Some(c) = &s.storage_class {
+            create = create.storage_class(c.as_str().into());
+        }
+        if let Some(e) = &s.sse {
+            create = create.server_side_encryption(e.as_str().into());
+        }
+        if let Some(k) = &s.sse_kms_key_id {
+            create = create.ssekms_key_id(k);
+        }
+        let upload = create
+            .send()
+            .await
+            .map_err(|e| classify("CreateMultipartUpload", bucket, key, e))?;
+        let upload_id = upload
+            .upload_id()
+            .ok_or_else(|| DeliveryError::Retryable("CreateMultipartUpload returned no upload id".into()))?
+            .to_string();
+        let parts = async {
+            let part_size = s.part_size.bytes().max(5 << 20);
+            let mut done = Vec::new();
+            let mut offset = 0u64;
+            let mut number = 1;
+            while offset < len {
+                let size = part_size.min(len - offset);
+                let body = ByteStream::read_from()
+                    .path(file)
+                    .offset(offset)
+                    .length(aws_sdk_s3::primitives::Length::Exact(size))
+                    .build()
+                    .await
+                    .map_err(|e| DeliveryError::Retryable(format!("cannot read {}: {e}", file.display())))?;
+                let out = client
+                    .upload_part()
+                    .bucket(bucket)
+                    .key(key)
+                    .upload_id(&upload_id)
+                    .part_number(number)
+                    .content_length(size as i64)
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| classify("UploadPart", bucket, key, e))?;
+                done.push(
+                    aws_sdk_s3::types::CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(out.e_tag().map(str::to_string))
+                        .build(),
+                );
+                offset += size;
+                number += 1;
+            }
+            client
+                .complete_multipart_upload()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .multipart_upload(
+                    aws_sdk_s3::types::CompletedMultipartUpload::builder()
+                        .set_parts(Some(done))
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| classify("CompleteMultipartUpload", bucket, key, e))?;
+            tracing::debug!(key, parts = number - 1, bytes = len, "multipart upload complete");
+            Ok::<(), DeliveryError>(())
+        }
+        .await;
+        if parts.is_err() {
+            let _ = client
+                .abort_multipart_upload()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+        }
+        parts
+    }
+}
+
+/// Sorts an SDK error into retry classes, with the operation, bucket, key and S3's code (never
+/// credentials: the SDK's errors do not carry them).
+fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    op: &str,
+    bucket: &str,
+    key: &str,
+    e: SdkError<E, HttpResponse>,
+) -> DeliveryError {
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    let code = e.code().unwrap_or("").to_string();
+    let text = if code.is_empty() {
+        format!("{op} s3://{bucket}/{key}: {}", error_chain(&e))
+    } else {
+        format!("{op} s3://{bucket}/{key}: {code}: {}", e.message().unwrap_or(""))
+    };
+    let transient_code = matches!(
+        code.as_str(),
+        "SlowDown" | "InternalError" | "ServiceUnavailable" | "RequestTimeout" | "RequestTimeTooSkewed" | "ExpiredToken"
+            // Credentials from IRSA / Pod Identity are refreshed by the SDK: worth another try.
+            | "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch"
+    );
+    match &e {
+        SdkError::ServiceError(_) if transient_code => DeliveryError::Retryable(text),
+        SdkError::ServiceError(_) if status.is_some_and(|s| s >= 500 || s == 429 || s == 408) => {
+            DeliveryError::Retryable(text)
+        }
+        SdkError::ServiceError(_) => DeliveryError::Permanent(text),
+        _ => DeliveryError::Retryable(text),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}

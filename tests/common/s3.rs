@@ -1,0 +1,201 @@
+//! A real S3 server in the test process: s3s (protocol, SigV4 and POST-policy checks) over
+//! s3s-fs (objects as files), with authentication on, listening on 127.0.0.1. It stops when
+//! dropped.
+
+use std::path::{Path, PathBuf};
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+
+/// The access key the server accepts.
+pub const ACCESS_KEY: &str = "AKIALOGSHIPTEST00001";
+/// Its secret.
+pub const SECRET_KEY: &str = "logship-test-secret-key-0000000000000000";
+
+/// A running S3 server.
+pub struct S3Server {
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    /// Where objects are stored (`root/<bucket>/<key>`).
+    pub root: tempfile::TempDir,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl S3Server {
+    /// Starts a server with the given buckets.
+    pub fn start(buckets: &[&str]) -> S3Server {
+        let root = tempfile::tempdir().unwrap();
+        for b in buckets {
+            std::fs::create_dir_all(root.path().join(b)).unwrap();
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let fs = s3s_fs::FileSystem::new(root.path()).unwrap();
+        let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+        builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+        let service = builder.build();
+        rt.spawn(async move {
+            loop {
+                let Ok((socket, _)) = listener.accept().await else {
+                    continue;
+                };
+                let service = service.clone();
+                tokio::spawn(async move {
+                    let _ = ConnBuilder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(socket), service)
+                        .await;
+                });
+            }
+        });
+        S3Server {
+            endpoint: format!("http://{addr}"),
+            root,
+            rt: Some(rt),
+        }
+    }
+
+    /// An object's bytes.
+    pub fn object(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.root.path().join(bucket).join(key)).ok()
+    }
+
+    /// Every key in a bucket, sorted.
+    pub fn keys(&self, bucket: &str) -> Vec<String> {
+        let base = self.root.path().join(bucket);
+        let mut out = Vec::new();
+        walk(&base, &base, &mut out);
+        out.sort();
+        out
+    }
+
+    /// Environment for logship / boto3 to use the server with static credentials.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+        ]
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let p: PathBuf = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        if p.is_dir() {
+            walk(base, &p, out);
+        } else {
+            out.push(p.strip_prefix(base).unwrap().to_string_lossy().into_owned());
+        }
+    }
+}
+
+/// What the fault proxy does with one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Forward to the real server.
+    Pass,
+    /// Answer 500 Internal Server Error.
+    Status500,
+    /// Answer 503 SlowDown (S3's throttling).
+    SlowDown,
+    /// Read the request, then drop the connection.
+    Reset,
+    /// Read the request and never answer.
+    Stall,
+}
+
+/// A TCP proxy in front of the real server that injects the faults no real server produces on
+/// demand: the first connections get `plan`'s faults, in order; later ones (or all, with
+/// `always`) are forwarded or get `always`'s fault.
+pub struct FaultProxy {
+    /// `http://127.0.0.1:PORT` of the proxy.
+    pub endpoint: String,
+    /// Connections handled so far, by fault.
+    pub seen: std::sync::Arc<std::sync::Mutex<Vec<Fault>>>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl FaultProxy {
+    pub fn start(target: &str, plan: Vec<Fault>, always: Fault) -> FaultProxy {
+        let target = target.trim_start_matches("http://").to_string();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        rt.spawn(async move {
+            let mut n = 0;
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    continue;
+                };
+                let fault = plan.get(n).copied().unwrap_or(always);
+                n += 1;
+                seen2.lock().unwrap().push(fault);
+                let target = target.clone();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    if fault == Fault::Pass {
+                        if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                        return;
+                    }
+                    // Read the request head (and whatever body arrives quickly).
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let _ = tokio::time::timeout(std::time::Duration::from_millis(300), client.read(&mut buf)).await;
+                    let reply = match fault {
+                        Fault::Status500 => response("500 Internal Server Error", ""),
+                        Fault::SlowDown => response(
+                            "503 Slow Down",
+                            "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>",
+                        ),
+                        Fault::Reset => String::new(),
+                        Fault::Stall => {
+                            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                            String::new()
+                        }
+                        Fault::Pass => unreachable!(),
+                    };
+                    let _ = client.write_all(reply.as_bytes()).await;
+                    let _ = client.shutdown().await;
+                });
+            }
+        });
+        FaultProxy {
+            endpoint,
+            seen,
+            _rt: rt,
+        }
+    }
+}
+
+fn response(status: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}

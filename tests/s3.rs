@@ -1,0 +1,540 @@
+//! The S3 output against a real S3 server (s3s + s3s-fs, authentication on: the server checks
+//! SigV4 signatures and POST policies itself).
+
+mod common;
+#[path = "common/s3.rs"]
+mod s3server;
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use s3server::S3Server;
+
+const T: Duration = Duration::from_secs(90);
+
+/// `logship presign` against the test server; returns the JSON.
+fn presign(server: &S3Server, prefix: &str, expires: &str, max_size: &str) -> Vec<u8> {
+    let out = Command::new(bin())
+        .args([
+            "presign",
+            "--bucket",
+            "logs",
+            "--key-prefix",
+            prefix,
+            "--expires",
+            expires,
+        ])
+        .args(["--max-size", max_size, "--endpoint", &server.endpoint])
+        .envs(server.env())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// A presigned POST made by boto3 (PyPI), as EMR's control plane would make one; `signature`
+/// is boto3's `signature_version` (`None`: boto3's own choice).
+fn boto3_presign(server: &S3Server, key: &str, signature: Option<&str>) -> Vec<u8> {
+    let config = match signature {
+        Some(v) => format!("botocore.config.Config(signature_version='{v}')"),
+        None => "None".to_string(),
+    };
+    let script = format!(
+        "import boto3, botocore.config, json\n\
+         s3 = boto3.client('s3', endpoint_url='{}', region_name='us-east-1', config={config})\n\
+         print(json.dumps(s3.generate_presigned_post('logs', '{key}', ExpiresIn=3600)))\n",
+        server.endpoint
+    );
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .envs(server.env())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "boto3 failed (pip install -r tests/requirements.txt): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn decode(bytes: &[u8], store_as: &str) -> Vec<u8> {
+    match store_as {
+        "gzip" => {
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(bytes).read_to_end(&mut out).unwrap();
+            out
+        }
+        "zstd" => zstd::decode_all(bytes).unwrap(),
+        _ => bytes.to_vec(),
+    }
+}
+
+/// The objects under `prefix/<tag>/`, in key order (time slice, then index), decoded, joined.
+fn collect_s3(server: &S3Server, prefix: &str, tag: &str, store_as: &str) -> Vec<u8> {
+    let dir = format!("{prefix}/{tag}/");
+    let mut keys: Vec<(u64, u64, String)> = server
+        .keys("logs")
+        .into_iter()
+        .filter_map(|k| {
+            let name = k.strip_prefix(&dir)?;
+            let stem = name.rsplit_once('.')?.0;
+            let (slice, index) = stem.rsplit_once('_')?;
+            Some((slice.parse().ok()?, index.parse().ok()?, k.clone()))
+        })
+        .collect();
+    keys.sort();
+    let mut all = Vec::new();
+    for (_, _, k) in keys {
+        all.extend(decode(&server.object("logs", &k).unwrap(), store_as));
+    }
+    all
+}
+
+fn ship_to_s3(env: &Env, pattern: &str, to: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = env.once_args(pattern, extra);
+    set_flag(&mut args, "--to", to);
+    args
+}
+
+fn input(env: &Env) -> (Vec<u8>, Vec<u8>) {
+    let a = [lines("a", 0, 20_000), b"last line without newline".to_vec()].concat();
+    let b = lines("b", 0, 500);
+    fs::write(env.path("driver.log"), &a).unwrap();
+    fs::write(env.path("stderr.log"), &b).unwrap();
+    (a, b)
+}
+
+#[test]
+fn logship_presign_then_ship_text_gzip_and_zstd() {
+    let server = S3Server::start(&["logs"]);
+    for store_as in ["text", "gzip", "zstd"] {
+        let env = Env::new();
+        let (a, b) = input(&env);
+        let prefix = format!("jobs/{store_as}");
+        let post = env.dir.path().join("presigned-post");
+        fs::write(&post, presign(&server, &format!("{prefix}/"), "1h", "1GB")).unwrap();
+        let args = ship_to_s3(
+            &env,
+            "*.log",
+            &format!("s3://logs/{prefix}"),
+            &[
+                "--presigned-post",
+                post.to_str().unwrap(),
+                "--store-as",
+                store_as,
+                "--chunk-limit",
+                "256KiB",
+            ],
+        );
+        let mut d = Daemon::spawn(&args, env.dir.path());
+        let st = d.wait_exit(T);
+        assert!(st.success(), "{store_as}: {}", d.stderr());
+        assert_bytes_eq(&collect_s3(&server, &prefix, "driver.log", store_as), &a);
+        assert_bytes_eq(&collect_s3(&server, &prefix, "stderr.log", store_as), &b);
+        let ext = match store_as {
+            "gzip" => "gz",
+            "zstd" => "zst",
+            _ => "txt",
+        };
+        let keys = server.keys("logs");
+        assert!(
+            keys.iter().filter(|k| k.starts_with(&prefix)).all(|k| k.ends_with(ext)),
+            "{keys:?}"
+        );
+        assert!(
+            keys.iter()
+                .filter(|k| k.starts_with(&format!("{prefix}/driver.log/")))
+                .count()
+                > 3
+        );
+        assert!(!d.stderr().contains("x-amz-signature") && !d.stderr().contains(s3server::SECRET_KEY));
+    }
+}
+
+#[test]
+fn a_presigned_post_made_by_boto3_is_accepted() {
+    let server = S3Server::start(&["logs"]);
+    for (i, signature) in [None, Some("s3v4")].into_iter().enumerate() {
+        let env = Env::new();
+        let (a, b) = input(&env);
+        let prefix = format!("emr/jobs/{i}");
+        let post = env.dir.path().join("presigned-post");
+        let json = boto3_presign(&server, &format!("{prefix}/${{filename}}"), signature);
+        if signature == Some("s3v4") {
+            assert!(
+                String::from_utf8_lossy(&json).contains("x-amz-signature"),
+                "a SigV4 form"
+            );
+        }
+        fs::write(&post, json).unwrap();
+        let args = ship_to_s3(
+            &env,
+            "*.log",
+            &format!("s3://logs/{prefix}"),
+            &["--presigned-post", post.to_str().unwrap()],
+        );
+        let mut d = Daemon::spawn(&args, env.dir.path());
+        let st = d.wait_exit(T);
+        assert!(st.success(), "{signature:?}: {}", d.stderr());
+        assert_bytes_eq(&collect_s3(&server, &prefix, "driver.log", "text"), &a);
+        assert_bytes_eq(&collect_s3(&server, &prefix, "stderr.log", "text"), &b);
+    }
+}
+
+/// Writes `content` as the kubelet updates a Secret volume: a new timestamped directory, then an
+/// atomic swap of the `..data` symlink; `presigned-post` itself is a symlink into `..data`.
+fn kubelet_write(dir: &Path, content: &[u8], generation: u32) {
+    let gen_dir = dir.join(format!("..2026_11_24_00_00_{generation:02}.000000000"));
+    fs::create_dir_all(&gen_dir).unwrap();
+    fs::write(gen_dir.join("presigned-post"), content).unwrap();
+    let tmp = dir.join("..data_tmp");
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(gen_dir.file_name().unwrap(), &tmp).unwrap();
+    fs::rename(&tmp, dir.join("..data")).unwrap();
+    let link = dir.join("presigned-post");
+    if fs::symlink_metadata(&link).is_err() {
+        std::os::unix::fs::symlink("..data/presigned-post", &link).unwrap();
+    }
+}
+
+fn refused_until_a_valid_file_appears(bad: Vec<u8>, expected_message: &str) {
+    let server = S3Server::start(&["logs"]);
+    let env = Env::new();
+    let (a, _) = input(&env);
+    let secret_dir: PathBuf = env.dir.path().join("s3-secret");
+    fs::create_dir_all(&secret_dir).unwrap();
+    kubelet_write(&secret_dir, &bad, 1);
+    let post = secret_dir.join("presigned-post");
+    let mut args = env.follow_args("driver.log");
+    set_flag(&mut args, "--to", "s3://logs/jobs/9");
+    args.extend(["--presigned-post".into(), post.display().to_string()]);
+    set_flag(&mut args, "--chunk-limit", "256KiB");
+    let mut d = Daemon::spawn(&args, env.dir.path());
+    d.wait_until("the pre-check refuses the upload", T, || {
+        d.stderr().contains(expected_message)
+    });
+    assert!(server.keys("logs").is_empty(), "nothing was uploaded with the bad file");
+    kubelet_write(&secret_dir, &presign(&server, "jobs/9/", "1h", "1GB"), 2);
+    // Complete lines now; the unterminated last line waits for the drain.
+    let complete = a.len() - b"last line without newline".len();
+    d.wait_until("uploads resume with the refreshed file", T, || {
+        collect_s3(&server, "jobs/9", "driver.log", "text").len() >= complete
+    });
+    env.signal_end();
+    let st = d.wait_exit(T);
+    assert!(st.success(), "{}", d.stderr());
+    assert_bytes_eq(&collect_s3(&server, "jobs/9", "driver.log", "text"), &a);
+    assert!(!d.stderr().contains("x-amz-signature="), "no signature in logs");
+}
+
+#[test]
+fn an_expired_presigned_post_keeps_the_data_until_a_refreshed_one_arrives() {
+    let server = S3Server::start(&["logs"]);
+    // Valid for 10 s: inside the 30 s clock-skew margin, so already treated as expired.
+    let expired = presign(&server, "jobs/9/", "10s", "1GB");
+    drop(server);
+    refused_until_a_valid_file_appears(expired, "policy expired at");
+}
+
+#[test]
+fn a_key_outside_the_allowed_prefix_is_refused_before_upload_and_kept() {
+    let server = S3Server::start(&["logs"]);
+    let other = presign(&server, "someone-else/", "1h", "1GB");
+    drop(server);
+    refused_until_a_valid_file_appears(other, "[\"starts-with\", \"$key\", \"someone-else/\"] refuses key");
+}
+
+#[test]
+fn a_chunk_over_the_size_range_is_refused_before_upload_and_kept() {
+    let server = S3Server::start(&["logs"]);
+    let small = presign(&server, "jobs/9/", "1h", "1000");
+    drop(server);
+    refused_until_a_valid_file_appears(small, "content-length-range [0, 1000]");
+}
+
+#[test]
+fn presigned_post_swapped_mid_run_by_symlink_loses_nothing() {
+    let server = S3Server::start(&["logs"]);
+    let env = Env::new();
+    let secret_dir = env.dir.path().join("s3-secret");
+    fs::create_dir_all(&secret_dir).unwrap();
+    kubelet_write(&secret_dir, &presign(&server, "jobs/5/", "1h", "1GB"), 1);
+    let p = env.path("app.log");
+    append(&p, b"");
+    let mut args = env.follow_args("app.log");
+    set_flag(&mut args, "--to", "s3://logs/jobs/5");
+    args.extend([
+        "--presigned-post".into(),
+        secret_dir.join("presigned-post").display().to_string(),
+    ]);
+    let mut d = Daemon::spawn(&args, env.dir.path());
+    let mut want = Vec::new();
+    for generation in 2..8 {
+        let batch = lines("swap", generation as usize * 1000, 1000);
+        append(&p, &batch);
+        want.extend(batch);
+        // A new presigned POST (new signature and date) every round, as a refreshed Secret.
+        kubelet_write(&secret_dir, &presign(&server, "jobs/5/", "1h", "1GB"), generation);
+        d.wait_until("batch delivered", T, || {
+            collect_s3(&server, "jobs/5", "app.log", "text").len() >= want.len()
+        });
+    }
+    env.signal_end();
+    let st = d.wait_exit(T);
+    assert!(st.success(), "{}", d.stderr());
+    assert_bytes_eq(&collect_s3(&server, "jobs/5", "app.log", "text"), &want);
+}
+
+#[test]
+fn the_s3_api_path_puts_small_objects_and_multipart_uploads_large_ones() {
+    let server = S3Server::start(&["logs"]);
+    let env = Env::new();
+    let a = lines("api", 0, 160_000);
+    assert!(a.len() > 12 << 20);
+    let b = lines("small", 0, 100);
+    fs::write(env.path("big.log"), &a).unwrap();
+    fs::write(env.path("small.log"), &b).unwrap();
+    let cfg = env.dir.path().join("logship.toml");
+    fs::write(
+        &cfg,
+        format!(
+            r#"
+[buffer]
+dir = "{buffer}"
+chunk_limit = "12MiB"
+[[source]]
+type = "tail"
+paths = ["{input}/*.log"]
+[[output]]
+type = "s3"
+path = "api"
+key_format = "%{{path}}/%{{tag}}/%{{time_slice}}_%{{index}}.%{{file_extension}}"
+[output.s3]
+bucket = "logs"
+endpoint = "{endpoint}"
+force_path_style = true
+region = "us-east-1"
+multipart_threshold = "5MiB"
+part_size = "5MiB"
+storage_class = "STANDARD"
+[lifecycle]
+once = true
+"#,
+            buffer = env.buffer.display(),
+            input = env.input.display(),
+            endpoint = server.endpoint
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.envs(server.env()).env("LOGSHIP_LOG", "info,logship=debug");
+    let mut d = Daemon::spawn_cmd(
+        cmd,
+        &["run".into(), "--config".into(), cfg.display().to_string()],
+        env.dir.path(),
+    );
+    let st = d.wait_exit(T);
+    assert!(st.success(), "{}", d.stderr());
+    assert_bytes_eq(&collect_s3(&server, "api", "big.log", "text"), &a);
+    assert_bytes_eq(&collect_s3(&server, "api", "small.log", "text"), &b);
+    // 12 MiB chunks of the big file went up in 5 MiB parts; the small one in one PutObject.
+    let big_keys: Vec<_> = server
+        .keys("logs")
+        .into_iter()
+        .filter(|k| k.starts_with("api/big.log/"))
+        .collect();
+    assert!(big_keys.len() >= 2, "{big_keys:?}");
+    let err = d.stderr();
+    assert!(
+        err.contains("multipart upload complete") && err.contains("parts=3"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_explains_a_presigned_post_without_its_signature() {
+    let server = S3Server::start(&["logs"]);
+    let env = Env::new();
+    let post = env.dir.path().join("presigned-post");
+    let json = presign(&server, "jobs/1/", "1h", "1GB");
+    fs::write(&post, &json).unwrap();
+    let out = Command::new(bin())
+        .args(["check", "--presigned-post"])
+        .arg(&post)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("bucket: logs") && text.contains("keys starting with \"jobs/1/\""),
+        "{text}"
+    );
+    assert!(text.contains("expires:") && text.contains("in 3"), "{text}");
+    let sig: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    let sig = sig["fields"]["x-amz-signature"].as_str().unwrap();
+    assert!(!text.contains(sig), "the signature is not shown");
+}
+
+/// A config shipping `*.log` once through a presigned POST at `url_override`'s proxy.
+fn post_config(env: &Env, post: &Path, retry: &str) -> PathBuf {
+    let cfg = env.dir.path().join("logship.toml");
+    fs::write(
+        &cfg,
+        format!(
+            r#"
+[buffer]
+dir = "{buffer}"
+chunk_limit = "256KiB"
+[[source]]
+type = "tail"
+paths = ["{input}/*.log"]
+[[output]]
+name = "s3"
+type = "s3"
+path = "jobs/7"
+key_format = "%{{path}}/%{{tag}}/%{{time_slice}}_%{{index}}.%{{file_extension}}"
+[output.s3]
+presigned_post = "{post}"
+request_timeout = "2s"
+[output.retry]
+{retry}
+[lifecycle]
+once = true
+drain_deadline = "120s"
+"#,
+            buffer = env.buffer.display(),
+            input = env.input.display(),
+            post = post.display(),
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// A presigned POST whose URL points at `endpoint` (e.g. a fault proxy) instead of the server.
+fn post_via(server: &S3Server, endpoint: &str, prefix: &str) -> Vec<u8> {
+    let mut v: serde_json::Value = serde_json::from_slice(&presign(server, prefix, "1h", "1GB")).unwrap();
+    v["url"] = serde_json::Value::String(format!("{endpoint}/logs"));
+    serde_json::to_vec(&v).unwrap()
+}
+
+#[test]
+fn server_errors_throttling_resets_and_stalls_are_retried_until_delivered() {
+    use s3server::{Fault, FaultProxy};
+    let server = S3Server::start(&["logs"]);
+    let plan = vec![
+        Fault::Status500,
+        Fault::SlowDown,
+        Fault::Reset,
+        Fault::Stall,
+        Fault::SlowDown,
+        Fault::Status500,
+    ];
+    let proxy = FaultProxy::start(&server.endpoint, plan, Fault::Pass);
+    let env = Env::new();
+    let (a, b) = input(&env);
+    let post = env.dir.path().join("presigned-post");
+    fs::write(&post, post_via(&server, &proxy.endpoint, "jobs/7/")).unwrap();
+    let cfg = post_config(
+        &env,
+        &post,
+        "wait = \"100ms\"\nmax_interval = \"500ms\"\nmax_times = 20",
+    );
+    let mut d = Daemon::spawn(
+        &["run".into(), "--config".into(), cfg.display().to_string()],
+        env.dir.path(),
+    );
+    let st = d.wait_exit(T);
+    assert!(st.success(), "{}", d.stderr());
+    assert_bytes_eq(&collect_s3(&server, "jobs/7", "driver.log", "text"), &a);
+    assert_bytes_eq(&collect_s3(&server, "jobs/7", "stderr.log", "text"), &b);
+    let seen = proxy.seen.lock().unwrap().clone();
+    assert!(
+        seen.len() > 6 && seen[6..].iter().all(|f| *f == Fault::Pass),
+        "{seen:?}"
+    );
+    let err = d.stderr();
+    assert!(err.contains("SlowDown") && err.contains("retrying"), "{err}");
+}
+
+#[test]
+fn exhausted_retries_put_the_exact_chunk_in_the_secondary_directory() {
+    use s3server::{Fault, FaultProxy};
+    let server = S3Server::start(&["logs"]);
+    let proxy = FaultProxy::start(&server.endpoint, vec![], Fault::Status500);
+    let env = Env::new();
+    let a = lines("lost", 0, 100);
+    fs::write(env.path("driver.log"), &a).unwrap();
+    let post = env.dir.path().join("presigned-post");
+    fs::write(&post, post_via(&server, &proxy.endpoint, "jobs/7/")).unwrap();
+    let cfg = post_config(&env, &post, "wait = \"50ms\"\nmax_times = 2\nrandomize = false");
+    let mut d = Daemon::spawn(
+        &["run".into(), "--config".into(), cfg.display().to_string()],
+        env.dir.path(),
+    );
+    let st = d.wait_exit(T);
+    assert_eq!(st.code(), Some(3), "{}", d.stderr());
+    assert_bytes_eq(&fs::read(env.buffer.join("secondary/s3.chunk.0")).unwrap(), &a);
+    assert_eq!(proxy.seen.lock().unwrap().len(), 3, "one try and two retries");
+    assert!(server.keys("logs").is_empty());
+}
+
+#[test]
+fn a_crash_mid_upload_then_restart_gives_identical_objects_and_no_extra_ones() {
+    let server = S3Server::start(&["logs"]);
+    for (i, point) in ["delivered-before-ack", "after-state-write", "chunk-written"]
+        .iter()
+        .enumerate()
+    {
+        for n in [1u32, 3] {
+            let env = Env::new();
+            let (a, b) = input(&env);
+            let prefix = format!("crash/{i}-{n}");
+            let post = env.dir.path().join("presigned-post");
+            fs::write(&post, presign(&server, &format!("{prefix}/"), "1h", "1GB")).unwrap();
+            let args = ship_to_s3(
+                &env,
+                "*.log",
+                &format!("s3://logs/{prefix}"),
+                &[
+                    "--presigned-post",
+                    post.to_str().unwrap(),
+                    "--chunk-limit",
+                    "64KiB",
+                    "--flush-mode",
+                    "immediate",
+                    "--buffer-dir",
+                    env.buffer.to_str().unwrap(),
+                ],
+            );
+            let mut cmd = Command::new(bin());
+            cmd.env("LOGSHIP_CRASH_AT", format!("{point}:{n}"));
+            let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
+            let st = d.wait_exit(T);
+            assert!(
+                !st.success() && d.stderr().contains("crash point"),
+                "{point}:{n}: {}",
+                d.stderr()
+            );
+            let mut d = Daemon::spawn(&args, env.dir.path());
+            let st = d.wait_exit(T);
+            assert!(st.success(), "{point}:{n}: {}", d.stderr());
+            assert_bytes_eq(&collect_s3(&server, &prefix, "driver.log", "text"), &a);
+            assert_bytes_eq(&collect_s3(&server, &prefix, "stderr.log", "text"), &b);
+            // No extra objects: everything stored under the prefix adds up to the input exactly.
+            let stored: usize = server
+                .keys("logs")
+                .iter()
+                .filter(|k| k.starts_with(&format!("{prefix}/")))
+                .map(|k| server.object("logs", k).unwrap().len())
+                .sum();
+            assert_eq!(stored, a.len() + b.len(), "{point}:{n}: extra or missing objects");
+        }
+    }
+}
