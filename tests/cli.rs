@@ -120,10 +120,28 @@ fn the_readme_config_example_is_valid() {
     let env = Env::new();
     let cfg = env.dir.path().join("readme.toml");
     fs::write(&cfg, &readme[start..end]).unwrap();
+    // As in a pod, where EMR sets SPARK_APPLICATION_ID (the example's `${SPARK_APPLICATION_ID}`).
     let out = Command::new(bin())
         .args(["check", "--config"])
         .arg(&cfg)
+        .env("SPARK_APPLICATION_ID", "spark-000000337olhmpguek")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("path = \"spark/spark-000000337olhmpguek\""),
+        "{printed}"
+    );
+    let unset = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .env_remove("SPARK_APPLICATION_ID")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&unset.stderr);
+    assert!(
+        !unset.status.success() && err.contains("SPARK_APPLICATION_ID") && err.contains("output[1].path"),
+        "{err}"
+    );
 }

@@ -2,6 +2,8 @@
 //! SigV4 signatures and POST policies itself).
 
 mod common;
+#[path = "common/python.rs"]
+mod python;
 #[path = "common/s3.rs"]
 mod s3server;
 
@@ -49,15 +51,17 @@ fn boto3_presign(server: &S3Server, key: &str, signature: Option<&str>) -> Vec<u
          print(json.dumps(s3.generate_presigned_post('logs', '{key}', ExpiresIn=3600)))\n",
         server.endpoint
     );
+    let pythonpath = python::python_path(&["boto3"], &["boto3"]);
     let out = Command::new("python3")
         .arg("-c")
         .arg(script)
         .envs(server.env())
+        .env("PYTHONPATH", pythonpath)
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "boto3 failed (pip install -r tests/requirements.txt): {}",
+        "boto3 failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout

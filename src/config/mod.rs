@@ -278,7 +278,8 @@ pub struct S3Settings {
     pub force_path_style: bool,
     /// What objects hold: `text`, `gzip` or `zstd` (fluent-plugin-s3's `store_as`).
     pub store_as: crate::sink::compress::StoreAs,
-    /// Compression level (gzip 0-9, default 6; zstd 1-22, default 3).
+    /// Compression level (gzip 0-9, default 1; zstd 1-22, default 1). Higher costs much more CPU
+    /// for slightly smaller objects.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compression_level: Option<i32>,
     /// Storage class, e.g. `STANDARD`, `STANDARD_IA`, `INTELLIGENT_TIERING`.
@@ -451,6 +452,7 @@ impl Config {
             origin: origin.to_string(),
             message: e.to_string(),
         })?;
+        config.interpolate_env()?;
         config.normalize();
         config.validate()?;
         Ok(config)
@@ -459,6 +461,17 @@ impl Config {
     /// The effective configuration as TOML (defaults filled in), for `logship check`.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+
+    /// Replaces `${NAME}` environment references in the outputs' `path` and `key_format`.
+    pub fn interpolate_env(&mut self) -> Result<(), ConfigError> {
+        use crate::sink::key::interpolate_env;
+        for (i, o) in self.outputs.iter_mut().enumerate() {
+            o.path = interpolate_env(&o.path).map_err(|e| invalid(format!("output[{i}].path"), e.to_string()))?;
+            o.key_format = interpolate_env(&o.key_format)
+                .map_err(|e| invalid(format!("output[{i}].key_format"), e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// Fills in names and derived defaults.

@@ -139,6 +139,7 @@ pub fn build(args: &QuickArgs) -> Result<Config, ConfigError> {
             drain_deadline: args.drain_deadline,
         },
     };
+    config.interpolate_env()?;
     config.normalize();
     config.validate()?;
     Ok(config)

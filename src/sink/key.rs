@@ -21,6 +21,37 @@ pub enum KeyError {
     /// An empty format.
     #[error("must not be empty")]
     Empty,
+    /// `${NAME}` names an environment variable that is not set.
+    #[error("environment variable {0} (written ${{{0}}}) is not set")]
+    MissingEnv(String),
+}
+
+/// Replaces `${NAME}` with the environment variable NAME (`${tag}` is left alone: fluentd's buffer
+/// placeholder, the same as `%{tag}`). A variable that is not set is an error, not an empty
+/// string: a key that silently lost its job id would mix jobs.
+pub fn interpolate_env(s: &str) -> Result<String, KeyError> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[i..]);
+            return Ok(out);
+        };
+        let name = &after[..end];
+        let valid = !name.is_empty()
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !name.starts_with(|c: char| c.is_ascii_digit());
+        if name == "tag" || !valid {
+            out.push_str(&rest[i..i + 2 + end + 1]);
+        } else {
+            out.push_str(&std::env::var(name).map_err(|_| KeyError::MissingEnv(name.to_string()))?);
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,8 +106,9 @@ impl KeyTemplate {
         }
         let mut parts = Vec::new();
         let mut lit = String::new();
-        let mut rest = format;
         let mut offset = 0;
+        let format = format.replace("${tag}", "%{tag}");
+        let mut rest = format.as_str();
         while let Some(i) = rest.find("%{") {
             lit.push_str(&rest[..i]);
             let after = &rest[i + 2..];
@@ -254,6 +286,21 @@ mod tests {
         assert_eq!(KeyTemplate::parse("%{nope}"), Err(KeyError::Unknown("nope".into())));
         assert_eq!(KeyTemplate::parse("ab%{index"), Err(KeyError::Unclosed(2)));
         assert_eq!(KeyTemplate::parse(""), Err(KeyError::Empty));
+    }
+
+    #[test]
+    fn env_interpolation_fills_variables_and_refuses_missing_ones() {
+        let path = std::env::var("PATH").unwrap();
+        assert_eq!(
+            interpolate_env("x/${PATH}/${tag}").unwrap(),
+            format!("x/{path}/${{tag}}")
+        );
+        assert_eq!(
+            interpolate_env("${LOGSHIP_TEST_UNSET_VAR}"),
+            Err(KeyError::MissingEnv("LOGSHIP_TEST_UNSET_VAR".into()))
+        );
+        let t = KeyTemplate::parse("${tag}/%{index}").unwrap();
+        assert_eq!(t.to_string(), "%{tag}/%{index}");
     }
 
     #[test]

@@ -1,0 +1,55 @@
+//! Python packages the tests need (boto3; later moto and pyspark), installed on first use into
+//! Cargo's target directory with `pip install --target`, so `cargo test` alone works on a fresh
+//! machine. An installation already importable (system or virtualenv) is used as it is.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// A `PYTHONPATH` under which every module in `modules` imports; `packages` are what pip installs
+/// when one is missing (`tests/requirements.txt` lists the same).
+pub fn python_path(modules: &[&str], packages: &[&str]) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("python");
+    std::fs::create_dir_all(&dir).unwrap();
+    let imports = |path: &PathBuf| {
+        let code = modules
+            .iter()
+            .map(|m| format!("import {m}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Command::new("python3")
+            .arg("-c")
+            .arg(code)
+            .env("PYTHONPATH", path)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    // One installer at a time across test processes.
+    let lock = std::fs::File::create(dir.join(".lock")).unwrap();
+    lock.lock().unwrap();
+    if !imports(&dir) {
+        let out = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--target",
+            ])
+            .arg(&dir)
+            .args(packages)
+            .output()
+            .expect("python3 -m pip");
+        assert!(
+            out.status.success(),
+            "cannot install {packages:?} for the tests: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            imports(&dir),
+            "{modules:?} still do not import after installing {packages:?}"
+        );
+    }
+    dir
+}
