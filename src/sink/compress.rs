@@ -4,7 +4,9 @@
 //! The sibling is reused by a retry and removed after delivery (or by buffer recovery).
 
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter};
+
+use crate::fsutil::copy_stream;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -78,12 +80,12 @@ pub fn prepare(chunk: &Path, store_as: StoreAs, level: Option<i32>) -> io::Resul
         StoreAs::Gzip => {
             let level = flate2::Compression::new(level.unwrap_or(DEFAULT_GZIP_LEVEL).clamp(0, 9) as u32);
             let mut enc = flate2::write::GzEncoder::new(dst, level);
-            pump(&mut src, &mut enc, &mut buf)?;
+            copy_stream(&mut src, &mut enc, &mut buf)?;
             enc.finish()?.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         }
         StoreAs::Zstd => {
             let mut enc = zstd::stream::write::Encoder::new(dst, level.unwrap_or(DEFAULT_ZSTD_LEVEL))?;
-            pump(&mut src, &mut enc, &mut buf)?;
+            copy_stream(&mut src, &mut enc, &mut buf)?;
             enc.finish()?.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         }
         StoreAs::Text => unreachable!(),
@@ -107,19 +109,10 @@ fn sibling(chunk: &Path, store_as: StoreAs) -> PathBuf {
     chunk.with_file_name(name)
 }
 
-fn pump(src: &mut File, dst: &mut impl Write, buf: &mut [u8]) -> io::Result<()> {
-    loop {
-        let n = src.read(buf)?;
-        if n == 0 {
-            return Ok(());
-        }
-        dst.write_all(&buf[..n])?;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     #[test]
     fn gzip_and_zstd_round_trip_and_text_is_the_chunk_itself() {

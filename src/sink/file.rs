@@ -84,20 +84,11 @@ fn copy_atomic(src: &Path, dest: &Path, expected: u64) -> Result<(), DeliveryErr
     Ok(())
 }
 
-/// Copies with read/write in 256 KiB blocks. (`std::fs::copy` uses copy_file_range, which on
-/// ext4 costs about seven times more CPU than this.)
+/// Copies with read/write in 256 KiB blocks.
 fn copy_plain(src: &Path, dest: &Path) -> std::io::Result<()> {
-    use std::io::{Read, Write};
     let mut from = std::fs::File::open(src)?;
     let mut to = std::fs::File::create(dest)?;
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = from.read(&mut buf)?;
-        if n == 0 {
-            return Ok(());
-        }
-        to.write_all(&buf[..n])?;
-    }
+    crate::fsutil::copy_stream(&mut from, &mut to, &mut vec![0u8; 256 * 1024]).map(|_| ())
 }
 
 #[cfg(test)]

@@ -136,22 +136,16 @@ impl S3Sink {
             .build()
             .await
             .map_err(|e| DeliveryError::Retryable(format!("cannot read {}: {e}", file.display())))?;
-        let mut req = client
+        let req = client
             .put_object()
             .bucket(bucket)
             .key(key)
             .content_length(len as i64)
             .content_type(content_type)
+            .set_storage_class(s.storage_class.as_deref().map(Into::into))
+            .set_server_side_encryption(s.sse.as_deref().map(Into::into))
+            .set_ssekms_key_id(s.sse_kms_key_id.clone())
             .body(body);
-        if let Some(c) = &s.storage_class {
-            req = req.storage_class(c.as_str().into());
-        }
-        if let Some(e) = &s.sse {
-            req = req.server_side_encryption(e.as_str().into());
-        }
-        if let Some(k) = &s.sse_kms_key_id {
-            req = req.ssekms_key_id(k);
-        }
         req.send().await.map_err(|e| classify("PutObject", bucket, key, e))?;
         Ok(())
     }
@@ -166,20 +160,14 @@ impl S3Sink {
         content_type: &str,
     ) -> Result<(), DeliveryError> {
         let s = &self.settings;
-        let mut create = client
+        let create = client
             .create_multipart_upload()
             .bucket(bucket)
             .key(key)
-            .content_type(content_type);
-        if let Some(c) = &s.storage_class {
-            create = create.storage_class(c.as_str().into());
-        }
-        if let Some(e) = &s.sse {
-            create = create.server_side_encryption(e.as_str().into());
-        }
-        if let Some(k) = &s.sse_kms_key_id {
-            create = create.ssekms_key_id(k);
-        }
+            .content_type(content_type)
+            .set_storage_class(s.storage_class.as_deref().map(Into::into))
+            .set_server_side_encryption(s.sse.as_deref().map(Into::into))
+            .set_ssekms_key_id(s.sse_kms_key_id.clone());
         let upload = create
             .send()
             .await

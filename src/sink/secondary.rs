@@ -30,7 +30,8 @@ pub fn write_secondary(chunk: &Path, dir: &Path, basename: &str, durable: bool) 
         let path = dir.join(format!("{basename}.{n}"));
         match OpenOptions::new().write(true).create_new(true).open(&path) {
             Ok(mut f) => {
-                let r = io::copy(&mut src, &mut f).and_then(|_| if durable { f.sync_all() } else { Ok(()) });
+                let r = crate::fsutil::copy_stream(&mut src, &mut f, &mut vec![0u8; 256 * 1024])
+                    .and_then(|_| if durable { f.sync_all() } else { Ok(()) });
                 if let Err(e) = r {
                     let _ = fs::remove_file(&path);
                     return Err(err(e));
