@@ -207,8 +207,12 @@ fn kubelet_write(dir: &Path, content: &[u8], generation: u32) {
     }
 }
 
-fn refused_until_a_valid_file_appears(bad: Vec<u8>, expected_message: &str) {
+/// Ships with the presigned POST `bad` makes: the upload must be refused by the pre-check with
+/// `expected_message` and nothing uploaded; after a kubelet-style refresh to a valid one,
+/// everything arrives.
+fn refused_until_a_valid_file_appears(bad: impl Fn(&S3Server) -> Vec<u8>, expected_message: &str) {
     let server = S3Server::start(&["logs"]);
+    let bad = bad(&server);
     let env = Env::new();
     let (a, _) = input(&env);
     let secret_dir: PathBuf = env.dir.path().join("s3-secret");
@@ -239,27 +243,24 @@ fn refused_until_a_valid_file_appears(bad: Vec<u8>, expected_message: &str) {
 
 #[test]
 fn an_expired_presigned_post_keeps_the_data_until_a_refreshed_one_arrives() {
-    let server = S3Server::start(&["logs"]);
     // Valid for 10 s: inside the 30 s clock-skew margin, so already treated as expired.
-    let expired = presign(&server, "jobs/9/", "10s", "1GB");
-    drop(server);
-    refused_until_a_valid_file_appears(expired, "policy expired at");
+    refused_until_a_valid_file_appears(|s| presign(s, "jobs/9/", "10s", "1GB"), "policy expired at");
 }
 
 #[test]
 fn a_key_outside_the_allowed_prefix_is_refused_before_upload_and_kept() {
-    let server = S3Server::start(&["logs"]);
-    let other = presign(&server, "someone-else/", "1h", "1GB");
-    drop(server);
-    refused_until_a_valid_file_appears(other, "[\"starts-with\", \"$key\", \"someone-else/\"] refuses key");
+    refused_until_a_valid_file_appears(
+        |s| presign(s, "someone-else/", "1h", "1GB"),
+        "[\"starts-with\", \"$key\", \"someone-else/\"] refuses key",
+    );
 }
 
 #[test]
 fn a_chunk_over_the_size_range_is_refused_before_upload_and_kept() {
-    let server = S3Server::start(&["logs"]);
-    let small = presign(&server, "jobs/9/", "1h", "1000");
-    drop(server);
-    refused_until_a_valid_file_appears(small, "content-length-range [0, 1000]");
+    refused_until_a_valid_file_appears(
+        |s| presign(s, "jobs/9/", "1h", "1000"),
+        "content-length-range [0, 1000]",
+    );
 }
 
 #[test]
