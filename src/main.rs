@@ -153,7 +153,7 @@ fn parse_store_as(s: &str) -> Result<logship::sink::compress::StoreAs, String> {
 }
 
 fn main() -> ExitCode {
-    limit_malloc_arenas();
+    tune_malloc();
     let cli = Cli::parse();
     init_logging();
     match real_main(cli) {
@@ -165,15 +165,21 @@ fn main() -> ExitCode {
     }
 }
 
-/// One malloc arena for all threads. glibc gives each thread that allocates its own arena and
-/// keeps what was freed there; compression on the blocking-pool threads then held ~10 MiB more
-/// than it uses. logship has few threads and allocates little, so one arena costs no contention.
-/// Must run before any thread starts.
-fn limit_malloc_arenas() {
+/// Keeps glibc's malloc from holding memory logship no longer uses (measured on 1 GiB to S3):
+/// - one arena for all threads: glibc gives each allocating thread its own arena and keeps what
+///   was freed there (compression on the blocking pool held ~10 MiB more than it used); logship
+///   has few threads and allocates little, so there is no contention to lose;
+/// - a fixed 128 KiB mmap threshold: otherwise glibc raises it after large blocks are freed, and
+///   later read buffers and encoder states land in the heap, where fragmentation pins them
+///   (gzip: 18.2 MiB peak RSS with a live heap under 1 MiB; 10.5 MiB with the fixed threshold).
+///
+/// Must run before any thread starts. musl's allocator returns memory by itself.
+fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; called before other threads exist.
+    // SAFETY: mallopt only sets allocator parameters; called before other threads exist.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
 }
 
