@@ -45,6 +45,19 @@ impl DeliveryError {
     }
 }
 
+/// An error and its sources, joined with `: ` (the SDKs' and hyper's top-level messages alone
+/// often say only "dispatch failure" or "error sending request").
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
 /// One configured output.
 #[derive(Debug)]
 pub enum Sink {

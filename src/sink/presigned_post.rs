@@ -202,8 +202,15 @@ impl PresignedPost {
     }
 
     /// Checks locally what S3 would check: expiry (with `margin`), key, size, coverage of every
-    /// field sent. Names the condition that fails.
-    pub fn check(&self, path: &Path, key: &str, len: u64, now: SystemTime, margin: Duration) -> Result<(), PostError> {
+    /// field sent. Names the condition that fails; returns the decoded policy.
+    pub fn check(
+        &self,
+        path: &Path,
+        key: &str,
+        len: u64,
+        now: SystemTime,
+        margin: Duration,
+    ) -> Result<Policy, PostError> {
         let refused = |message: String| PostError::Refused {
             path: path.to_path_buf(),
             message,
@@ -266,7 +273,7 @@ impl PresignedPost {
                 )));
             }
         }
-        Ok(())
+        Ok(policy)
     }
 }
 
@@ -277,13 +284,16 @@ fn sent_value(fields: &[(String, String)], field: &str) -> Option<String> {
         .map(|(_, v)| v.clone())
 }
 
+/// Whether a (lower-case) field carries a secret or part of the signing identity.
+fn is_secret(field: &str) -> bool {
+    ["signature", "token", "credential", "accesskey"]
+        .iter()
+        .any(|s| field.contains(s))
+}
+
 /// A field's value for a message, hiding anything secret.
 fn shown(field: &str, value: &str) -> String {
-    if field.contains("signature")
-        || field.contains("token")
-        || field.contains("credential")
-        || field.contains("accesskey")
-    {
+    if is_secret(field) {
         format!("the `{field}` field (value hidden)")
     } else {
         format!("{field} {value:?}")
@@ -333,7 +343,8 @@ pub async fn upload(
 ) -> Result<(), DeliveryError> {
     let credentials = |e: PostError| DeliveryError::Credentials(e.to_string());
     let post = PresignedPost::load(post_path).map_err(credentials)?;
-    post.check(post_path, key, len, SystemTime::now(), margin)
+    let policy = post
+        .check(post_path, key, len, SystemTime::now(), margin)
         .map_err(credentials)?;
     let mut form = reqwest::multipart::Form::new();
     for (k, v) in post.form_fields(key) {
@@ -343,7 +354,6 @@ pub async fn upload(
         && !post.fields.keys().any(|k| k.eq_ignore_ascii_case("content-type"))
     {
         // Only when the policy allows it: an uncovered field would be refused by S3.
-        let policy = post.policy(post_path).map_err(credentials)?;
         if policy.conditions.iter().any(|c| {
             matches!(c, Condition::Eq { field, .. } | Condition::StartsWith { field, .. } if field == "content-type")
         }) {
@@ -385,17 +395,11 @@ pub async fn upload(
 
 /// The error's text without the request URL (which could carry query credentials elsewhere).
 fn without_url(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
-    if let Some(url) = e.url() {
-        s = s.replace(url.as_str(), "<url>");
+    let s = super::error_chain(e);
+    match e.url() {
+        Some(url) => s.replace(url.as_str(), "<url>"),
+        None => s,
     }
-    let mut src = std::error::Error::source(e);
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 /// `Code: Message` from an S3 XML error body (never the whole body: it may echo request data).
@@ -465,12 +469,12 @@ pub fn explain(path: &Path, now: SystemTime) -> Result<String, PostError> {
 }
 
 fn hidden_or(field: &str, value: &str) -> String {
-    if field.contains("token") || field.contains("signature") {
-        "(hidden)".into()
-    } else if field == "x-amz-credential" {
+    if field == "x-amz-credential" {
         // Access key id / date / region / service: show all but the key id.
         let rest = value.split_once('/').map_or("", |(_, r)| r);
         format!("<access key id>/{rest}")
+    } else if is_secret(field) {
+        "(hidden)".into()
     } else {
         format!("{value:?}")
     }

@@ -260,7 +260,7 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
     let status = e.raw_response().map(|r| r.status().as_u16());
     let code = e.code().unwrap_or("").to_string();
     let text = if code.is_empty() {
-        format!("{op} s3://{bucket}/{key}: {}", error_chain(&e))
+        format!("{op} s3://{bucket}/{key}: {}", super::error_chain(&e))
     } else {
         format!("{op} s3://{bucket}/{key}: {code}: {}", e.message().unwrap_or(""))
     };
@@ -278,15 +278,4 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
         SdkError::ServiceError(_) => DeliveryError::Permanent(text),
         _ => DeliveryError::Retryable(text),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
