@@ -22,11 +22,8 @@ fn a_full_buffer_pauses_reading_and_resumes_when_the_output_recovers() {
     fs::write(env.path("app.log"), &content).unwrap();
     // The output directory is blocked by a regular file: every delivery fails and is retried.
     fs::write(&env.out, b"blocked").unwrap();
-    let cfg = env.dir.path().join("logship.toml");
-    fs::write(
-        &cfg,
-        format!(
-            r#"
+    let args = env.run_config(
+        r#"
 [buffer]
 dir = "{buffer}"
 chunk_limit = "256KiB"
@@ -49,17 +46,8 @@ timeout = "10m"
 [lifecycle]
 signal_file = "{signal}"
 "#,
-            buffer = env.buffer.display(),
-            input = env.input.display(),
-            out = env.out.display(),
-            signal = env.signal.display()
-        ),
-    )
-    .unwrap();
-    let mut d = Daemon::spawn(
-        &["run".into(), "--config".into(), cfg.display().to_string()],
-        env.dir.path(),
     );
+    let mut d = Daemon::spawn(&args, env.dir.path());
     wait_until("the buffer fills up", Duration::from_secs(60), || {
         d.stderr().contains("buffer is full")
     });

@@ -58,11 +58,8 @@ fn run_with_a_config_file_ships_and_drains_on_the_signal_file() {
     let content = [lines("cfg", 0, 1000), b"partial".to_vec()].concat();
     fs::create_dir_all(env.input.join("pod-a")).unwrap();
     fs::write(env.input.join("pod-a/stdout"), &content).unwrap();
-    let cfg = env.dir.path().join("logship.toml");
-    fs::write(
-        &cfg,
-        format!(
-            r#"
+    let args = env.run_config(
+        r#"
 [buffer]
 dir = "{buffer}"
 timekey = "1h"
@@ -81,17 +78,8 @@ dir = "{out}"
 signal_file = "{signal}"
 drain_deadline = "30s"
 "#,
-            buffer = env.buffer.display(),
-            input = env.input.display(),
-            out = env.out.display(),
-            signal = env.signal.display()
-        ),
-    )
-    .unwrap();
-    let mut d = Daemon::spawn(
-        &["run".into(), "--config".into(), cfg.display().to_string()],
-        env.dir.path(),
     );
+    let mut d = Daemon::spawn(&args, env.dir.path());
     wait_until("file followed", Duration::from_secs(30), || {
         d.stderr().contains("following file")
     });

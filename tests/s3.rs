@@ -305,11 +305,8 @@ fn the_s3_api_path_puts_small_objects_and_multipart_uploads_large_ones() {
     let b = lines("small", 0, 100);
     fs::write(env.path("big.log"), &a).unwrap();
     fs::write(env.path("small.log"), &b).unwrap();
-    let cfg = env.dir.path().join("logship.toml");
-    fs::write(
-        &cfg,
-        format!(
-            r#"
+    let args = env.run_config(
+        &r#"
 [buffer]
 dir = "{buffer}"
 chunk_limit = "12MiB"
@@ -319,7 +316,7 @@ paths = ["{input}/*.log"]
 [[output]]
 type = "s3"
 path = "api"
-key_format = "%{{path}}/%{{tag}}/%{{time_slice}}_%{{index}}.%{{file_extension}}"
+key_format = "%{path}/%{tag}/%{time_slice}_%{index}.%{file_extension}"
 [output.s3]
 bucket = "logs"
 endpoint = "{endpoint}"
@@ -330,20 +327,12 @@ part_size = "5MiB"
 storage_class = "STANDARD"
 [lifecycle]
 once = true
-"#,
-            buffer = env.buffer.display(),
-            input = env.input.display(),
-            endpoint = server.endpoint
-        ),
-    )
-    .unwrap();
+"#
+        .replace("{endpoint}", &server.endpoint),
+    );
     let mut cmd = Command::new(bin());
     cmd.envs(server.env()).env("LOGSHIP_LOG", "info,logship=debug");
-    let mut d = Daemon::spawn_cmd(
-        cmd,
-        &["run".into(), "--config".into(), cfg.display().to_string()],
-        env.dir.path(),
-    );
+    let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
     let st = d.wait_exit(T);
     assert!(st.success(), "{}", d.stderr());
     assert_bytes_eq(&collect_s3(&server, "api", "big.log", "text"), &a);
@@ -386,13 +375,11 @@ fn check_explains_a_presigned_post_without_its_signature() {
     assert!(!text.contains(sig), "the signature is not shown");
 }
 
-/// A config shipping `*.log` once through a presigned POST at `url_override`'s proxy.
-fn post_config(env: &Env, post: &Path, retry: &str) -> PathBuf {
-    let cfg = env.dir.path().join("logship.toml");
-    fs::write(
-        &cfg,
-        format!(
-            r#"
+/// `run --config` arguments for shipping `*.log` once through the presigned POST file `post`,
+/// with `retry` as the `[output.retry]` table.
+fn post_config(env: &Env, post: &Path, retry: &str) -> Vec<String> {
+    env.run_config(
+        &r#"
 [buffer]
 dir = "{buffer}"
 chunk_limit = "256KiB"
@@ -403,7 +390,7 @@ paths = ["{input}/*.log"]
 name = "s3"
 type = "s3"
 path = "jobs/7"
-key_format = "%{{path}}/%{{tag}}/%{{time_slice}}_%{{index}}.%{{file_extension}}"
+key_format = "%{path}/%{tag}/%{time_slice}_%{index}.%{file_extension}"
 [output.s3]
 presigned_post = "{post}"
 request_timeout = "2s"
@@ -412,14 +399,10 @@ request_timeout = "2s"
 [lifecycle]
 once = true
 drain_deadline = "120s"
-"#,
-            buffer = env.buffer.display(),
-            input = env.input.display(),
-            post = post.display(),
-        ),
+"#
+        .replace("{post}", &post.display().to_string())
+        .replace("{retry}", retry),
     )
-    .unwrap();
-    cfg
 }
 
 /// A presigned POST whose URL points at `endpoint` (e.g. a fault proxy) instead of the server.
@@ -446,15 +429,12 @@ fn server_errors_throttling_resets_and_stalls_are_retried_until_delivered() {
     let (a, b) = input(&env);
     let post = env.dir.path().join("presigned-post");
     fs::write(&post, post_via(&server, &proxy.endpoint, "jobs/7/")).unwrap();
-    let cfg = post_config(
+    let args = post_config(
         &env,
         &post,
         "wait = \"100ms\"\nmax_interval = \"500ms\"\nmax_times = 20",
     );
-    let mut d = Daemon::spawn(
-        &["run".into(), "--config".into(), cfg.display().to_string()],
-        env.dir.path(),
-    );
+    let mut d = Daemon::spawn(&args, env.dir.path());
     let st = d.wait_exit(T);
     assert!(st.success(), "{}", d.stderr());
     assert_bytes_eq(&collect_s3(&server, "jobs/7", "driver.log", "text"), &a);
@@ -478,11 +458,8 @@ fn exhausted_retries_put_the_exact_chunk_in_the_secondary_directory() {
     fs::write(env.path("driver.log"), &a).unwrap();
     let post = env.dir.path().join("presigned-post");
     fs::write(&post, post_via(&server, &proxy.endpoint, "jobs/7/")).unwrap();
-    let cfg = post_config(&env, &post, "wait = \"50ms\"\nmax_times = 2\nrandomize = false");
-    let mut d = Daemon::spawn(
-        &["run".into(), "--config".into(), cfg.display().to_string()],
-        env.dir.path(),
-    );
+    let args = post_config(&env, &post, "wait = \"50ms\"\nmax_times = 2\nrandomize = false");
+    let mut d = Daemon::spawn(&args, env.dir.path());
     let st = d.wait_exit(T);
     assert_eq!(st.code(), Some(3), "{}", d.stderr());
     assert_bytes_eq(&fs::read(env.buffer.join("secondary/s3.chunk.0")).unwrap(), &a);

@@ -74,6 +74,19 @@ impl Env {
         args
     }
 
+    /// Writes `body` as `logship.toml`, with `{buffer}`, `{input}`, `{out}` and `{signal}` replaced
+    /// by this environment's paths; returns the arguments of `logship run --config` for it.
+    pub fn run_config(&self, body: &str) -> Vec<String> {
+        let cfg = self.dir.path().join("logship.toml");
+        let text = body
+            .replace("{buffer}", &self.buffer.display().to_string())
+            .replace("{input}", &self.input.display().to_string())
+            .replace("{out}", &self.out.display().to_string())
+            .replace("{signal}", &self.signal.display().to_string());
+        fs::write(&cfg, text).unwrap();
+        vec!["run".into(), "--config".into(), cfg.display().to_string()]
+    }
+
     pub fn signal_end(&self) {
         fs::write(&self.signal, b"0").unwrap();
     }
