@@ -97,7 +97,7 @@ pub async fn run(config: Config) -> Result<Summary, EngineError> {
         s = &mut done_rx => s.ok(),
         reason = lifecycle::wait_for_end(&config.lifecycle) => {
             let _ = ctl_tx.send(Control::Drain(reason.to_string()));
-            let deadline = config.lifecycle.drain_deadline.get();
+            let deadline = config.lifecycle.drain_deadline();
             tokio::select! {
                 s = &mut done_rx => s.ok(),
                 _ = tokio::time::sleep(deadline) => {

@@ -262,11 +262,7 @@ fn real_main(cli: Cli) -> Result<i32> {
                 heartbeat_timeout: args.heartbeat_timeout,
                 heartbeat_appear_timeout: args.heartbeat_appear_timeout,
                 signal_file: args.signal_file,
-                drain_deadline: args.drain_deadline.unwrap_or(if args.once {
-                    HumanDuration::secs(24 * 3600)
-                } else {
-                    HumanDuration::secs(60)
-                }),
+                drain_deadline: args.drain_deadline,
                 key_format: args.key_format,
                 secondary_dir: args.secondary_dir,
                 raw: args.raw,

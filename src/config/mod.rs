@@ -412,8 +412,11 @@ pub struct LifecycleConfig {
     /// Ship what exists, then drain and exit (quick mode `--once`).
     pub once: bool,
     /// The whole drain (read to end, seal, deliver) must finish within this; what is not
-    /// delivered by then goes to the secondary directory and the exit code says so.
-    pub drain_deadline: HumanDuration,
+    /// delivered by then goes to the secondary directory and the exit code says so. Default:
+    /// 60s when following (a pod's grace period is short), 24h with `once` (a backfill of
+    /// gigabytes takes as long as it takes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain_deadline: Option<HumanDuration>,
 }
 
 impl Default for LifecycleConfig {
@@ -424,8 +427,16 @@ impl Default for LifecycleConfig {
             heartbeat_appear_timeout: HumanDuration::secs(120),
             signal_file: None,
             once: false,
-            drain_deadline: HumanDuration::secs(60),
+            drain_deadline: None,
         }
+    }
+}
+
+impl LifecycleConfig {
+    /// The effective drain deadline (see `drain_deadline`).
+    pub fn drain_deadline(&self) -> std::time::Duration {
+        let default = if self.once { 24 * 3600 } else { 60 };
+        self.drain_deadline.unwrap_or(HumanDuration::secs(default)).get()
     }
 }
 
@@ -476,6 +487,7 @@ impl Config {
 
     /// Fills in names and derived defaults.
     pub fn normalize(&mut self) {
+        self.lifecycle.drain_deadline = Some(HumanDuration(self.lifecycle.drain_deadline()));
         for (i, s) in self.sources.iter_mut().enumerate() {
             if s.name.is_empty() {
                 s.name = format!("source-{i}");
@@ -647,6 +659,24 @@ dir = "/tmp/out"
         let explicit = small.replace("paths =", "max_line_size = \"1MiB\"\npaths =");
         let e = Config::parse(&explicit, "x").unwrap_err().to_string();
         assert!(e.contains("source[0].max_line_size"), "{e}");
+    }
+
+    #[test]
+    fn drain_deadline_defaults_depend_on_once_and_an_explicit_one_is_kept() {
+        let follow = Config::parse(MINIMAL, "x").unwrap();
+        assert_eq!(follow.lifecycle.drain_deadline(), std::time::Duration::from_secs(60));
+        let once = Config::parse(&format!("{MINIMAL}\n[lifecycle]\nonce = true\n"), "x").unwrap();
+        assert_eq!(
+            once.lifecycle.drain_deadline(),
+            std::time::Duration::from_secs(24 * 3600)
+        );
+        assert!(once.to_toml().contains("drain_deadline = \"1d\""), "{}", once.to_toml());
+        let explicit = Config::parse(
+            &format!("{MINIMAL}\n[lifecycle]\nonce = true\ndrain_deadline = \"5m\"\n"),
+            "x",
+        )
+        .unwrap();
+        assert_eq!(explicit.lifecycle.drain_deadline(), std::time::Duration::from_secs(300));
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub struct QuickArgs {
     /// Signal file.
     pub signal_file: Option<PathBuf>,
     /// Drain deadline.
-    pub drain_deadline: HumanDuration,
+    pub drain_deadline: Option<HumanDuration>,
     /// Object key format.
     pub key_format: Option<String>,
     /// Secondary directory.
@@ -204,7 +204,7 @@ mod tests {
             heartbeat_timeout: HumanDuration::secs(15),
             heartbeat_appear_timeout: HumanDuration::secs(120),
             signal_file: None,
-            drain_deadline: HumanDuration::secs(60),
+            drain_deadline: None,
             key_format: None,
             secondary_dir: None,
             raw: false,
