@@ -63,6 +63,24 @@ pub fn copy_stream(src: &mut impl io::Read, dst: &mut impl Write, buf: &mut [u8]
     }
 }
 
+/// Copies the first `len` bytes of `src` (from offset 0, whatever its read position) to `dst`
+/// in 256 KiB pieces; returns the bytes copied (fewer if the file is shorter).
+pub fn copy_range(src: &fs::File, dst: &mut impl Write, len: u64) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; (256 << 10).min(len.max(1) as usize)];
+    let mut done = 0u64;
+    while done < len {
+        let want = (len - done).min(buf.len() as u64) as usize;
+        let n = src.read_at(&mut buf[..want], done)?;
+        if n == 0 {
+            break;
+        }
+        dst.write_all(&buf[..n])?;
+        done += n as u64;
+    }
+    Ok(done)
+}
+
 /// What makes a file the same file across renames: device and inode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct FileId {

@@ -66,8 +66,21 @@ enum Command {
 #[derive(Args, Debug)]
 struct ShipArgs {
     /// Files or glob patterns to ship (quote globs so the shell leaves them alone).
-    #[arg(required = true)]
+    #[arg(required_unless_present = "spark_events")]
     paths: Vec<String>,
+    /// Ship a Spark event-log directory (spark.eventLog.dir) so the History Server reads the
+    /// copy as the original: every layout (single file, rolling) and codec.
+    #[arg(long, conflicts_with = "paths", value_name = "DIR")]
+    spark_events: Option<PathBuf>,
+    /// Event logs: rechunk (EMR's layout: events_<n>_<app> objects cut at line ends, for an
+    /// uncompressed single file) or mirror (byte-for-byte copies of Spark's files). Default:
+    /// rechunk for an uncompressed single file, mirror otherwise.
+    #[arg(long, requires = "spark_events", value_parser = parse_mode)]
+    mode: Option<logship::config::EventLogMode>,
+    /// Event logs: upload appstatus_<app> at-end (in progress until Spark finishes; default) or
+    /// at-start (EMR's behaviour: complete from the start).
+    #[arg(long, requires = "spark_events", default_value = "at-end", value_parser = parse_appstatus)]
+    appstatus: logship::config::AppStatusMode,
     /// Destination: file:///DIR (one file per chunk under DIR), s3://BUCKET/PREFIX, or stdout.
     #[arg(long)]
     to: String,
@@ -145,6 +158,25 @@ fn parse_flush_mode(s: &str) -> Result<FlushMode, String> {
         "interval" => Ok(FlushMode::Interval),
         "immediate" => Ok(FlushMode::Immediate),
         _ => Err(format!("unknown flush mode {s:?} (lazy, interval, immediate)")),
+    }
+}
+
+fn parse_mode(s: &str) -> Result<logship::config::EventLogMode, String> {
+    use logship::config::EventLogMode;
+    match s {
+        "auto" => Ok(EventLogMode::Auto),
+        "rechunk" => Ok(EventLogMode::Rechunk),
+        "mirror" => Ok(EventLogMode::Mirror),
+        _ => Err(format!("unknown mode {s:?} (rechunk, mirror, auto)")),
+    }
+}
+
+fn parse_appstatus(s: &str) -> Result<logship::config::AppStatusMode, String> {
+    use logship::config::AppStatusMode;
+    match s {
+        "at-end" | "at_end" => Ok(AppStatusMode::AtEnd),
+        "at-start" | "at_start" => Ok(AppStatusMode::AtStart),
+        _ => Err(format!("unknown appstatus {s:?} (at-end, at-start)")),
     }
 }
 
@@ -273,6 +305,9 @@ fn real_main(cli: Cli) -> Result<i32> {
                 endpoint: args.endpoint,
                 region: args.region,
                 path_style: args.path_style,
+                spark_events: args.spark_events,
+                mode: args.mode.unwrap_or_default(),
+                appstatus: args.appstatus,
             };
             let c = build(&quick)?;
             run_engine(c, temp)

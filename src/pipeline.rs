@@ -23,7 +23,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::buffer::{ChunkStore, SealedChunk};
 use crate::config::{Config, FlushMode};
 use crate::sink::secondary::write_secondary;
-use crate::source::tail::TailSource;
+use crate::source::Source;
 use crate::summary::{SecondaryFile, Summary};
 
 /// Messages to the pipeline thread.
@@ -59,7 +59,7 @@ const MIN_BATCH_BYTES: u64 = 64 << 10;
 pub struct Pipeline {
     config: Arc<Config>,
     store: ChunkStore,
-    sources: Vec<TailSource>,
+    sources: Vec<Source>,
     outputs: Vec<UnboundedSender<SealedChunk>>,
     rx: Receiver<Control>,
     wake: Arc<WakeFlags>,
@@ -100,7 +100,7 @@ impl Pipeline {
         let sources = config
             .sources
             .iter()
-            .map(|s| TailSource::new(s.clone(), config.routes(s)))
+            .map(|s| Source::new(s.clone(), config.routes(s)))
             .collect();
         let summary = Summary::new(&config);
         Pipeline {
@@ -134,7 +134,7 @@ impl Pipeline {
         use notify::{RecursiveMode, Watcher};
         let Some(w) = self.watcher.as_mut() else { return };
         for s in &self.sources {
-            if s.config.watch == crate::config::WatchMode::Poll {
+            if s.config().watch == crate::config::WatchMode::Poll {
                 continue;
             }
             for (dir, recursive) in s.watch_dirs() {
@@ -287,7 +287,7 @@ impl Pipeline {
             for s in &mut self.sources {
                 // Stay under total_limit (to within one read block): each byte read is stored
                 // once per output the source feeds.
-                let room = limit.saturating_sub(self.store.total_bytes()) / s.routes.len().max(1) as u64;
+                let room = limit.saturating_sub(self.store.total_bytes()) / s.routes().len().max(1) as u64;
                 let budget = batch.saturating_sub(total + pass).min(room);
                 if budget == 0 {
                     continue;
@@ -483,8 +483,8 @@ impl Pipeline {
                 self.summary.unread.push((path, bytes));
             }
             self.summary.sources.push(crate::summary::SourceSummary {
-                name: s.config.name.clone(),
-                stats: s.stats.clone(),
+                name: s.config().name.clone(),
+                stats: s.stats(),
             });
         }
         for c in self.store.chunks() {

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use crate::config::Framing;
 use crate::fsutil::{sync_parent, write_atomic};
 use crate::sink::key::{KeyTemplate, KeyValues};
-pub use state::{ChunkMeta, IndexCounter, SourceCheckpoint, StateFile};
+pub use state::{ChunkMeta, IndexCounter, MarkerRecord, SourceCheckpoint, StateFile};
 
 /// Why the buffer could not do what was asked; every variant names the path involved.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +41,14 @@ pub enum BufferError {
     /// The state file could not be read.
     #[error(transparent)]
     State(#[from] state::StateError),
+    /// Reading a file to snapshot it failed.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
     /// Writing a chunk or the state failed (e.g. the disk is full).
     #[error("cannot write {path}: {source}")]
     Write {
@@ -96,6 +104,8 @@ pub struct SealedChunk {
     pub len: u64,
     /// Start of its time-key window (seconds since the epoch).
     pub timekey: i64,
+    /// Keys to delete after it is delivered.
+    pub delete_after: Vec<String>,
 }
 
 /// How many counter-less hours an index counter of a timed key survives.
@@ -299,6 +309,7 @@ impl ChunkStore {
             created_ms: now_ms,
             last_write_ms: now_ms,
             sealed: false,
+            delete_after: Vec::new(),
         });
         self.handles.insert(seq, file);
         self.open.insert(map_key, seq);
@@ -468,6 +479,7 @@ impl ChunkStore {
                     path: self.chunk_path(seq),
                     len: c.len,
                     timekey: c.timekey,
+                    delete_after: c.delete_after.clone(),
                 });
             }
         }
@@ -521,6 +533,109 @@ impl ChunkStore {
         self.open.retain(|_, s| *s != seq);
         self.dirty.remove(&seq);
         self.to_delete.push(seq);
+    }
+
+    /// Adds a sealed chunk with a fixed key holding `content` followed by the first `len` bytes
+    /// of `src` (a snapshot of a file, or an empty marker object), delivered in order after the
+    /// chunks sealed before it. The output deletes `delete_after` once it is delivered.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_whole(
+        &mut self,
+        output: usize,
+        tag: &str,
+        key: String,
+        content: &[u8],
+        src: Option<(&File, &Path, u64)>,
+        delete_after: Vec<String>,
+        now_ms: i64,
+    ) -> Result<u64, BufferError> {
+        let seq = self.state.next_seq;
+        let path = self.chunk_path(seq);
+        let werr = |path: &Path, source| BufferError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| werr(&path, e))?;
+        self.state.next_seq += 1;
+        self.state.chunks.push(ChunkMeta {
+            seq,
+            output: self.outputs[output].name.clone(),
+            tag: tag.to_string(),
+            timekey: self.timekey_of(now_ms),
+            key,
+            len: 0,
+            created_ms: now_ms,
+            last_write_ms: now_ms,
+            sealed: true,
+            delete_after,
+        });
+        let mut len = 0u64;
+        file.write_all(content).map_err(|e| werr(&path, e))?;
+        len += content.len() as u64;
+        if let Some((src, src_path, n)) = src {
+            let copied = crate::fsutil::copy_range(src, &mut file, n).map_err(|source| BufferError::Read {
+                path: src_path.to_path_buf(),
+                source,
+            })?;
+            len += copied;
+        }
+        let i = self.index_of(seq).expect("just added");
+        self.state.chunks[i].len = len;
+        self.handles.insert(seq, file);
+        self.dirty.insert(seq);
+        self.newly_sealed.push(seq);
+        Ok(seq)
+    }
+
+    /// Seals the open chunks of `tag` for `output` now, so what is added next is delivered after
+    /// them.
+    pub fn seal_tag(&mut self, output: usize, tag: &str) {
+        let name = self.outputs[output].name.clone();
+        self.seal_where(|c| c.output == name && c.tag == tag);
+    }
+
+    /// Whether a marker with this key was already queued for `output` (now or in an earlier run).
+    pub fn marker_queued(&self, output: usize, key: &str) -> bool {
+        let name = &self.outputs[output].name;
+        self.state.markers.iter().any(|m| &m.output == name && m.key == key)
+    }
+
+    /// Queues an empty-or-small marker object (`content`) for `output`, once: a marker already
+    /// queued is not queued again. Returns whether it was queued now.
+    pub fn add_marker(
+        &mut self,
+        output: usize,
+        tag: &str,
+        key: String,
+        content: &[u8],
+        delete_after: Vec<String>,
+        now_ms: i64,
+    ) -> Result<bool, BufferError> {
+        if self.marker_queued(output, &key) {
+            return Ok(false);
+        }
+        self.state.markers.push(MarkerRecord {
+            output: self.outputs[output].name.clone(),
+            key: key.clone(),
+        });
+        self.add_whole(output, tag, key, content, None, delete_after, now_ms)?;
+        Ok(true)
+    }
+
+    /// Whether a chunk with this key is waiting for delivery to `output`.
+    pub fn has_pending_key(&self, output: usize, key: &str) -> bool {
+        let name = &self.outputs[output].name;
+        self.state.chunks.iter().any(|c| &c.output == name && c.key == key)
+    }
+
+    /// The `%{path}` of an output (the prefix that Spark's own file names go under).
+    pub fn output_path(&self, output: usize) -> &str {
+        &self.outputs[output].path
     }
 
     /// Seals every open chunk (drain).

@@ -27,6 +27,19 @@ pub struct StateFile {
     pub chunks: Vec<ChunkMeta>,
     /// `%{index}` counters per output and key prefix.
     pub indices: Vec<IndexCounter>,
+    /// Marker objects (Spark's `appstatus_*`) already queued, so a restart does not queue them
+    /// again (an "in progress" marker re-sent after "complete" would flip the app back).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub markers: Vec<MarkerRecord>,
+}
+
+/// A marker object that was queued for an output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarkerRecord {
+    /// Output name.
+    pub output: String,
+    /// The marker's object key.
+    pub key: String,
 }
 
 /// Where reading of one file stopped; every byte before `pos` is in a chunk (or delivered).
@@ -71,6 +84,10 @@ pub struct ChunkMeta {
     pub last_write_ms: i64,
     /// Sealed chunks take no more data and are (being) delivered.
     pub sealed: bool,
+    /// Keys the output deletes once this chunk is delivered (a Spark `.inprogress` object that
+    /// the chunk replaces under its final name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delete_after: Vec<String>,
 }
 
 /// Next `%{index}` for chunks whose keys share a prefix.

@@ -164,6 +164,9 @@ pub struct SourceConfig {
     /// Names of the outputs this source feeds; empty means all outputs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outputs: Vec<String>,
+    /// For `type = "spark_events"`: layout, completion marker, application filter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spark: Option<SparkEventsConfig>,
 }
 
 fn default_refresh_interval() -> HumanDuration {
@@ -182,6 +185,59 @@ fn default_rotate_wait() -> HumanDuration {
 pub enum SourceKind {
     /// Follow files by path and identity (rotation, truncation, renames).
     Tail,
+    /// Spark event logs: `paths` are event-log directories (`spark.eventLog.dir`); every layout
+    /// and codec Spark writes is found there and shipped so the History Server reads it (see
+    /// `[source.spark]` and docs/event-logs.md).
+    SparkEvents,
+}
+
+/// How Spark event logs are written to the output.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventLogMode {
+    /// `rechunk` for an uncompressed single file, `mirror` for everything else.
+    #[default]
+    Auto,
+    /// EMR's layout: an uncompressed single file is cut at line ends into
+    /// `eventlog_v2_<app>/events_<n>_<app>` objects, one per time key or chunk limit.
+    /// (Compressed or rolling logs cannot be cut; they are mirrored, with a warning.)
+    Rechunk,
+    /// Byte-for-byte copies of Spark's own files, re-uploaded as the last one grows.
+    Mirror,
+}
+
+/// When the `appstatus_<app>` marker (the History Server's "complete" flag) is uploaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppStatusMode {
+    /// `appstatus_<app>.inprogress` while the application runs; `appstatus_<app>` once Spark has
+    /// finished the log and every uploaded object ends at a line end (the `.inprogress` object is
+    /// then deleted where the output can delete).
+    #[default]
+    AtEnd,
+    /// EMR's behaviour: `appstatus_<app>` (" \n") as soon as the application is seen, so the
+    /// History Server shows it as complete from the start.
+    AtStart,
+}
+
+/// Settings of a `spark_events` source.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SparkEventsConfig {
+    /// How logs are written: `auto`, `rechunk` or `mirror`.
+    #[serde(default)]
+    pub mode: EventLogMode,
+    /// When the completion marker is uploaded: `at_end` (default) or `at_start` (EMR).
+    #[serde(default)]
+    pub appstatus: AppStatusMode,
+    /// Ship only this application (its attempts included). Default: `SPARK_APPLICATION_ID` when
+    /// set, else every application found in the directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<String>,
+    /// In `mirror` mode, the least time between two uploads of a file that keeps growing (it is
+    /// always uploaded once more when it is final, and at the drain). Default: `buffer.timekey`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_interval: Option<HumanDuration>,
 }
 
 /// Where to start reading a pre-existing file that has no checkpoint.
@@ -323,6 +379,9 @@ impl Default for S3Settings {
         }
     }
 }
+
+/// Object keys of rechunked event logs, below `%{path}` (the tag is the application id).
+pub const EVENTS_KEY_FORMAT: &str = "eventlog_v2_%{tag}/events_%{index}_%{tag}";
 
 /// The default object key layout: one directory per tag, time slice and index in the name.
 pub fn default_key_format() -> String {
@@ -482,6 +541,14 @@ impl Config {
             o.key_format = interpolate_env(&o.key_format)
                 .map_err(|e| invalid(format!("output[{i}].key_format"), e.to_string()))?;
         }
+        for s in &mut self.sources {
+            if s.kind == SourceKind::SparkEvents {
+                let spark = s.spark.get_or_insert_with(Default::default);
+                if spark.app_id.is_none() {
+                    spark.app_id = std::env::var("SPARK_APPLICATION_ID").ok().filter(|v| !v.is_empty());
+                }
+            }
+        }
         Ok(())
     }
 
@@ -495,6 +562,27 @@ impl Config {
             if s.max_line_size.is_none() {
                 s.max_line_size = Some(ByteSize((16 << 20).min(self.buffer.chunk_limit.bytes())));
             }
+            if s.kind == SourceKind::SparkEvents {
+                let spark = s.spark.get_or_insert_with(Default::default);
+                spark.mirror_interval.get_or_insert(self.buffer.timekey);
+            }
+        }
+        // Outputs fed by event logs name objects by Spark's rolling layout (what the History
+        // Server reads); indices start at 1 and have no gaps.
+        let event_outputs: Vec<usize> = self
+            .sources
+            .iter()
+            .filter(|s| s.kind == SourceKind::SparkEvents)
+            .flat_map(|s| self.routes(s))
+            .collect();
+        for i in event_outputs {
+            let o = &mut self.outputs[i];
+            o.key_format = if o.path.is_empty() {
+                EVENTS_KEY_FORMAT.to_string()
+            } else {
+                format!("%{{path}}/{EVENTS_KEY_FORMAT}")
+            };
+            o.index_start = 1;
         }
         for (i, o) in self.outputs.iter_mut().enumerate() {
             if o.name.is_empty() {
@@ -592,8 +680,47 @@ impl Config {
                     ));
                 }
             }
+            if s.spark.is_some() && s.kind != SourceKind::SparkEvents {
+                return Err(invalid(
+                    format!("source[{i}].spark"),
+                    "only applies to type = \"spark_events\"",
+                ));
+            }
+        }
+        let event_outputs = self.event_outputs();
+        for (i, s) in self.sources.iter().enumerate() {
+            if s.kind == SourceKind::SparkEvents {
+                continue;
+            }
+            if let Some(&o) = self.routes(s).iter().find(|o| event_outputs.contains(o)) {
+                return Err(invalid(
+                    format!("source[{i}].outputs"),
+                    format!(
+                        "feeds output {:?}, which a spark_events source also feeds; event logs need an output of their own (set `outputs` on the sources)",
+                        self.outputs[o].name
+                    ),
+                ));
+            }
+        }
+        for &o in &event_outputs {
+            let out = &self.outputs[o];
+            if out.kind == OutputKind::S3 && out.s3.store_as != crate::sink::compress::StoreAs::Text {
+                return Err(invalid(
+                    format!("output[{o}].s3.store_as"),
+                    "must be \"text\" for event logs: the History Server reads objects by their Spark file names (Spark's own codec, if any, is kept)",
+                ));
+            }
         }
         Ok(())
+    }
+
+    /// Indices of the outputs that event-log sources feed.
+    fn event_outputs(&self) -> HashSet<usize> {
+        self.sources
+            .iter()
+            .filter(|s| s.kind == SourceKind::SparkEvents)
+            .flat_map(|s| self.routes(s))
+            .collect()
     }
 
     /// Indices of the outputs a source feeds.
@@ -684,5 +811,45 @@ dir = "/tmp/out"
         let text = MINIMAL.replace("paths =", "outputs = [\"s3\"]\npaths =");
         let e = Config::parse(&text, "x").unwrap_err().to_string();
         assert!(e.contains("source[0].outputs") && e.contains("\"s3\""), "{e}");
+    }
+
+    #[test]
+    fn event_log_outputs_get_spark_names_and_cannot_be_shared_or_compressed() {
+        let events = r#"
+[[source]]
+type = "spark_events"
+paths = ["/var/log/spark/apps"]
+outputs = ["ev"]
+
+[[output]]
+name = "ev"
+type = "s3"
+path = "logs/${LOGSHIP_TEST_JOB}"
+s3 = { bucket = "b" }
+"#;
+        // SAFETY: tests in this module do not read this variable concurrently.
+        unsafe { std::env::set_var("LOGSHIP_TEST_JOB", "job-1") };
+        let c = Config::parse(events, "x").unwrap();
+        assert_eq!(
+            c.outputs[0].key_format,
+            "%{path}/eventlog_v2_%{tag}/events_%{index}_%{tag}"
+        );
+        assert_eq!(c.outputs[0].path, "logs/job-1");
+        assert_eq!(c.outputs[0].index_start, 1);
+        let spark = c.sources[0].spark.as_ref().unwrap();
+        assert_eq!(spark.mode, EventLogMode::Auto);
+        assert_eq!(spark.mirror_interval, Some(c.buffer.timekey));
+
+        let shared = format!("{events}\n[[source]]\ntype = \"tail\"\npaths = [\"/x/*\"]\n");
+        let e = Config::parse(&shared, "x").unwrap_err().to_string();
+        assert!(e.contains("source[1].outputs") && e.contains("\"ev\""), "{e}");
+
+        let gz = events.replace("bucket = \"b\"", "bucket = \"b\", store_as = \"gzip\"");
+        let e = Config::parse(&gz, "x").unwrap_err().to_string();
+        assert!(e.contains("store_as") && e.contains("text"), "{e}");
+
+        let misplaced = MINIMAL.replace("paths =", "spark = { mode = \"mirror\" }\npaths =");
+        let e = Config::parse(&misplaced, "x").unwrap_err().to_string();
+        assert!(e.contains("source[0].spark"), "{e}");
     }
 }

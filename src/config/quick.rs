@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use super::{
-    BufferConfig, Config, ConfigError, FlushMode, Framing, LifecycleConfig, OutputConfig, OutputKind, RetryConfig,
-    S3Settings, SecondaryConfig, SourceConfig, SourceKind, WatchMode,
+    AppStatusMode, BufferConfig, Config, ConfigError, EventLogMode, FlushMode, Framing, LifecycleConfig, OutputConfig,
+    OutputKind, RetryConfig, S3Settings, SecondaryConfig, SourceConfig, SourceKind, SparkEventsConfig, WatchMode,
 };
 use crate::units::{ByteSize, HumanDuration};
 
@@ -54,6 +54,12 @@ pub struct QuickArgs {
     pub region: Option<String>,
     /// S3: path-style addressing.
     pub path_style: bool,
+    /// A Spark event-log directory to ship (instead of `paths`).
+    pub spark_events: Option<PathBuf>,
+    /// Event logs: rechunk or mirror (default: by layout).
+    pub mode: EventLogMode,
+    /// Event logs: when `appstatus_<app>` is uploaded.
+    pub appstatus: AppStatusMode,
 }
 
 /// Builds the native config for quick mode.
@@ -101,10 +107,30 @@ pub fn build(args: &QuickArgs) -> Result<Config, ConfigError> {
         },
         s3,
     };
+    let (name, kind, paths, spark) = match (&args.spark_events, args.paths.is_empty()) {
+        (Some(dir), true) => (
+            "spark-events",
+            SourceKind::SparkEvents,
+            vec![dir.to_string_lossy().into_owned()],
+            Some(SparkEventsConfig {
+                mode: args.mode,
+                appstatus: args.appstatus,
+                ..Default::default()
+            }),
+        ),
+        (None, false) => ("files", SourceKind::Tail, args.paths.clone(), None),
+        (Some(_), false) => {
+            return Err(super::invalid(
+                "--spark-events",
+                "give either PATHS or --spark-events DIR, not both (run two logships, or use a config)",
+            ));
+        }
+        (None, true) => return Err(super::invalid("PATHS", "give files to ship, or --spark-events DIR")),
+    };
     let source = SourceConfig {
-        name: "files".to_string(),
-        kind: SourceKind::Tail,
-        paths: args.paths.clone(),
+        name: name.to_string(),
+        kind,
+        paths,
         read_from: Default::default(),
         refresh_interval: if args.once {
             HumanDuration::secs(3600)
@@ -118,6 +144,7 @@ pub fn build(args: &QuickArgs) -> Result<Config, ConfigError> {
         rotate_wait: HumanDuration::secs(5),
         tag: None,
         outputs: Vec::new(),
+        spark,
     };
     let mut config = Config {
         buffer: BufferConfig {
@@ -215,6 +242,9 @@ mod tests {
             endpoint: None,
             region: None,
             path_style: false,
+            spark_events: None,
+            mode: Default::default(),
+            appstatus: Default::default(),
         }
     }
 

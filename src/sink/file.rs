@@ -52,9 +52,23 @@ impl FileSink {
     }
 }
 
+impl FileSink {
+    /// Removes the file at `key` (gone already is fine).
+    pub fn delete(&self, key: &str) -> Result<(), DeliveryError> {
+        let path = self.destination(key)?;
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(retry("cannot remove", &path, e)),
+        }
+    }
+}
+
+fn retry(what: &str, p: &Path, e: std::io::Error) -> DeliveryError {
+    DeliveryError::Retryable(format!("{what} {}: {e}", p.display()))
+}
+
 fn copy_atomic(src: &Path, dest: &Path, expected: u64) -> Result<(), DeliveryError> {
-    let retry =
-        |what: &str, p: &Path, e: std::io::Error| DeliveryError::Retryable(format!("{what} {}: {e}", p.display()));
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent).map_err(|e| retry("cannot create directory", parent, e))?;
     }

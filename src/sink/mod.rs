@@ -100,12 +100,21 @@ impl Sink {
         }
     }
 
-    /// Delivers one chunk.
+    /// Delivers one chunk, then deletes the keys it replaces (`delete_after`). A retry repeats
+    /// both; both are idempotent.
     pub async fn deliver(&self, chunk: &SealedChunk) -> Result<(), DeliveryError> {
         match self {
-            Sink::File(f) => f.deliver(chunk).await,
-            Sink::Stdout(s) => s.deliver(chunk).await,
-            Sink::S3(s) => s.deliver(chunk).await,
+            Sink::File(f) => f.deliver(chunk).await?,
+            Sink::Stdout(s) => s.deliver(chunk).await?,
+            Sink::S3(s) => s.deliver(chunk).await?,
         }
+        for key in &chunk.delete_after {
+            match self {
+                Sink::File(f) => f.delete(key)?,
+                Sink::Stdout(_) => {}
+                Sink::S3(s) => s.delete(key).await?,
+            }
+        }
+        Ok(())
     }
 }

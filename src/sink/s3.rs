@@ -118,6 +118,27 @@ impl S3Sink {
         result
     }
 
+    /// Deletes the object at `key`. With a presigned POST there is no way to delete: the object
+    /// stays, and a warning says so (see docs/event-logs.md for what the History Server shows).
+    pub async fn delete(&self, key: &str) -> Result<(), DeliveryError> {
+        match &self.access {
+            Access::Post { .. } => {
+                tracing::warn!(%key, "a presigned POST cannot delete objects; leaving it in place");
+                Ok(())
+            }
+            Access::Api { client, bucket } => {
+                client
+                    .delete_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .send()
+                    .await
+                    .map_err(|e| classify("DeleteObject", bucket, key, e))?;
+                Ok(())
+            }
+        }
+    }
+
     async fn put(
         &self,
         client: &aws_sdk_s3::Client,

@@ -111,7 +111,13 @@ pub struct TailSource {
     /// Counters.
     pub stats: TailStats,
     buf: Vec<u8>,
+    /// Which matching files to follow and their tags (event logs: the application id);
+    /// `None` from it skips the file. Without it every match is followed, tagged by its path.
+    tagger: Option<Tagger>,
 }
+
+/// Chooses the files a source follows and tags them (see [`TailSource::with_tagger`]).
+pub type Tagger = Box<dyn Fn(&Path) -> Option<String> + Send>;
 
 /// The literal leading directories of a glob (`/var/log/*/stdout` → `/var/log`), and whether
 /// matches may lie deeper than one level below it.
@@ -156,7 +162,14 @@ impl TailSource {
             last_scan: None,
             stats: TailStats::default(),
             buf: vec![0; block],
+            tagger: None,
         }
+    }
+
+    /// Follows only the matches `tagger` gives a tag to, with that tag.
+    pub fn with_tagger(mut self, tagger: Tagger) -> TailSource {
+        self.tagger = Some(tagger);
+        self
     }
 
     /// Directories to watch for events, and whether recursively.
@@ -196,7 +209,7 @@ impl TailSource {
             };
             for path in entries.flatten() {
                 let Ok(meta) = std::fs::metadata(&path) else { continue };
-                if !meta.is_file() {
+                if !meta.is_file() || self.tagger.as_ref().is_some_and(|t| t(&path).is_none()) {
                     continue;
                 }
                 let id = FileId::of(&meta);
@@ -289,9 +302,29 @@ impl TailSource {
         if let Some(t) = &self.config.tag {
             return t.clone();
         }
+        if let Some(tag) = self.tagger.as_ref().and_then(|t| t(path)) {
+            return tag;
+        }
         let rel = path.strip_prefix(base).unwrap_or(path);
         let s = rel.to_string_lossy().trim_start_matches('/').to_string();
         if s.is_empty() { self.config.name.clone() } else { s }
+    }
+
+    /// The followed files with their tags, and whether each has been read to its current end
+    /// and that end is a line end (so every chunk made from it holds whole lines).
+    pub fn read_to_line_end(&self) -> Vec<(&Path, &str, bool)> {
+        self.files
+            .iter()
+            .map(|f| {
+                let size = f.file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+                let mut last = [0u8];
+                let done = size > 0
+                    && f.pos == size
+                    && f.file.read_at(&mut last, size - 1).is_ok_and(|n| n == 1)
+                    && last[0] == b'\n';
+                (f.path.as_path(), f.tag.as_str(), done)
+            })
+            .collect()
     }
 
     /// Checkpoints of the files being followed (their current, uncommitted positions).

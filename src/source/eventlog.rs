@@ -1,0 +1,695 @@
+//! Spark event logs: every layout and codec Spark writes, shipped so the History Server reads the
+//! copy as it reads the original (facts: `reference-notes.md` §1; design: `docs/event-logs.md`).
+//!
+//! An [`EventLogSource`] watches one or more event-log directories. It recognises:
+//! - a **single file** `<app>[.<codec>][.inprogress]`, renamed without `.inprogress` when Spark
+//!   stops;
+//! - a **rolling** directory `eventlog_v2_<app>/` with `events_<n>_<app>[.<codec>]` files and the
+//!   zero-byte `appstatus_<app>[.inprogress]` marker.
+//!
+//! Two ways to ship them:
+//! - **rechunk** (uncompressed single files; EMR's layout): the file is tailed like any log, cut
+//!   at line ends into chunks keyed `eventlog_v2_<app>/events_<n>_<app>`, n = 1, 2, … with no
+//!   gaps (the `%{index}` counter is persisted with the buffer);
+//! - **mirror** (any layout and codec): each file is copied byte for byte under its own name;
+//!   a file that grows is uploaded again (at most every `mirror_interval`) and once more when it
+//!   is final. A compressed stream cannot be cut, and a rolling log is already cut by Spark.
+//!
+//! The completion marker follows [`AppStatusMode`]: by default `appstatus_<app>.inprogress`
+//! while the application runs, and `appstatus_<app>` only once Spark has finished the log and
+//! every uploaded object ends at a line end. Markers and snapshots are chunks like any other, so
+//! they are crash-safe and delivered in order after the data before them.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::buffer::{ChunkStore, SourceCheckpoint};
+use crate::config::{AppStatusMode, EventLogMode, Framing, SourceConfig, SourceKind};
+use crate::fsutil::FileId;
+
+use super::tail::{TailError, TailSource, TailStats};
+
+/// Codec short names Spark puts at the end of a compressed event log's name.
+pub const CODECS: [&str; 4] = ["lz4", "lzf", "snappy", "zstd"];
+/// Suffix of an event log (or appstatus marker) that Spark is still writing.
+pub const IN_PROGRESS: &str = ".inprogress";
+/// Prefix of a rolling event-log directory.
+pub const ROLLING_PREFIX: &str = "eventlog_v2_";
+/// What EMR's sidecar writes into `appstatus_<app>` (`echo " "`).
+const EMR_APPSTATUS_BODY: &[u8] = b" \n";
+
+/// A single-file event log's name, taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SingleName {
+    /// `<appId>[_<attemptId>]`, as Spark sanitized it.
+    pub app: String,
+    /// The codec suffix, if compressed.
+    pub codec: Option<String>,
+    /// Still being written.
+    pub in_progress: bool,
+}
+
+/// Parses `<app>[.<codec>][.inprogress]`; `None` for anything else (hidden files such as
+/// Hadoop's `.crc` checksums, compaction output, other files).
+pub fn parse_single(name: &str) -> Option<SingleName> {
+    if name.starts_with('.') || name.is_empty() {
+        return None;
+    }
+    let (base, in_progress) = match name.strip_suffix(IN_PROGRESS) {
+        Some(b) => (b, true),
+        None => (name, false),
+    };
+    let (app, codec) = match base.rsplit_once('.') {
+        Some((a, c)) if CODECS.contains(&c) => (a, Some(c.to_string())),
+        _ => (base, None),
+    };
+    // Spark's sanitizer turns '.' into '_': an application name never has one.
+    if app.is_empty() || app.contains('.') || app.starts_with(ROLLING_PREFIX) {
+        return None;
+    }
+    Some(SingleName {
+        app: app.to_string(),
+        codec,
+        in_progress,
+    })
+}
+
+/// Parses `events_<n>_<app>[.<codec>]` inside a rolling directory: the index and codec.
+pub fn parse_events_file(name: &str, app: &str) -> Option<(u64, Option<String>)> {
+    let rest = name.strip_prefix("events_")?;
+    let (n, rest) = rest.split_once('_')?;
+    let index = n.parse().ok()?;
+    let rest = rest.strip_prefix(app)?;
+    match rest {
+        "" => Some((index, None)),
+        r => {
+            let c = r.strip_prefix('.')?;
+            CODECS.contains(&c).then(|| (index, Some(c.to_string())))
+        }
+    }
+}
+
+/// Spark's `Utils.sanitizeDirName`, applied to `SPARK_APPLICATION_ID` so it compares with names
+/// on disk.
+pub fn sanitize_app_id(id: &str) -> String {
+    id.chars()
+        .map(|c| match c {
+            ' ' | ':' | '/' => '-',
+            '.' | '$' | '{' | '}' | '\'' | '"' => '_',
+            c => c,
+        })
+        .collect::<String>()
+        .to_lowercase()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    Single,
+    Rolling,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Way {
+    Rechunk,
+    Mirror,
+}
+
+/// What is known of one application.
+#[derive(Debug)]
+struct App {
+    layout: Layout,
+    way: Way,
+    /// Spark has finished its log (name without `.inprogress`, or the final appstatus).
+    complete: bool,
+    /// Warned that a log Spark marked complete does not end at a line end.
+    warned_torn: bool,
+}
+
+/// A file copied byte for byte.
+#[derive(Debug)]
+struct MirroredFile {
+    id: FileId,
+    app: String,
+    /// Path relative to the event-log directory, as it is now (also its key below the prefix).
+    rel: String,
+    path: PathBuf,
+    file: File,
+    /// Rolling index (0 for a single file).
+    index: u64,
+    compressed: bool,
+    /// Length and name of the last snapshot queued.
+    uploaded_len: u64,
+    uploaded_rel: Option<String>,
+    committed: (u64, Option<String>),
+    last_snapshot: Option<Instant>,
+    seen: bool,
+}
+
+/// A `spark_events` source.
+pub struct EventLogSource {
+    /// Its configuration.
+    pub config: SourceConfig,
+    /// Indices of the outputs it feeds.
+    pub routes: Vec<usize>,
+    dirs: Vec<PathBuf>,
+    mode: EventLogMode,
+    appstatus: AppStatusMode,
+    app_filter: Option<String>,
+    mirror_interval: Duration,
+    /// Uncompressed single files (rechunk), tagged by application id.
+    tail: TailSource,
+    apps: BTreeMap<String, App>,
+    mirrored: Vec<MirroredFile>,
+    last_scan: Option<Instant>,
+    mirror_bytes: u64,
+}
+
+fn accepts(filter: &Option<String>, app: &str) -> bool {
+    match filter {
+        None => true,
+        Some(id) => app == id || app.strip_prefix(id.as_str()).is_some_and(|r| r.starts_with('_')),
+    }
+}
+
+fn join_key(prefix: &str, rel: &str) -> String {
+    let p = prefix.trim_end_matches('/');
+    if p.is_empty() {
+        rel.to_string()
+    } else {
+        format!("{p}/{rel}")
+    }
+}
+
+impl EventLogSource {
+    /// A source from its config; `routes` are the outputs it feeds.
+    pub fn new(config: SourceConfig, routes: Vec<usize>) -> EventLogSource {
+        let spark = config.spark.clone().unwrap_or_default();
+        let app_filter = spark.app_id.as_deref().map(sanitize_app_id);
+        let dirs: Vec<PathBuf> = config.paths.iter().map(PathBuf::from).collect();
+        let mut tail_config = config.clone();
+        tail_config.kind = SourceKind::Tail;
+        tail_config.format = Framing::Lines;
+        tail_config.tag = None;
+        tail_config.paths = dirs
+            .iter()
+            .map(|d| glob::Pattern::escape(&d.to_string_lossy()) + "/*")
+            .collect();
+        let mode = spark.mode;
+        let filter = app_filter.clone();
+        let tagger = Box::new(move |p: &Path| {
+            let n = parse_single(p.file_name()?.to_str()?)?;
+            (n.codec.is_none() && mode != EventLogMode::Mirror && accepts(&filter, &n.app)).then_some(n.app)
+        });
+        let tail = TailSource::new(tail_config, routes.clone()).with_tagger(tagger);
+        EventLogSource {
+            mirror_interval: spark.mirror_interval.map_or(Duration::from_secs(30), |d| d.get()),
+            config,
+            routes,
+            dirs,
+            mode,
+            appstatus: spark.appstatus,
+            app_filter,
+            tail,
+            apps: BTreeMap::new(),
+            mirrored: Vec::new(),
+            last_scan: None,
+            mirror_bytes: 0,
+        }
+    }
+
+    /// Directories to watch (recursively: rolling logs live one level down).
+    pub fn watch_dirs(&self) -> Vec<(PathBuf, bool)> {
+        self.dirs.iter().map(|d| (d.clone(), true)).collect()
+    }
+
+    /// When the next periodic scan is due.
+    pub fn next_scan(&self) -> Option<Instant> {
+        self.last_scan.map(|t| t + self.config.refresh_interval.get())
+    }
+
+    /// See [`TailSource::next_rotate_deadline`].
+    pub fn next_rotate_deadline(&self) -> Option<Instant> {
+        self.tail.next_rotate_deadline()
+    }
+
+    /// How often files should be looked at without an event: a growing mirrored file is due
+    /// again after `mirror_interval`.
+    pub fn poll_interval(&self) -> Duration {
+        self.tail
+            .poll_interval()
+            .min(self.mirror_interval.max(Duration::from_secs(1)))
+    }
+
+    /// Looks for applications and their files.
+    pub fn scan(&mut self, checkpoints: &[SourceCheckpoint], now: Instant) {
+        self.tail.scan(checkpoints, now);
+        self.last_scan = Some(now);
+        for m in &mut self.mirrored {
+            m.seen = false;
+        }
+        for dir in self.dirs.clone() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                let Ok(ft) = entry.file_type() else { continue };
+                if ft.is_dir() {
+                    if let Some(app) = name.strip_prefix(ROLLING_PREFIX)
+                        && accepts(&self.app_filter, app)
+                    {
+                        self.scan_rolling(&entry.path(), &name, app, checkpoints);
+                    }
+                } else if ft.is_file()
+                    && let Some(n) = parse_single(&name)
+                    && accepts(&self.app_filter, &n.app)
+                {
+                    let way = if n.codec.is_none() && self.mode != EventLogMode::Mirror {
+                        Way::Rechunk
+                    } else {
+                        Way::Mirror
+                    };
+                    self.note_app(&n.app, Layout::Single, way, !n.in_progress);
+                    if way == Way::Mirror {
+                        self.track(&entry.path(), name.clone(), &n.app, 0, n.codec.is_some(), checkpoints);
+                    }
+                }
+            }
+        }
+        // A mirrored file no longer found was renamed between scans (found under its new name)
+        // or deleted: nothing more can be read of it.
+        self.mirrored.retain(|m| m.seen);
+    }
+
+    fn scan_rolling(&mut self, dir: &Path, dir_name: &str, app: &str, checkpoints: &[SourceCheckpoint]) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let mut status = None;
+        let mut files = Vec::new();
+        for entry in entries.flatten() {
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if let Some(rest) = name.strip_prefix("appstatus_") {
+                if rest == app {
+                    status = Some(true);
+                } else if rest.strip_suffix(IN_PROGRESS) == Some(app) && status.is_none() {
+                    status = Some(false);
+                }
+            } else if let Some((index, codec)) = parse_events_file(&name, app) {
+                files.push((entry.path(), name, index, codec.is_some()));
+            }
+        }
+        if status.is_none() && files.is_empty() {
+            return;
+        }
+        if self.mode == EventLogMode::Rechunk && !self.apps.contains_key(app) {
+            tracing::warn!(
+                app,
+                "a rolling event log is already cut by Spark; mirroring it (rechunk applies to single uncompressed files)"
+            );
+        }
+        self.note_app(app, Layout::Rolling, Way::Mirror, status == Some(true));
+        for (path, name, index, compressed) in files {
+            self.track(&path, format!("{dir_name}/{name}"), app, index, compressed, checkpoints);
+        }
+    }
+
+    fn note_app(&mut self, app: &str, layout: Layout, way: Way, complete: bool) {
+        let a = self.apps.entry(app.to_string()).or_insert_with(|| {
+            tracing::info!(app, layout = ?layout, way = ?way, complete, "found Spark event log");
+            App {
+                layout,
+                way,
+                complete,
+                warned_torn: false,
+            }
+        });
+        if complete && !a.complete {
+            tracing::info!(app, "Spark finished the event log");
+        }
+        a.complete |= complete;
+    }
+
+    fn track(
+        &mut self,
+        path: &Path,
+        rel: String,
+        app: &str,
+        index: u64,
+        compressed: bool,
+        checkpoints: &[SourceCheckpoint],
+    ) {
+        let Ok(file) = File::open(path) else { return };
+        let Ok(meta) = file.metadata() else { return };
+        let id = FileId::of(&meta);
+        if let Some(m) = self.mirrored.iter_mut().find(|m| m.id == id) {
+            if m.rel != rel {
+                tracing::info!(from = %m.rel, to = %rel, "event log renamed");
+                m.rel = rel;
+                m.path = path.to_path_buf();
+            }
+            m.seen = true;
+            return;
+        }
+        let resume = checkpoints
+            .iter()
+            .find(|c| c.id == id && c.source == self.config.name && c.pos <= meta.len())
+            .map(|c| (c.pos, Some(c.tag.clone())));
+        let (uploaded_len, uploaded_rel) = resume.unwrap_or((0, None));
+        self.mirrored.push(MirroredFile {
+            id,
+            app: app.to_string(),
+            rel,
+            path: path.to_path_buf(),
+            file,
+            index,
+            compressed,
+            uploaded_len,
+            committed: (uploaded_len, uploaded_rel.clone()),
+            uploaded_rel,
+            last_snapshot: None,
+            seen: true,
+        });
+        self.mirrored
+            .sort_by(|a, b| (&a.app, a.index, &a.rel).cmp(&(&b.app, b.index, &b.rel)));
+    }
+
+    /// Reads new data: rechunked files into chunks, mirrored files as snapshots, and queues the
+    /// completion markers that are due. Returns the bytes put into chunks.
+    pub fn read(
+        &mut self,
+        store: &mut ChunkStore,
+        budget: u64,
+        drain: bool,
+        now: Instant,
+        now_ms: i64,
+    ) -> Result<u64, TailError> {
+        let mut total = self.tail.read(store, budget, drain, now, now_ms)?;
+        self.start_markers(store, now_ms)?;
+        total += self.snapshots(store, budget.saturating_sub(total), drain, now, now_ms)?;
+        self.end_markers(store, now_ms)?;
+        Ok(total)
+    }
+
+    fn status_key(prefix: &str, app: &str, in_progress: bool) -> String {
+        let suffix = if in_progress { IN_PROGRESS } else { "" };
+        join_key(prefix, &format!("{ROLLING_PREFIX}{app}/appstatus_{app}{suffix}"))
+    }
+
+    /// The marker that says "started": `.inprogress` (at_end) or the final one (at_start, EMR).
+    fn start_markers(&mut self, store: &mut ChunkStore, now_ms: i64) -> Result<(), TailError> {
+        for (app, a) in &self.apps {
+            // A mirrored single file says "in progress" by its own name.
+            if a.layout == Layout::Single && a.way == Way::Mirror {
+                continue;
+            }
+            for &o in &self.routes {
+                let prefix = store.output_path(o).to_string();
+                match self.appstatus {
+                    AppStatusMode::AtStart => {
+                        let key = Self::status_key(&prefix, app, false);
+                        store.add_marker(o, app, key, EMR_APPSTATUS_BODY, Vec::new(), now_ms)?;
+                    }
+                    AppStatusMode::AtEnd => {
+                        let done = Self::status_key(&prefix, app, false);
+                        if !a.complete && !store.marker_queued(o, &done) {
+                            let key = Self::status_key(&prefix, app, true);
+                            store.add_marker(o, app, key, b"", Vec::new(), now_ms)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies mirrored files that changed into snapshot chunks.
+    fn snapshots(
+        &mut self,
+        store: &mut ChunkStore,
+        budget: u64,
+        drain: bool,
+        now: Instant,
+        now_ms: i64,
+    ) -> Result<u64, TailError> {
+        let mut total = 0;
+        for i in 0..self.mirrored.len() {
+            if total >= budget {
+                break;
+            }
+            let m = &self.mirrored[i];
+            let complete = self.apps.get(&m.app).is_some_and(|a| a.complete);
+            let superseded = self
+                .mirrored
+                .iter()
+                .any(|o| o.app == m.app && o.index > m.index && m.index > 0);
+            let is_final = complete || superseded;
+            let read_err = |source| TailError::Read {
+                path: m.path.clone(),
+                source,
+            };
+            let size = m.file.metadata().map_err(read_err)?.len();
+            // While Spark writes an uncompressed file, only whole lines are shipped; at the end
+            // (or at the drain) everything, a torn last line included.
+            let len = if !m.compressed && !is_final && !drain {
+                whole_lines_len(&m.file, size).map_err(read_err)?
+            } else {
+                size
+            };
+            if len == 0 || (len == m.uploaded_len && m.uploaded_rel.as_deref() == Some(m.rel.as_str())) {
+                continue;
+            }
+            if !is_final && !drain {
+                if m.last_snapshot.is_some_and(|t| now < t + self.mirror_interval) {
+                    continue;
+                }
+                if self
+                    .routes
+                    .iter()
+                    .any(|&o| store.has_pending_key(o, &join_key(store.output_path(o), &m.rel)))
+                {
+                    continue;
+                }
+            }
+            for &o in &self.routes {
+                let prefix = store.output_path(o).to_string();
+                let key = join_key(&prefix, &m.rel);
+                let delete = match &m.uploaded_rel {
+                    Some(old) if *old != m.rel => vec![join_key(&prefix, old)],
+                    _ => Vec::new(),
+                };
+                tracing::debug!(%key, bytes = len, "snapshot of event log");
+                store.add_whole(o, &m.app, key, b"", Some((&m.file, &m.path, len)), delete, now_ms)?;
+            }
+            let m = &mut self.mirrored[i];
+            m.uploaded_len = len;
+            m.uploaded_rel = Some(m.rel.clone());
+            m.last_snapshot = Some(now);
+            total += len;
+        }
+        self.mirror_bytes += total;
+        Ok(total)
+    }
+
+    /// Queues `appstatus_<app>` (and the removal of the `.inprogress` marker) for applications
+    /// Spark finished, once everything of them is queued and ends at a line end.
+    fn end_markers(&mut self, store: &mut ChunkStore, now_ms: i64) -> Result<(), TailError> {
+        if self.appstatus != AppStatusMode::AtEnd {
+            return Ok(());
+        }
+        let tail_files = self.tail.read_to_line_end();
+        for (app, a) in &mut self.apps {
+            if !a.complete || (a.layout == Layout::Single && a.way == Way::Mirror) {
+                continue;
+            }
+            let ready = match a.way {
+                Way::Rechunk => {
+                    let mine: Vec<_> = tail_files.iter().filter(|(_, tag, _)| tag == app).collect();
+                    !mine.is_empty()
+                        && mine
+                            .iter()
+                            .all(|(p, _, done)| *done && !p.to_string_lossy().ends_with(IN_PROGRESS))
+                }
+                Way::Mirror => self.mirrored.iter().filter(|m| &m.app == app).all(|m| {
+                    let size = m.file.metadata().map(|x| x.len()).unwrap_or(u64::MAX);
+                    m.uploaded_len == size
+                        && m.uploaded_rel.as_deref() == Some(m.rel.as_str())
+                        && (m.compressed || ends_with_newline(&m.file, size))
+                }),
+            };
+            if !ready {
+                let read_all = match a.way {
+                    Way::Rechunk => false,
+                    Way::Mirror => self
+                        .mirrored
+                        .iter()
+                        .filter(|m| &m.app == app)
+                        .all(|m| m.file.metadata().is_ok_and(|x| x.len() == m.uploaded_len)),
+                };
+                if read_all && !a.warned_torn {
+                    tracing::warn!(app = %app, "Spark marked the log complete but a file ends inside a line; it stays \"in progress\"");
+                    a.warned_torn = true;
+                }
+                continue;
+            }
+            for &o in &self.routes {
+                let prefix = store.output_path(o).to_string();
+                let key = Self::status_key(&prefix, app, false);
+                if store.marker_queued(o, &key) {
+                    continue;
+                }
+                store.seal_tag(o, app);
+                let stale = vec![Self::status_key(&prefix, app, true)];
+                if store.add_marker(o, app, key.clone(), b"", stale, now_ms)? {
+                    tracing::info!(%key, "application complete: completion marker queued after its last data");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checkpoints: tailed files' positions and mirrored files' uploaded lengths.
+    pub fn checkpoints(&self) -> Vec<SourceCheckpoint> {
+        let mut v: Vec<SourceCheckpoint> = self.tail.checkpoints().collect();
+        for m in &self.mirrored {
+            if let Some(rel) = &m.uploaded_rel {
+                v.push(SourceCheckpoint {
+                    id: m.id,
+                    fp_len: 0,
+                    fp: 0,
+                    pos: m.uploaded_len,
+                    path: m.path.clone(),
+                    tag: rel.clone(),
+                    source: self.config.name.clone(),
+                });
+            }
+        }
+        v
+    }
+
+    /// After a commit.
+    pub fn committed(&mut self) {
+        self.tail.committed();
+        for m in &mut self.mirrored {
+            m.committed = (m.uploaded_len, m.uploaded_rel.clone());
+        }
+    }
+
+    /// After a rollback.
+    pub fn rewind(&mut self) {
+        self.tail.rewind();
+        for m in &mut self.mirrored {
+            (m.uploaded_len, m.uploaded_rel) = m.committed.clone();
+        }
+    }
+
+    /// See [`TailSource::mark_drain_point`].
+    pub fn mark_drain_point(&mut self) {
+        self.tail.mark_drain_point();
+    }
+
+    /// Bytes not shipped, per file.
+    pub fn unread(&self) -> Vec<(PathBuf, u64)> {
+        let mut v = self.tail.unread();
+        for m in &self.mirrored {
+            let size = m.file.metadata().map(|x| x.len()).unwrap_or(0);
+            if size > m.uploaded_len {
+                v.push((m.path.clone(), size - m.uploaded_len));
+            }
+        }
+        v
+    }
+
+    /// Counters (snapshot bytes count as read).
+    pub fn stats(&self) -> TailStats {
+        let mut s = self.tail.stats.clone();
+        s.bytes_read += self.mirror_bytes;
+        s.files_found += self.mirrored.len() as u64;
+        s
+    }
+}
+
+/// The length of the file's prefix that ends at its last newline (0 when it has none).
+fn whole_lines_len(file: &File, size: u64) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut end = size;
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let want = (end - start) as usize;
+        let n = file.read_at(&mut buf[..want], start)?;
+        if n < want {
+            // Shorter than it was a moment ago: look again next time.
+            return Ok(0);
+        }
+        if let Some(i) = memchr::memrchr(b'\n', &buf[..want]) {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+fn ends_with_newline(file: &File, size: u64) -> bool {
+    let mut last = [0u8];
+    size > 0 && file.read_at(&mut last, size - 1).is_ok_and(|n| n == 1) && last[0] == b'\n'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_file_names() {
+        let n = parse_single("local-1795520670477.inprogress").unwrap();
+        assert_eq!(
+            (n.app.as_str(), n.codec, n.in_progress),
+            ("local-1795520670477", None, true)
+        );
+        let n = parse_single("spark-abc_1.zstd").unwrap();
+        assert_eq!(
+            (n.app.as_str(), n.codec.as_deref(), n.in_progress),
+            ("spark-abc_1", Some("zstd"), false)
+        );
+        let n = parse_single("app-1.lz4.inprogress").unwrap();
+        assert_eq!(n.codec.as_deref(), Some("lz4"));
+        assert_eq!(parse_single(".local-1.inprogress.crc"), None);
+        assert_eq!(parse_single("notes.txt"), None);
+        assert_eq!(parse_single("eventlog_v2_x"), None);
+    }
+
+    #[test]
+    fn rolling_file_names() {
+        assert_eq!(parse_events_file("events_1_local-1", "local-1"), Some((1, None)));
+        assert_eq!(
+            parse_events_file("events_12_local-1.zstd", "local-1"),
+            Some((12, Some("zstd".into())))
+        );
+        assert_eq!(parse_events_file("events_1_local-2", "local-1"), None);
+        assert_eq!(parse_events_file("events_x_local-1", "local-1"), None);
+        assert_eq!(parse_events_file("appstatus_local-1", "local-1"), None);
+    }
+
+    #[test]
+    fn app_filter_takes_attempts_and_sanitizes() {
+        let f = Some(sanitize_app_id("Spark-ABC.1"));
+        assert_eq!(f.as_deref(), Some("spark-abc_1"));
+        assert!(accepts(&f, "spark-abc_1"));
+        assert!(accepts(&f, "spark-abc_1_2"));
+        assert!(!accepts(&f, "spark-abc_10"));
+        assert!(accepts(&None, "anything"));
+    }
+
+    #[test]
+    fn whole_lines_stop_at_the_last_newline() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        std::fs::write(&p, b"a\nbb\nccc").unwrap();
+        let f = File::open(&p).unwrap();
+        assert_eq!(whole_lines_len(&f, 8).unwrap(), 5);
+        std::fs::write(&p, b"no newline").unwrap();
+        assert_eq!(whole_lines_len(&File::open(&p).unwrap(), 10).unwrap(), 0);
+    }
+}
