@@ -81,7 +81,8 @@ struct ShipArgs {
     /// at-start (EMR's behaviour: complete from the start).
     #[arg(long, requires = "spark_events", default_value = "at-end", value_parser = parse_appstatus)]
     appstatus: logship::config::AppStatusMode,
-    /// Destination: file:///DIR (one file per chunk under DIR), s3://BUCKET/PREFIX, or stdout.
+    /// Destination: file:///DIR (one file per chunk under DIR), s3://BUCKET/PREFIX,
+    /// cloudwatch://GROUP/STREAM (one event per line; STREAM may use %{tag}; default %{tag}), or stdout.
     #[arg(long)]
     to: String,
     /// S3: upload through this presigned POST file (re-read before every upload) instead of the

@@ -106,6 +106,8 @@ pub struct SealedChunk {
     pub timekey: i64,
     /// Keys to delete after it is delivered.
     pub delete_after: Vec<String>,
+    /// When it was opened (ms since the epoch): the read time of its lines.
+    pub created_ms: i64,
 }
 
 /// How many counter-less hours an index counter of a timed key survives.
@@ -170,8 +172,10 @@ impl ChunkStore {
         for entry in fs::read_dir(&chunk_dir).map_err(dir_err)? {
             let entry = entry.map_err(dir_err)?;
             let name = entry.file_name();
+            // A chunk file, or the delivered-prefix record of one (CloudWatch).
             let seq = name
                 .to_str()
+                .map(|n| n.strip_suffix(".progress").unwrap_or(n))
                 .and_then(|n| n.strip_suffix(".chunk"))
                 .and_then(|n| n.parse().ok());
             if !seq.is_some_and(|s| known.contains(&s)) {
@@ -465,7 +469,9 @@ impl ChunkStore {
         }
         self.dirty.clear();
         for seq in std::mem::take(&mut self.to_delete) {
-            let _ = fs::remove_file(self.chunk_path(seq));
+            let path = self.chunk_path(seq);
+            let _ = fs::remove_file(crate::sink::cloudwatch::progress_path(&path));
+            let _ = fs::remove_file(path);
         }
         let mut out = Vec::new();
         for seq in std::mem::take(&mut self.newly_sealed) {
@@ -480,6 +486,7 @@ impl ChunkStore {
                     len: c.len,
                     timekey: c.timekey,
                     delete_after: c.delete_after.clone(),
+                    created_ms: c.created_ms,
                 });
             }
         }

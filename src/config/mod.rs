@@ -309,6 +309,9 @@ pub struct OutputConfig {
     /// Settings of an S3 output (`type = "s3"`), in an `[output.s3]` table.
     #[serde(default)]
     pub s3: S3Settings,
+    /// Settings of a CloudWatch Logs output (`type = "cloudwatch"`), in `[output.cloudwatch]`.
+    #[serde(default)]
+    pub cloudwatch: CloudWatchSettings,
 }
 
 /// Settings of an S3 output.
@@ -398,6 +401,63 @@ pub enum OutputKind {
     Stdout,
     /// Objects in S3, through a presigned POST or the S3 API (`[output.s3]`).
     S3,
+    /// CloudWatch Logs events, one per line (`[output.cloudwatch]`).
+    Cloudwatch,
+}
+
+/// Where a CloudWatch event's timestamp comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestampRule {
+    /// When logship read the line (the time its chunk was opened; within one time key).
+    #[default]
+    Read,
+    /// The line's own timestamp when it starts with log4j's default layout as Spark sets it
+    /// (`yy/MM/dd HH:mm:ss`) or `yyyy-MM-dd HH:mm:ss[,SSS]`; other lines (stack traces) take the
+    /// previous line's. Read as UTC. Never earlier than the line before.
+    Log4j,
+}
+
+/// Settings of a CloudWatch Logs output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CloudWatchSettings {
+    /// The log group (`${NAME}` environment references are replaced).
+    pub log_group: String,
+    /// The log stream; `%{tag}` is the chunk's tag, `${NAME}` an environment variable. EMR's
+    /// layout: `<prefix>/<virtual-cluster-id>/jobs/<job-id>/containers/<app-id>/<pod>/stdout`.
+    pub log_stream: String,
+    /// Create the group and stream when missing (an existing one is fine).
+    pub auto_create: bool,
+    /// Retention set on the group when logship creates it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<i32>,
+    /// Largest event including CloudWatch's 26 bytes of overhead (1 MiB since April 2025; set
+    /// 256KiB for the older limit). Longer lines are split into several events.
+    pub max_event_size: ByteSize,
+    /// `read` (default) or `log4j`.
+    pub timestamp: TimestampRule,
+    /// Region; default from the AWS configuration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Endpoint URL (also `AWS_ENDPOINT_URL`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+impl Default for CloudWatchSettings {
+    fn default() -> Self {
+        CloudWatchSettings {
+            log_group: String::new(),
+            log_stream: "%{tag}".to_string(),
+            auto_create: true,
+            retention_days: None,
+            max_event_size: ByteSize(1 << 20),
+            timestamp: TimestampRule::Read,
+            region: None,
+            endpoint: None,
+        }
+    }
 }
 
 /// Retry schedule of one output, with fluentd's parameter names and defaults where they are safe.
@@ -540,6 +600,11 @@ impl Config {
             o.path = interpolate_env(&o.path).map_err(|e| invalid(format!("output[{i}].path"), e.to_string()))?;
             o.key_format = interpolate_env(&o.key_format)
                 .map_err(|e| invalid(format!("output[{i}].key_format"), e.to_string()))?;
+            let cw = &mut o.cloudwatch;
+            cw.log_group = interpolate_env(&cw.log_group)
+                .map_err(|e| invalid(format!("output[{i}].cloudwatch.log_group"), e.to_string()))?;
+            cw.log_stream = interpolate_env(&cw.log_stream)
+                .map_err(|e| invalid(format!("output[{i}].cloudwatch.log_stream"), e.to_string()))?;
         }
         for s in &mut self.sources {
             if s.kind == SourceKind::SparkEvents {
@@ -634,6 +699,28 @@ impl Config {
                     format!("output[{i}].s3"),
                     "type = \"s3\" needs s3.bucket (S3 API) or s3.presigned_post (a presigned POST file)",
                 ));
+            }
+            if o.kind == OutputKind::Cloudwatch {
+                let cw = &o.cloudwatch;
+                if cw.log_group.is_empty() {
+                    return Err(invalid(
+                        format!("output[{i}].cloudwatch.log_group"),
+                        "required for type = \"cloudwatch\"",
+                    ));
+                }
+                if cw.log_stream.is_empty() || cw.log_stream.contains([':', '*']) {
+                    return Err(invalid(
+                        format!("output[{i}].cloudwatch.log_stream"),
+                        "must not be empty or contain ':' or '*'",
+                    ));
+                }
+                let max = cw.max_event_size.bytes();
+                if !(1024..=1 << 20).contains(&max) {
+                    return Err(invalid(
+                        format!("output[{i}].cloudwatch.max_event_size"),
+                        "must be between 1KiB and 1MiB (CloudWatch's limit, 26 bytes of overhead included)",
+                    ));
+                }
             }
             if o.kind == OutputKind::S3 && o.s3.part_size.bytes() < 5 << 20 {
                 return Err(invalid(

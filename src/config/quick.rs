@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 
 use super::{
-    AppStatusMode, BufferConfig, Config, ConfigError, EventLogMode, FlushMode, Framing, LifecycleConfig, OutputConfig,
-    OutputKind, RetryConfig, S3Settings, SecondaryConfig, SourceConfig, SourceKind, SparkEventsConfig, WatchMode,
+    AppStatusMode, BufferConfig, CloudWatchSettings, Config, ConfigError, EventLogMode, FlushMode, Framing,
+    LifecycleConfig, OutputConfig, OutputKind, RetryConfig, S3Settings, SecondaryConfig, SourceConfig, SourceKind,
+    SparkEventsConfig, WatchMode,
 };
 use crate::units::{ByteSize, HumanDuration};
 
@@ -66,6 +67,7 @@ pub struct QuickArgs {
 pub fn build(args: &QuickArgs) -> Result<Config, ConfigError> {
     let dest = parse_destination(&args.to)?;
     let mut s3 = S3Settings::default();
+    let mut cloudwatch = CloudWatchSettings::default();
     let (kind, dir, path) = match dest {
         Destination::File(dir) => (OutputKind::File, Some(dir), String::new()),
         Destination::Stdout => (OutputKind::Stdout, None, String::new()),
@@ -77,6 +79,15 @@ pub fn build(args: &QuickArgs) -> Result<Config, ConfigError> {
             s3.region = args.region.clone();
             s3.force_path_style = args.path_style;
             (OutputKind::S3, None, prefix)
+        }
+        Destination::CloudWatch { group, stream } => {
+            cloudwatch.log_group = group;
+            if !stream.is_empty() {
+                cloudwatch.log_stream = stream;
+            }
+            cloudwatch.region = args.region.clone();
+            cloudwatch.endpoint = args.endpoint.clone();
+            (OutputKind::Cloudwatch, None, String::new())
         }
     };
     if args.presigned_post.is_some() && kind != OutputKind::S3 {
@@ -106,6 +117,7 @@ pub fn build(args: &QuickArgs) -> Result<Config, ConfigError> {
             basename: String::new(),
         },
         s3,
+        cloudwatch,
     };
     let (name, kind, paths, spark) = match (&args.spark_events, args.paths.is_empty()) {
         (Some(dir), true) => (
@@ -177,9 +189,11 @@ enum Destination {
     File(PathBuf),
     Stdout,
     S3 { bucket: String, prefix: String },
+    CloudWatch { group: String, stream: String },
 }
 
-/// Parses `--to`: `file:///dir` (or `file://relative/dir`), `s3://BUCKET[/PREFIX]`, `stdout` / `-`.
+/// Parses `--to`: `file:///dir` (or `file://relative/dir`), `s3://BUCKET[/PREFIX]`,
+/// `cloudwatch://GROUP[/STREAM]` (stream default `%{tag}`), `stdout` / `-`.
 fn parse_destination(to: &str) -> Result<Destination, ConfigError> {
     if to == "-" || to == "stdout" || to == "stdout://" {
         return Ok(Destination::Stdout);
@@ -206,11 +220,25 @@ fn parse_destination(to: &str) -> Result<Destination, ConfigError> {
             prefix: prefix.trim_end_matches('/').to_string(),
         });
     }
+    if let Some(rest) = to.strip_prefix("cloudwatch://") {
+        let (group, stream) = rest.split_once('/').unwrap_or((rest, ""));
+        let group = group.replace("%2F", "/").replace("%2f", "/");
+        if group.is_empty() {
+            return Err(super::invalid(
+                "--to",
+                "cloudwatch:// needs a log group, e.g. cloudwatch://spark-logs/%{tag} (write '/' in a group name as %2F)",
+            ));
+        }
+        return Ok(Destination::CloudWatch {
+            group,
+            stream: stream.to_string(),
+        });
+    }
     let scheme = to.split("://").next().unwrap_or(to);
     Err(super::invalid(
         "--to",
         format!(
-            "unsupported destination {to:?} (scheme {scheme:?}); supported: file:///DIR, s3://BUCKET/PREFIX, stdout"
+            "unsupported destination {to:?} (scheme {scheme:?}); supported: file:///DIR, s3://BUCKET/PREFIX, cloudwatch://GROUP/STREAM, stdout"
         ),
     ))
 }
@@ -264,6 +292,10 @@ mod tests {
             c.outputs[0].key_format,
             "%{path}/%{tag}/%{time_slice}_%{index}.%{file_extension}"
         );
+        let c = build(&args("cloudwatch://%2Faws%2Femr/vc/jobs/j/%{tag}")).unwrap();
+        assert_eq!(c.outputs[0].kind, OutputKind::Cloudwatch);
+        assert_eq!(c.outputs[0].cloudwatch.log_group, "/aws/emr");
+        assert_eq!(c.outputs[0].cloudwatch.log_stream, "vc/jobs/j/%{tag}");
         let e = build(&args("gopher://x")).unwrap_err().to_string();
         assert!(e.contains("--to") && e.contains("gopher"), "{e}");
     }

@@ -5,6 +5,7 @@
 //! help. The pipeline removes a chunk file only after success; [`retry`] runs the retry schedule
 //! and [`secondary`] keeps what could not be delivered.
 
+pub mod cloudwatch;
 pub mod compress;
 pub mod file;
 pub mod key;
@@ -67,6 +68,8 @@ pub enum Sink {
     Stdout(stdout::StdoutSink),
     /// S3 objects.
     S3(Box<s3::S3Sink>),
+    /// CloudWatch Logs events.
+    CloudWatch(Box<cloudwatch::CloudWatchSink>),
 }
 
 impl Sink {
@@ -76,6 +79,9 @@ impl Sink {
             OutputKind::File => Sink::File(file::FileSink::new(config.dir.clone().unwrap_or_default())),
             OutputKind::Stdout => Sink::Stdout(stdout::StdoutSink),
             OutputKind::S3 => Sink::S3(Box::new(s3::S3Sink::new(config).await)),
+            OutputKind::Cloudwatch => {
+                Sink::CloudWatch(Box::new(cloudwatch::CloudWatchSink::new(&config.cloudwatch).await))
+            }
         }
     }
 
@@ -83,7 +89,7 @@ impl Sink {
     pub fn file_extension(config: &OutputConfig) -> &'static str {
         match config.kind {
             OutputKind::S3 => config.s3.store_as.extension(),
-            OutputKind::File | OutputKind::Stdout => "txt",
+            OutputKind::File | OutputKind::Stdout | OutputKind::Cloudwatch => "txt",
         }
     }
 
@@ -97,6 +103,7 @@ impl Sink {
             }
             OutputKind::Stdout => "stdout".to_string(),
             OutputKind::S3 => s3::S3Sink::describe(&config.s3),
+            OutputKind::Cloudwatch => cloudwatch::CloudWatchSink::describe(&config.cloudwatch),
         }
     }
 
@@ -107,11 +114,12 @@ impl Sink {
             Sink::File(f) => f.deliver(chunk).await?,
             Sink::Stdout(s) => s.deliver(chunk).await?,
             Sink::S3(s) => s.deliver(chunk).await?,
+            Sink::CloudWatch(c) => c.deliver(chunk).await?,
         }
         for key in &chunk.delete_after {
             match self {
                 Sink::File(f) => f.delete(key)?,
-                Sink::Stdout(_) => {}
+                Sink::Stdout(_) | Sink::CloudWatch(_) => {}
                 Sink::S3(s) => s.delete(key).await?,
             }
         }

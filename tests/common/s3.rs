@@ -121,6 +121,9 @@ pub enum Fault {
     Reset,
     /// Read the request and never answer.
     Stall,
+    /// Answer 400 with CloudWatch's ThrottlingException (JSON protocol).
+    #[allow(dead_code)] // used by tests/cloudwatch.rs
+    Throttle,
 }
 
 /// A TCP proxy in front of the real server that injects the faults no real server produces on
@@ -169,6 +172,11 @@ impl FaultProxy {
                     let _ = tokio::time::timeout(std::time::Duration::from_millis(300), client.read(&mut buf)).await;
                     let reply = match fault {
                         Fault::Status500 => response("500 Internal Server Error", ""),
+                        Fault::Throttle => format!(
+                            "HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-ErrorType: ThrottlingException\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                            THROTTLE.len(),
+                            THROTTLE
+                        ),
                         Fault::SlowDown => response(
                             "503 Slow Down",
                             "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>",
@@ -192,6 +200,8 @@ impl FaultProxy {
         }
     }
 }
+
+const THROTTLE: &str = r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#;
 
 fn response(status: &str, body: &str) -> String {
     format!(

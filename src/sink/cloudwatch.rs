@@ -1,0 +1,441 @@
+//! The CloudWatch Logs output: one event per line, batched within every PutLogEvents limit,
+//! never dropped (facts: `reference-notes.md` §4, §5).
+//!
+//! A chunk is streamed line by line into batches of at most 10,000 events and 1,048,576 bytes
+//! (message bytes + 26 per event), sorted by time and spanning at most 24 h. A line longer than
+//! the largest event is split into several events at character boundaries, never dropped.
+//! Invalid UTF-8 is replaced (and counted). After each accepted batch, the offset of the last line
+//! it completed is written next to the chunk (`<seq>.chunk.progress`, atomically), so a retry or a
+//! restart resumes there: delivery is at least once, and after a crash at most one batch repeats.
+//! Throttling, 5xx and network errors are retried by the output's retry schedule; events that
+//! CloudWatch rejects individually (too old, too new, expired) are logged and counted, and the rest
+//! of the batch counts as delivered.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use aws_sdk_cloudwatchlogs::config::http::HttpResponse;
+use aws_sdk_cloudwatchlogs::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_cloudwatchlogs::types::InputLogEvent;
+
+use super::DeliveryError;
+use crate::buffer::SealedChunk;
+use crate::config::{CloudWatchSettings, TimestampRule};
+
+/// Bytes CloudWatch counts per event on top of its message.
+pub const EVENT_OVERHEAD: usize = 26;
+/// Largest batch: message bytes + 26 per event.
+pub const MAX_BATCH_BYTES: usize = 1_048_576;
+/// Most events in one batch.
+pub const MAX_BATCH_EVENTS: usize = 10_000;
+/// Largest time span of one batch.
+pub const MAX_BATCH_SPAN_MS: i64 = 24 * 3600 * 1000;
+
+/// One event ready to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Milliseconds since the epoch.
+    pub timestamp: i64,
+    /// The message (valid UTF-8, not empty).
+    pub message: String,
+}
+
+/// Collects events into batches that respect every PutLogEvents limit.
+#[derive(Debug, Default)]
+pub struct Batcher {
+    events: Vec<Event>,
+    bytes: usize,
+}
+
+impl Batcher {
+    /// Whether `e` fits in the current batch.
+    pub fn fits(&self, e: &Event) -> bool {
+        let Some(first) = self.events.first() else { return true };
+        self.events.len() < MAX_BATCH_EVENTS
+            && self.bytes + e.message.len() + EVENT_OVERHEAD <= MAX_BATCH_BYTES
+            && e.timestamp - first.timestamp <= MAX_BATCH_SPAN_MS
+    }
+
+    /// Adds an event that fits (see [`Batcher::fits`]).
+    pub fn push(&mut self, e: Event) {
+        self.bytes += e.message.len() + EVENT_OVERHEAD;
+        self.events.push(e);
+    }
+
+    /// Whether there is nothing to send.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Bytes as CloudWatch counts them.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Takes the batch.
+    pub fn take(&mut self) -> Vec<Event> {
+        self.bytes = 0;
+        std::mem::take(&mut self.events)
+    }
+}
+
+/// Splits `s` into pieces of at most `max` bytes, at character boundaries.
+pub fn split_message(s: &str, max: usize) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while rest.len() > max {
+        let mut cut = max;
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.push(&rest[..cut]);
+        rest = &rest[cut..];
+    }
+    if !rest.is_empty() {
+        out.push(rest);
+    }
+    out
+}
+
+/// The timestamp a line carries at its start, for the built-in patterns: log4j's default layout
+/// as Spark configures it (`yy/MM/dd HH:mm:ss`), and ISO-like `yyyy-MM-dd HH:mm:ss[,.SSS]` (also
+/// with `T`). Read as UTC.
+pub fn line_timestamp(line: &str) -> Option<i64> {
+    use chrono::NaiveDateTime;
+    let head = line.get(..17)?;
+    if let Ok(t) = NaiveDateTime::parse_from_str(head, "%y/%m/%d %H:%M:%S") {
+        return Some(t.and_utc().timestamp_millis());
+    }
+    let head = line.get(..19)?.replace('T', " ");
+    let t = NaiveDateTime::parse_from_str(&head, "%Y-%m-%d %H:%M:%S").ok()?;
+    let mut ms = t.and_utc().timestamp_millis();
+    let b = line.as_bytes();
+    if b.len() >= 23 && (b[19] == b',' || b[19] == b'.') && b[20..23].iter().all(u8::is_ascii_digit) {
+        ms += line[20..23].parse::<i64>().unwrap_or(0);
+    }
+    Some(ms)
+}
+
+/// The `.progress` file of a chunk: how many of its bytes are delivered.
+pub fn progress_path(chunk: &Path) -> PathBuf {
+    let mut p = chunk.as_os_str().to_owned();
+    p.push(".progress");
+    PathBuf::from(p)
+}
+
+/// The delivered prefix of a chunk (0 when none is recorded).
+pub fn read_progress(chunk: &Path) -> u64 {
+    std::fs::read_to_string(progress_path(chunk))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Uploads chunks as CloudWatch Logs events.
+#[derive(Debug)]
+pub struct CloudWatchSink {
+    client: aws_sdk_cloudwatchlogs::Client,
+    settings: CloudWatchSettings,
+    /// Streams known to exist (created or found), so no Describe* call is made per batch.
+    ready: Mutex<HashSet<String>>,
+    group_ready: std::sync::atomic::AtomicBool,
+    /// Events CloudWatch rejected (too old, too new, expired), for the log.
+    rejected: AtomicU64,
+    /// Lines whose invalid UTF-8 was replaced.
+    replaced: AtomicU64,
+    /// Empty lines (CloudWatch refuses empty messages).
+    empty: AtomicU64,
+}
+
+fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    op: &str,
+    target: &str,
+    e: &SdkError<E, HttpResponse>,
+) -> DeliveryError {
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    let code = e.code().unwrap_or("").to_string();
+    let text = if code.is_empty() {
+        format!("{op} {target}: {}", super::error_chain(e))
+    } else {
+        format!("{op} {target}: {code}: {}", e.message().unwrap_or(""))
+    };
+    let permanent = matches!(code.as_str(), "InvalidParameterException" | "MalformedQueryException");
+    match e {
+        SdkError::ServiceError(_) if permanent && status.is_some_and(|s| s < 500) => DeliveryError::Permanent(text),
+        _ => DeliveryError::Retryable(text),
+    }
+}
+
+impl CloudWatchSink {
+    /// Builds the output (loads the AWS configuration).
+    pub async fn new(settings: &CloudWatchSettings) -> CloudWatchSink {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(r) = &settings.region {
+            loader = loader.region(aws_config::Region::new(r.clone()));
+        }
+        let shared = loader.load().await;
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .operation_attempt_timeout(Duration::from_secs(60))
+            .build();
+        let mut b = aws_sdk_cloudwatchlogs::config::Builder::from(&shared).timeout_config(timeouts);
+        if let Some(e) = &settings.endpoint {
+            b = b.endpoint_url(e);
+        }
+        CloudWatchSink {
+            client: aws_sdk_cloudwatchlogs::Client::from_conf(b.build()),
+            settings: settings.clone(),
+            ready: Mutex::new(HashSet::new()),
+            group_ready: Default::default(),
+            rejected: AtomicU64::new(0),
+            replaced: AtomicU64::new(0),
+            empty: AtomicU64::new(0),
+        }
+    }
+
+    /// Where it delivers, for messages.
+    pub fn describe(settings: &CloudWatchSettings) -> String {
+        format!("cloudwatch://{}/{}", settings.log_group, settings.log_stream)
+    }
+
+    /// The stream a chunk of `tag` goes to.
+    pub fn stream_for(&self, tag: &str) -> String {
+        self.settings.log_stream.replace("%{tag}", tag).replace("${tag}", tag)
+    }
+
+    async fn ensure(&self, stream: &str) -> Result<(), DeliveryError> {
+        if self.ready.lock().expect("lock").contains(stream) {
+            return Ok(());
+        }
+        let group = &self.settings.log_group;
+        if self.settings.auto_create && !self.group_ready.load(Ordering::SeqCst) {
+            match self.client.create_log_group().log_group_name(group).send().await {
+                Ok(_) => tracing::info!(%group, "created log group"),
+                Err(e) if e.code() == Some("ResourceAlreadyExistsException") => {}
+                Err(e) => return Err(classify("CreateLogGroup", group, &e)),
+            }
+            if let Some(days) = self.settings.retention_days {
+                self.client
+                    .put_retention_policy()
+                    .log_group_name(group)
+                    .retention_in_days(days)
+                    .send()
+                    .await
+                    .map_err(|e| classify("PutRetentionPolicy", group, &e))?;
+            }
+            self.group_ready.store(true, Ordering::SeqCst);
+        }
+        if self.settings.auto_create {
+            match self
+                .client
+                .create_log_stream()
+                .log_group_name(group)
+                .log_stream_name(stream)
+                .send()
+                .await
+            {
+                Ok(_) => tracing::info!(%group, %stream, "created log stream"),
+                Err(e) if e.code() == Some("ResourceAlreadyExistsException") => {}
+                Err(e) => return Err(classify("CreateLogStream", &format!("{group}/{stream}"), &e)),
+            }
+        }
+        self.ready.lock().expect("lock").insert(stream.to_string());
+        Ok(())
+    }
+
+    async fn put(&self, stream: &str, events: Vec<Event>) -> Result<(), DeliveryError> {
+        let group = &self.settings.log_group;
+        let n = events.len();
+        let input: Vec<InputLogEvent> = events
+            .into_iter()
+            .map(|e| {
+                InputLogEvent::builder()
+                    .timestamp(e.timestamp)
+                    .message(e.message)
+                    .build()
+                    .expect("timestamp and message are set")
+            })
+            .collect();
+        let result = self
+            .client
+            .put_log_events()
+            .log_group_name(group)
+            .log_stream_name(stream)
+            .set_log_events(Some(input))
+            .send()
+            .await;
+        let out = match result {
+            Ok(o) => o,
+            Err(e) => {
+                if e.code() == Some("ResourceNotFoundException") {
+                    // Deleted under us (or never created): create it again on the retry.
+                    self.ready.lock().expect("lock").remove(stream);
+                    self.group_ready.store(false, Ordering::SeqCst);
+                }
+                return Err(classify("PutLogEvents", &format!("{group}/{stream}"), &e));
+            }
+        };
+        if let Some(r) = out.rejected_log_events_info() {
+            let too_old = r.too_old_log_event_end_index().unwrap_or(0).max(0) as u64;
+            let expired = r.expired_log_event_end_index().unwrap_or(0).max(0) as u64;
+            let too_new = r
+                .too_new_log_event_start_index()
+                .map_or(0, |i| (n as i64 - i as i64).max(0) as u64);
+            let count = too_old.max(expired) + too_new;
+            let total = self.rejected.fetch_add(count, Ordering::SeqCst) + count;
+            tracing::warn!(%group, %stream, too_old, expired, too_new, total_rejected = total, "CloudWatch rejected events of a batch (outside its accepted time range); the rest was accepted");
+        }
+        Ok(())
+    }
+
+    /// Delivers a chunk from its recorded progress on.
+    pub async fn deliver(&self, chunk: &SealedChunk) -> Result<(), DeliveryError> {
+        let stream = self.stream_for(&chunk.tag);
+        self.ensure(&stream).await?;
+        let start = read_progress(&chunk.path).min(chunk.len);
+        let io = |e: std::io::Error| DeliveryError::Retryable(format!("cannot read {}: {e}", chunk.path.display()));
+        let mut file = std::fs::File::open(&chunk.path).map_err(io)?;
+        file.seek(SeekFrom::Start(start)).map_err(io)?;
+        let mut reader = BufReader::with_capacity(64 << 10, std::io::Read::take(file, chunk.len - start));
+        let max_msg = self.settings.max_event_size.bytes() as usize - EVENT_OVERHEAD;
+        let mut batch = Batcher::default();
+        let mut offset = start;
+        // The offset just after the last line the current batch completes.
+        let mut batch_end = start;
+        let mut last_ts = chunk.created_ms;
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = reader.read_until(b'\n', &mut line).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            offset += n as u64;
+            let body = line.strip_suffix(b"\n").unwrap_or(&line);
+            let text = match std::str::from_utf8(body) {
+                Ok(s) => std::borrow::Cow::Borrowed(s),
+                Err(_) => {
+                    self.replaced.fetch_add(1, Ordering::Relaxed);
+                    String::from_utf8_lossy(body)
+                }
+            };
+            if text.is_empty() {
+                self.empty.fetch_add(1, Ordering::Relaxed);
+                batch_end = offset;
+                continue;
+            }
+            // Never backwards: a batch must be in time order, and lines keep theirs.
+            let ts = match self.settings.timestamp {
+                TimestampRule::Read => chunk.created_ms,
+                TimestampRule::Log4j => line_timestamp(&text).unwrap_or(last_ts),
+            }
+            .max(last_ts);
+            last_ts = ts;
+            for piece in split_message(&text, max_msg) {
+                let e = Event {
+                    timestamp: ts,
+                    message: piece.to_string(),
+                };
+                if !batch.fits(&e) {
+                    self.put(&stream, batch.take()).await?;
+                    self.record(&chunk.path, batch_end)?;
+                }
+                batch.push(e);
+            }
+            batch_end = offset;
+        }
+        if !batch.is_empty() {
+            self.put(&stream, batch.take()).await?;
+        }
+        self.record(&chunk.path, offset)?;
+        Ok(())
+    }
+
+    fn record(&self, chunk: &Path, offset: u64) -> Result<(), DeliveryError> {
+        crate::fsutil::write_atomic(&progress_path(chunk), offset.to_string().as_bytes(), true)
+            .map_err(|e| DeliveryError::Retryable(format!("cannot record progress of {}: {e}", chunk.display())))?;
+        crate::crashpoint::hit("cloudwatch-batch-recorded");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(ts: i64, len: usize) -> Event {
+        Event {
+            timestamp: ts,
+            message: "x".repeat(len),
+        }
+    }
+
+    fn batches(events: Vec<Event>) -> Vec<usize> {
+        let mut b = Batcher::default();
+        let mut out = Vec::new();
+        for e in events {
+            if !b.fits(&e) {
+                out.push(b.take().len());
+            }
+            b.push(e);
+        }
+        if !b.is_empty() {
+            out.push(b.take().len());
+        }
+        out
+    }
+
+    #[test]
+    fn exactly_ten_thousand_events_is_one_batch_and_one_more_is_two() {
+        assert_eq!(batches((0..10_000).map(|_| ev(1, 10)).collect()), vec![10_000]);
+        assert_eq!(batches((0..10_001).map(|_| ev(1, 10)).collect()), vec![10_000, 1]);
+    }
+
+    #[test]
+    fn exactly_the_byte_limit_is_one_batch_and_one_byte_more_is_two() {
+        // 16 events of 65,510 bytes + 26 each = 1,048,576.
+        let per = MAX_BATCH_BYTES / 16 - EVENT_OVERHEAD;
+        let mut b = Batcher::default();
+        for _ in 0..16 {
+            b.push(ev(1, per));
+        }
+        assert_eq!(b.bytes(), MAX_BATCH_BYTES);
+        assert_eq!(batches((0..16).map(|_| ev(1, per)).collect()), vec![16]);
+        let mut over: Vec<Event> = (0..15).map(|_| ev(1, per)).collect();
+        over.push(ev(1, per + 1));
+        assert_eq!(batches(over), vec![15, 1]);
+    }
+
+    #[test]
+    fn a_batch_spans_at_most_a_day() {
+        assert_eq!(batches(vec![ev(0, 1), ev(MAX_BATCH_SPAN_MS, 1)]), vec![2]);
+        assert_eq!(batches(vec![ev(0, 1), ev(MAX_BATCH_SPAN_MS + 1, 1)]), vec![1, 1]);
+    }
+
+    #[test]
+    fn long_messages_split_at_character_boundaries_and_rejoin() {
+        let s = "é".repeat(10) + "abc";
+        let parts = split_message(&s, 5);
+        assert!(parts.iter().all(|p| p.len() <= 5 && !p.is_empty()));
+        assert_eq!(parts.concat(), s);
+        assert_eq!(split_message("", 5), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn log4j_and_iso_timestamps() {
+        assert_eq!(
+            line_timestamp("24/11/26 14:14:02 WARN NativeCodeLoader: x"),
+            Some(1_732_630_442_000)
+        );
+        assert_eq!(
+            line_timestamp("2024-11-26 14:14:02,345 INFO x"),
+            Some(1_732_630_442_345)
+        );
+        assert_eq!(line_timestamp("2024-11-26T14:14:02 INFO x"), Some(1_732_630_442_000));
+        assert_eq!(line_timestamp("\tat org.apache.spark.Foo"), None);
+    }
+}

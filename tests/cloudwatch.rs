@@ -1,0 +1,244 @@
+//! The CloudWatch Logs output against moto server (a real CloudWatch Logs API on 127.0.0.1):
+//! lines arrive exactly once and in order, batch edges, long lines split and rejoined, group and
+//! stream creation, throttling and 500s from a fault proxy, a crash between batches, the drain.
+
+mod common;
+#[path = "common/moto.rs"]
+mod moto;
+#[path = "common/python.rs"]
+mod python;
+#[path = "common/s3.rs"]
+#[allow(dead_code)]
+mod s3;
+
+use std::time::Duration;
+
+use common::{Daemon, Env, append, bin, lines};
+use moto::Moto;
+
+const WAIT: Duration = Duration::from_secs(120);
+const GROUP: &str = "spark-logs";
+
+fn ship(env: &Env, moto_endpoint: &str, to: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "ship".into(),
+        env.input.join("*/std*").display().to_string(),
+        "--to".into(),
+        to.into(),
+        "--endpoint".into(),
+        moto_endpoint.into(),
+        "--buffer-dir".into(),
+        env.buffer.display().to_string(),
+        "--signal-file".into(),
+        env.signal.display().to_string(),
+        "--timekey".into(),
+        "1s".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn spawn(moto: &Moto, env: &Env, args: &[String]) -> Daemon {
+    let mut cmd = std::process::Command::new(bin());
+    cmd.envs(moto.env());
+    Daemon::spawn_cmd(cmd, args, env.dir.path())
+}
+
+/// The messages of `lines` (one per line, newline removed).
+fn messages(bytes: &[u8]) -> Vec<String> {
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    let mut v: Vec<String> = text.split('\n').map(str::to_string).collect();
+    if v.last().is_some_and(|l| l.is_empty()) {
+        v.pop();
+    }
+    v
+}
+
+fn got(moto: &Moto, stream: &str) -> Vec<String> {
+    moto.events(GROUP, stream).into_iter().map(|(_, m)| m).collect()
+}
+
+#[test]
+fn stdout_and_stderr_lines_arrive_once_in_order_in_emr_streams_and_the_last_line_at_the_drain() {
+    let moto = Moto::start();
+    let env = Env::new();
+    let (out, err) = (env.path("driver/stdout"), env.path("driver/stderr"));
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    append(&out, &lines("out", 0, 500));
+    append(&err, &lines("err", 0, 300));
+    let prefix = "emr/vc-1/jobs/job-1/containers/spark-app-1";
+    let to = format!("cloudwatch://{GROUP}/{prefix}/%{{tag}}");
+    let mut args = ship(&env, &moto.endpoint, &to, &["--follow"]);
+    args.extend(["--flush-mode".into(), "immediate".into()]);
+    let d = spawn(&moto, &env, &args);
+    let s_out = format!("{prefix}/driver/stdout");
+    let s_err = format!("{prefix}/driver/stderr");
+    d.wait_until("the first lines", WAIT, || {
+        got(&moto, &s_out).len() == 500 && got(&moto, &s_err).len() == 300
+    });
+    append(&out, &lines("out", 500, 700));
+    append(&err, &lines("err", 300, 100));
+    append(&err, b"the last line, without a newline");
+    env.signal_end();
+    let mut d = d;
+    assert_eq!(d.wait_exit(WAIT).code(), Some(0), "{}", d.stderr());
+    assert_eq!(got(&moto, &s_out), messages(&std::fs::read(&out).unwrap()));
+    assert_eq!(got(&moto, &s_err), messages(&std::fs::read(&err).unwrap()));
+}
+
+#[test]
+fn ten_thousand_events_a_full_megabyte_batch_and_a_two_mib_line_arrive_whole() {
+    let moto = Moto::start();
+    let env = Env::new();
+    let f = env.path("exec-1/stdout");
+    std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+    // Exactly 10,000 events.
+    let mut input = lines("e", 0, 10_000);
+    // 16 lines of 65,510 bytes: exactly 1,048,576 bytes as CloudWatch counts them.
+    for i in 0..16 {
+        input.extend(format!("{i:05}").bytes().chain(std::iter::repeat_n(b'm', 65_505)));
+        input.push(b'\n');
+    }
+    // A 2 MiB line with multi-byte characters: split into events, rejoined equal.
+    let mut long = String::new();
+    for i in 0.. {
+        if long.len() >= 2 << 20 {
+            break;
+        }
+        long.push_str(if i % 7 == 0 { "é" } else { "abcd" });
+    }
+    input.extend(long.as_bytes());
+    input.push(b'\n');
+    append(&f, &input);
+    let to = format!("cloudwatch://{GROUP}/%{{tag}}");
+    let mut d = spawn(
+        &moto,
+        &env,
+        &ship(&env, &moto.endpoint, &to, &["--once", "--chunk-limit", "64MB"]),
+    );
+    assert_eq!(d.wait_exit(WAIT).code(), Some(0), "{}", d.stderr());
+    let events = got(&moto, "exec-1/stdout");
+    let want = messages(&input);
+    assert_eq!(events.len(), 10_000 + 16 + 3, "the 2 MiB line becomes 3 events");
+    assert_eq!(events[..10_016], want[..10_016]);
+    let rejoined: String = events[10_016..].concat();
+    assert!(events[10_016..].iter().all(|e| e.len() <= (1 << 20) - 26));
+    assert_eq!(rejoined, long);
+}
+
+#[test]
+fn existing_group_and_stream_are_used_as_they_are() {
+    let moto = Moto::start();
+    moto.boto3(&format!(
+        "import time\nlogs.create_log_group(logGroupName='{GROUP}')\nlogs.create_log_stream(logGroupName='{GROUP}', logStreamName='pod/stdout')\nlogs.put_log_events(logGroupName='{GROUP}', logStreamName='pod/stdout', logEvents=[{{'timestamp': int(time.time() * 1000) - 60000, 'message': 'before'}}])"
+    ));
+    let env = Env::new();
+    let f = env.path("pod/stdout");
+    std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+    append(&f, &lines("x", 0, 50));
+    let to = format!("cloudwatch://{GROUP}/%{{tag}}");
+    let mut d = spawn(&moto, &env, &ship(&env, &moto.endpoint, &to, &["--once"]));
+    assert_eq!(d.wait_exit(WAIT).code(), Some(0), "{}", d.stderr());
+    let mut want = vec!["before".to_string()];
+    want.extend(messages(&lines("x", 0, 50)));
+    assert_eq!(got(&moto, "pod/stdout"), want);
+}
+
+#[test]
+fn throttling_and_server_errors_lose_nothing_and_repeat_nothing() {
+    use s3::{Fault, FaultProxy};
+    let moto = Moto::start();
+    let plan = vec![
+        Fault::Throttle,
+        Fault::Status500,
+        Fault::Throttle,
+        Fault::Throttle,
+        Fault::Status500,
+        Fault::Pass,
+        Fault::Throttle,
+        Fault::Status500,
+    ];
+    let proxy = FaultProxy::start(&moto.endpoint, plan, Fault::Pass);
+    let env = Env::new();
+    let f = env.path("pod/stderr");
+    std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+    let input = lines("t", 0, 30_000);
+    append(&f, &input);
+    let to = format!("cloudwatch://{GROUP}/%{{tag}}");
+    let mut args = ship(&env, &proxy.endpoint, &to, &["--once", "--chunk-limit", "1MB"]);
+    args.extend(["--drain-deadline".into(), "120s".into()]);
+    let mut d = spawn(&moto, &env, &args);
+    assert_eq!(d.wait_exit(WAIT).code(), Some(0), "{}", d.stderr());
+    assert_eq!(got(&moto, "pod/stderr"), messages(&input));
+    let seen = proxy.seen.lock().unwrap().clone();
+    assert!(
+        seen.iter().filter(|f| **f != Fault::Pass).count() >= 6,
+        "faults were injected: {seen:?}"
+    );
+}
+
+#[test]
+fn a_crash_between_batches_resumes_after_the_last_accepted_batch() {
+    let moto = Moto::start();
+    let env = Env::new();
+    let f = env.path("pod/stdout");
+    std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+    // One chunk of three batches (by the byte limit, about 9,500 of these lines each).
+    let input = lines("c", 0, 25_000);
+    append(&f, &input);
+    let to = format!("cloudwatch://{GROUP}/%{{tag}}");
+    let args = ship(&env, &moto.endpoint, &to, &["--follow", "--flush-mode", "immediate"]);
+    let mut cmd = std::process::Command::new(bin());
+    cmd.envs(moto.env())
+        .env("LOGSHIP_CRASH_AT", "cloudwatch-batch-recorded:2");
+    let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
+    let st = d.wait_exit(WAIT);
+    assert!(!st.success(), "the crash point was reached: {}", d.stderr());
+    let before = got(&moto, "pod/stdout").len();
+    assert!(
+        before > 10_000 && before < 25_000,
+        "two batches were accepted before the crash: {before}"
+    );
+    let d = spawn(&moto, &env, &args);
+    env.signal_end();
+    let mut d = d;
+    assert_eq!(d.wait_exit(WAIT).code(), Some(0), "{}", d.stderr());
+    assert_eq!(got(&moto, "pod/stdout"), messages(&input), "each line exactly once");
+}
+
+#[test]
+fn after_retries_run_out_the_lines_go_to_the_secondary_directory_and_the_exit_code_says_so() {
+    use s3::{Fault, FaultProxy};
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(&moto.endpoint, vec![], Fault::Status500);
+    let env = Env::new();
+    let f = env.input.join("stdout");
+    append(&f, &lines("s", 0, 200));
+    append(&f, b"no newline at the end");
+    let secondary = env.dir.path().join("error");
+    let args = env.run_config(&format!(
+        r#"
+[buffer]
+dir = "{{buffer}}"
+[lifecycle]
+once = true
+[[source]]
+type = "tail"
+paths = ["{{input}}/stdout"]
+[[output]]
+name = "cw"
+type = "cloudwatch"
+retry = {{ wait = "50ms", max_times = 1, timeout = "30s" }}
+secondary = {{ directory = "{}", basename = "cw-error.log" }}
+cloudwatch = {{ log_group = "{GROUP}", log_stream = "%{{tag}}", endpoint = "{}" }}
+"#,
+        secondary.display(),
+        proxy.endpoint
+    ));
+    let mut d = spawn(&moto, &env, &args);
+    assert_eq!(d.wait_exit(WAIT).code(), Some(3), "{}", d.stderr());
+    assert_eq!(
+        std::fs::read(secondary.join("cw-error.log.0")).unwrap(),
+        std::fs::read(&f).unwrap()
+    );
+}

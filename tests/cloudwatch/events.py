@@ -1,0 +1,21 @@
+"""Prints every event of a CloudWatch Logs stream (JSON list of {timestamp, message}), oldest first,
+following nextForwardToken until it stops changing. usage: events.py ENDPOINT GROUP STREAM"""
+import json
+import sys
+
+import boto3
+
+endpoint, group, stream = sys.argv[1:4]
+logs = boto3.client("logs", endpoint_url=endpoint, region_name="us-east-1",
+                    aws_access_key_id="testing", aws_secret_access_key="testing")
+out, token = [], None
+while True:
+    kw = {"logGroupName": group, "logStreamName": stream, "startFromHead": True, "limit": 10000}
+    if token:
+        kw["nextToken"] = token
+    r = logs.get_log_events(**kw)
+    out.extend({"timestamp": e["timestamp"], "message": e["message"]} for e in r["events"])
+    if r["nextForwardToken"] == token or not r["events"]:
+        break
+    token = r["nextForwardToken"]
+json.dump(out, sys.stdout)
