@@ -9,6 +9,7 @@ pub mod buffer;
 pub mod config;
 pub mod crashpoint;
 pub mod engine;
+pub mod fluentd;
 pub mod fsutil;
 pub mod lifecycle;
 pub mod pipeline;

@@ -21,11 +21,22 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run from a native TOML config until a lifecycle trigger, then drain and exit.
+    /// Run until a lifecycle trigger, then drain and exit: from a native TOML config, from a
+    /// fluentd config (EMR's fluent.conf), or, with neither, from /etc/fluent/$FLUENTD_CONF when
+    /// that exists (EMR's image contract: the logship image replaces EMR's fluentd image as is).
     Run {
-        /// The config file.
-        #[arg(long, short, env = "LOGSHIP_CONFIG")]
-        config: PathBuf,
+        /// The native config file.
+        #[arg(long, short, env = "LOGSHIP_CONFIG", conflicts_with = "fluentd_config")]
+        config: Option<PathBuf>,
+        /// A fluentd configuration to translate and run (see `logship translate`).
+        #[arg(long)]
+        fluentd_config: Option<PathBuf>,
+    },
+    /// Translate a fluentd configuration (as EMR on EKS generates it) into logship's native TOML
+    /// and print it; what is ignored is listed on stderr.
+    Translate {
+        /// The fluentd configuration file.
+        file: PathBuf,
     },
     /// Validate a config and print the effective config (defaults filled in), and/or explain a
     /// presigned POST file (bucket, key prefix, conditions, time left; never the signature).
@@ -264,9 +275,26 @@ fn real_main(cli: Cli) -> Result<i32> {
             println!("{}", serde_json::to_string_pretty(&post)?);
             Ok(0)
         }
-        Command::Run { config } => {
-            let c = Config::load(&config)?;
+        Command::Run { config, fluentd_config } => {
+            let c = match (config, fluentd_config) {
+                (Some(c), _) => Config::load(&c)?,
+                (None, Some(f)) => load_fluentd(&f)?,
+                (None, None) => match logship::fluentd::emr_config_path() {
+                    Some(f) => {
+                        tracing::info!(file = %f.display(), "running EMR's fluentd configuration (FLUENTD_CONF)");
+                        load_fluentd(&f)?
+                    }
+                    None => anyhow::bail!(
+                        "no configuration: give --config FILE or --fluentd-config FILE (or set FLUENTD_CONF to a file in /etc/fluent, as EMR does)"
+                    ),
+                },
+            };
             run_engine(c, None)
+        }
+        Command::Translate { file } => {
+            let c = load_fluentd(&file)?;
+            print!("{}", c.to_toml());
+            Ok(0)
         }
         Command::Ship(args) => {
             let args = *args;
@@ -314,6 +342,15 @@ fn real_main(cli: Cli) -> Result<i32> {
             run_engine(c, temp)
         }
     }
+}
+
+/// Parses and translates a fluentd config; what was ignored goes to the log.
+fn load_fluentd(path: &std::path::Path) -> Result<Config> {
+    let t = logship::fluentd::load(path).with_context(|| format!("cannot use fluentd config {}", path.display()))?;
+    for w in &t.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(t.config)
 }
 
 fn run_engine(config: Config, temp_buffer: Option<tempfile::TempDir>) -> Result<i32> {
