@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::buffer::{BufferError, ChunkLimits, ChunkStore, OutputKeying, SealedChunk};
 use crate::config::{Config, RetryConfig, WatchMode};
 use crate::lifecycle;
+use crate::metrics::Metrics;
 use crate::pipeline::{Control, Pipeline, WakeFlags};
 use crate::sink::Sink;
 use crate::sink::key::{KeyTemplate, default_time_slice_format};
@@ -26,6 +27,14 @@ pub enum EngineError {
     /// The pipeline thread could not be started or died.
     #[error("pipeline thread failed: {0}")]
     Thread(String),
+    /// The metrics listener could not bind its address.
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: String,
+        /// The error.
+        source: std::io::Error,
+    },
 }
 
 /// Runs `config` until the drain completes (or its deadline passes).
@@ -65,11 +74,29 @@ pub async fn run(config: Config) -> Result<Summary, EngineError> {
         );
     }
 
+    let metrics = Arc::new(Metrics::new(config.outputs.iter().map(|o| o.name.clone())));
+    let _metrics_server = match &config.metrics.listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| EngineError::Metrics {
+                    addr: addr.clone(),
+                    source,
+                })?;
+            tracing::info!(%addr, "serving /metrics and /healthz");
+            Some(AbortOnDrop(tokio::spawn(crate::metrics::serve(
+                listener,
+                metrics.clone(),
+                config.metrics.stall_timeout.get(),
+            ))))
+        }
+        None => None,
+    };
     let (ctl_tx, ctl_rx) = std::sync::mpsc::channel::<Control>();
     let (cancel_tx, cancel_rx) = watch::channel(false);
     let mut senders = Vec::new();
     let mut deliverers = Vec::new();
-    for (sink, out) in sinks.into_iter().zip(&config.outputs) {
+    for (i, (sink, out)) in sinks.into_iter().zip(&config.outputs).enumerate() {
         let (tx, rx) = mpsc::unbounded_channel::<SealedChunk>();
         senders.push(tx);
         deliverers.push(tokio::spawn(deliver_loop(
@@ -78,11 +105,20 @@ pub async fn run(config: Config) -> Result<Summary, EngineError> {
             ctl_tx.clone(),
             out.retry.clone(),
             cancel_rx.clone(),
+            (metrics.clone(), i),
         )));
     }
 
     let wake = Arc::new(WakeFlags::default());
     let mut pipeline = Pipeline::new(config.clone(), store, senders, ctl_rx, wake.clone());
+    if config.metrics.listen.is_some() || config.lifecycle.once {
+        pipeline.set_metrics(metrics.clone());
+    }
+    // A backfill (--once) shows how far it got: a bar on a terminal, plain lines otherwise.
+    let _progress = config
+        .lifecycle
+        .once
+        .then(|| AbortOnDrop(tokio::spawn(progress(metrics.clone()))));
     pipeline.set_watcher(start_watcher(&config, ctl_tx.clone(), wake));
 
     let (done_tx, mut done_rx) = oneshot::channel::<Summary>();
@@ -124,10 +160,12 @@ async fn deliver_loop(
     ctl: Sender<Control>,
     retry: RetryConfig,
     mut cancel: watch::Receiver<bool>,
+    (metrics, index): (Arc<Metrics>, usize),
 ) {
+    let retries = &metrics.outputs[index].retries;
     while let Some(chunk) = rx.recv().await {
         let result = tokio::select! {
-            r = crate::sink::retry::deliver_with_retry(&sink, &chunk, &retry) => r,
+            r = crate::sink::retry::deliver_with_retry(&sink, &chunk, &retry, retries) => r,
             _ = cancel.wait_for(|c| *c) => return,
         };
         let msg = match result {
@@ -140,6 +178,71 @@ async fn deliver_loop(
         if ctl.send(msg).is_err() {
             return;
         }
+    }
+}
+
+/// Reports a backfill's progress on stderr until aborted.
+async fn progress(metrics: Arc<Metrics>) {
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stderr().is_terminal();
+    let every = std::env::var("LOGSHIP_PROGRESS_EVERY")
+        .ok()
+        .and_then(|v| v.parse::<crate::units::HumanDuration>().ok())
+        .map_or(std::time::Duration::from_secs(if tty { 1 } else { 10 }), |d| d.get());
+    let size = |b: u64| crate::units::ByteSize(b).to_string();
+    struct NewlineOnDrop(bool);
+    impl Drop for NewlineOnDrop {
+        fn drop(&mut self) {
+            if self.0 {
+                eprintln!();
+            }
+        }
+    }
+    let _newline = NewlineOnDrop(tty);
+    loop {
+        tokio::time::sleep(every).await;
+        let (read, total, files) = {
+            let f = metrics.files.lock().expect("metrics lock");
+            (
+                f.iter().map(|x| x.bytes_read).sum::<u64>(),
+                f.iter().map(|x| x.size.max(x.bytes_read)).sum::<u64>(),
+                f.len(),
+            )
+        };
+        let delivered: u64 = metrics
+            .outputs
+            .iter()
+            .map(|o| o.bytes_delivered.load(Ordering::Relaxed))
+            .sum();
+        let pct = (read * 100).checked_div(total).unwrap_or(100);
+        if tty {
+            let filled = (pct as usize * 30 / 100).min(30);
+            eprint!(
+                "\r[{}{}] {pct:>3}% read {} of {} in {files} files, {} delivered ",
+                "#".repeat(filled),
+                "-".repeat(30 - filled),
+                size(read),
+                size(total),
+                size(delivered)
+            );
+            let _ = std::io::stderr().flush();
+        } else {
+            eprintln!(
+                "logship: progress: {pct}% read ({} of {} in {files} files), {} delivered",
+                size(read),
+                size(total),
+                size(delivered)
+            );
+        }
+    }
+}
+
+/// Aborts a task when dropped (the metrics listener ends with the run).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -12,6 +12,7 @@ pub mod engine;
 pub mod fluentd;
 pub mod fsutil;
 pub mod lifecycle;
+pub mod metrics;
 pub mod pipeline;
 pub mod presign;
 pub mod sink;

@@ -162,6 +162,10 @@ struct ShipArgs {
     /// Poll for changes instead of using inotify.
     #[arg(long)]
     poll: bool,
+    /// Serve Prometheus metrics (/metrics) and a health check (/healthz) on this address, e.g.
+    /// 127.0.0.1:9880. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
 }
 
 fn parse_flush_mode(s: &str) -> Result<FlushMode, String> {
@@ -227,15 +231,22 @@ fn tune_malloc() {
     }
 }
 
+/// Logs go to stderr: text, or one JSON object per line with `LOGSHIP_LOG_FORMAT=json` (for log
+/// collectors that parse fields); the level filter is `LOGSHIP_LOG`.
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LOGSHIP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_target(false);
+    if std::env::var("LOGSHIP_LOG_FORMAT").is_ok_and(|v| v == "json") {
+        builder.json().init();
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 }
 
 fn real_main(cli: Cli) -> Result<i32> {
@@ -337,6 +348,7 @@ fn real_main(cli: Cli) -> Result<i32> {
                 spark_events: args.spark_events,
                 mode: args.mode.unwrap_or_default(),
                 appstatus: args.appstatus,
+                metrics_listen: args.metrics_listen,
             };
             let c = build(&quick)?;
             run_engine(c, temp)

@@ -22,6 +22,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::buffer::{ChunkStore, SealedChunk};
 use crate::config::{Config, FlushMode};
+use crate::metrics::Metrics;
 use crate::sink::secondary::write_secondary;
 use crate::source::Source;
 use crate::summary::{SecondaryFile, Summary};
@@ -79,6 +80,8 @@ pub struct Pipeline {
     watcher: Option<notify::RecommendedWatcher>,
     /// Directories being watched.
     watched: HashSet<PathBuf>,
+    /// What the metrics endpoint shows.
+    metrics: Option<Arc<Metrics>>,
 }
 
 fn now_ms() -> i64 {
@@ -120,7 +123,28 @@ impl Pipeline {
             last_poll: Instant::now(),
             watcher: None,
             watched: HashSet::new(),
+            metrics: None,
         }
+    }
+
+    /// Gives the pipeline the metrics it keeps up to date.
+    pub fn set_metrics(&mut self, metrics: Arc<Metrics>) {
+        self.metrics = Some(metrics);
+    }
+
+    /// Publishes the buffer's and the files' state.
+    fn publish(&self) {
+        let Some(m) = &self.metrics else { return };
+        m.buffer_bytes.store(self.store.total_bytes(), Ordering::Relaxed);
+        m.buffer_chunks
+            .store(self.store.chunks().len() as u64, Ordering::Relaxed);
+        let files: Vec<_> = self.sources.iter().flat_map(|s| s.files()).collect();
+        *m.files.lock().expect("metrics lock") = files;
+    }
+
+    fn output_metrics(&self, name: &str) -> Option<&crate::metrics::OutputMetrics> {
+        let i = self.config.outputs.iter().position(|o| o.name == name)?;
+        self.metrics.as_ref().map(|m| &m.outputs[i])
     }
 
     /// Gives the pipeline the file-system watcher; it watches the sources' directories, adding
@@ -194,6 +218,7 @@ impl Pipeline {
             }
             self.seal_due();
             self.commit();
+            self.publish();
 
             // 3. Done when everything read was delivered (or put aside).
             if reading_done && self.store.chunks().iter().all(|c| self.stuck.contains(&c.seq)) {
@@ -383,6 +408,11 @@ impl Pipeline {
                 o.bytes_delivered += c.len;
                 o.last_key = Some(c.key.clone());
             }
+            if let Some(m) = self.output_metrics(&c.output) {
+                m.chunks_delivered.fetch_add(1, Ordering::Relaxed);
+                m.bytes_delivered.fetch_add(c.len, Ordering::Relaxed);
+                m.last_success_ms.store(crate::metrics::now_ms(), Ordering::Relaxed);
+            }
             self.store.remove(seq);
         }
     }
@@ -413,6 +443,10 @@ impl Pipeline {
         ) {
             Ok(file) => {
                 tracing::warn!(file = %file.display(), key = %c.key, bytes = c.len, "chunk written to the secondary directory");
+                if let Some(m) = self.output_metrics(&c.output) {
+                    m.secondary_chunks.fetch_add(1, Ordering::Relaxed);
+                    m.secondary_bytes.fetch_add(c.len, Ordering::Relaxed);
+                }
                 if let Some(o) = self.summary.output_mut(&c.output) {
                     o.secondary.push(SecondaryFile {
                         file,

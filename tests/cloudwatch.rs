@@ -8,7 +8,6 @@ mod moto;
 #[path = "common/python.rs"]
 mod python;
 #[path = "common/s3.rs"]
-#[allow(dead_code)]
 mod s3;
 
 use std::time::Duration;

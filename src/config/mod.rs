@@ -66,6 +66,30 @@ pub struct Config {
     /// When to stop, and how long the final delivery may take.
     #[serde(default)]
     pub lifecycle: LifecycleConfig,
+    /// The optional metrics and health listener.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// The metrics and health endpoint (off unless `listen` is set).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address to serve `/metrics` (Prometheus text) and `/healthz` on, e.g. `127.0.0.1:9880`
+    /// (`0.0.0.0:9880` for a Prometheus outside the pod).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// `/healthz` fails when data is queued and nothing was delivered for this long.
+    pub stall_timeout: HumanDuration,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: None,
+            stall_timeout: HumanDuration::secs(300),
+        }
+    }
 }
 
 /// How records are grouped into chunks, and where the chunks are kept until delivered.
@@ -669,6 +693,14 @@ impl Config {
         }
         if self.outputs.is_empty() {
             return Err(invalid("output", "at least one [[output]] is required"));
+        }
+        if let Some(l) = &self.metrics.listen
+            && l.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(invalid(
+                "metrics.listen",
+                format!("{l:?} is not an address like 127.0.0.1:9880"),
+            ));
         }
         let b = &self.buffer;
         if b.timekey.get().as_secs() == 0 {

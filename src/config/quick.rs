@@ -61,6 +61,8 @@ pub struct QuickArgs {
     pub mode: EventLogMode,
     /// Event logs: when `appstatus_<app>` is uploaded.
     pub appstatus: AppStatusMode,
+    /// Metrics and health listener address.
+    pub metrics_listen: Option<String>,
 }
 
 /// Builds the native config for quick mode.
@@ -177,6 +179,10 @@ pub fn build(args: &QuickArgs) -> Result<Config, ConfigError> {
             once: args.once,
             drain_deadline: args.drain_deadline,
         },
+        metrics: super::MetricsConfig {
+            listen: args.metrics_listen.clone(),
+            ..Default::default()
+        },
     };
     config.interpolate_env()?;
     config.normalize();
@@ -273,6 +279,7 @@ mod tests {
             spark_events: None,
             mode: Default::default(),
             appstatus: Default::default(),
+            metrics_listen: None,
         }
     }
 

@@ -300,6 +300,7 @@ pub fn translate(root: &Element, env: &dyn Fn(&str) -> Option<String>) -> Result
         sources: native_sources,
         outputs: t.outputs,
         lifecycle,
+        metrics: Default::default(),
     };
     config.normalize();
     config.validate().map_err(|e| TranslateError {

@@ -2,6 +2,7 @@
 //! parameters, per chunk. A chunk that runs out of retries goes to the secondary directory; the
 //! chunks after it are not affected (fluentd drops its whole queue at that point).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -17,11 +18,18 @@ const CREDENTIALS_MAX_WAIT: Duration = Duration::from_secs(15);
 /// retries are exhausted or `config.timeout` has passed); credential errors (an expired or
 /// refusing presigned POST) are retried without limit, re-reading the credentials each time;
 /// permanent errors return at once.
-pub async fn deliver_with_retry(sink: &Sink, chunk: &SealedChunk, config: &RetryConfig) -> Result<(), DeliveryError> {
+/// Every failed attempt that is tried again counts in `retries`.
+pub async fn deliver_with_retry(
+    sink: &Sink,
+    chunk: &SealedChunk,
+    config: &RetryConfig,
+    retries: &AtomicU64,
+) -> Result<(), DeliveryError> {
     let mut wait = config.wait.get().max(Duration::from_millis(100));
     loop {
-        match deliver_with_backoff(sink, chunk, config).await {
+        match deliver_with_backoff(sink, chunk, config, retries).await {
             Err(e) if e.is_credentials() => {
+                retries.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(key = %chunk.key, seq = chunk.seq, error = %e, retry_in = ?wait, "cannot upload with the current credentials; keeping the chunk and trying again");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(CREDENTIALS_MAX_WAIT);
@@ -31,7 +39,12 @@ pub async fn deliver_with_retry(sink: &Sink, chunk: &SealedChunk, config: &Retry
     }
 }
 
-async fn deliver_with_backoff(sink: &Sink, chunk: &SealedChunk, config: &RetryConfig) -> Result<(), DeliveryError> {
+async fn deliver_with_backoff(
+    sink: &Sink,
+    chunk: &SealedChunk,
+    config: &RetryConfig,
+    retries: &AtomicU64,
+) -> Result<(), DeliveryError> {
     let mut backoff = ExponentialBuilder::new()
         .with_min_delay(config.wait.get())
         .with_factor(config.exponential_base)
@@ -45,6 +58,7 @@ async fn deliver_with_backoff(sink: &Sink, chunk: &SealedChunk, config: &RetryCo
         .retry(backoff)
         .when(DeliveryError::is_retryable)
         .notify(|e: &DeliveryError, wait: Duration| {
+            retries.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(key = %chunk.key, seq = chunk.seq, error = %e, retry_in = ?wait, "delivery failed; retrying");
         });
     match tokio::time::timeout(config.timeout.get(), run).await {

@@ -603,6 +603,21 @@ impl EventLogSource {
         v
     }
 
+    /// What the metrics endpoint shows per file (a mirrored file: what was uploaded).
+    pub fn file_metrics(&self) -> Vec<crate::metrics::FileMetrics> {
+        let mut v = self.tail.file_metrics();
+        for m in &self.mirrored {
+            v.push(crate::metrics::FileMetrics {
+                source: self.config.name.clone(),
+                path: m.path.display().to_string(),
+                bytes_read: m.uploaded_len,
+                lines_read: 0,
+                size: m.file.metadata().map(|x| x.len()).unwrap_or(0),
+            });
+        }
+        v
+    }
+
     /// Counters (snapshot bytes count as read).
     pub fn stats(&self) -> TailStats {
         let mut s = self.tail.stats.clone();

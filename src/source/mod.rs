@@ -141,6 +141,14 @@ impl Source {
         }
     }
 
+    /// The files it follows, for the metrics endpoint.
+    pub fn files(&self) -> Vec<crate::metrics::FileMetrics> {
+        match self {
+            Source::Tail(t) => t.file_metrics(),
+            Source::SparkEvents(e) => e.file_metrics(),
+        }
+    }
+
     /// Counters.
     pub fn stats(&self) -> TailStats {
         match self {

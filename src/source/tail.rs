@@ -76,6 +76,8 @@ pub struct TailedFile {
     file: File,
     /// Bytes before this are in chunks.
     pub pos: u64,
+    /// Newlines read from it in this run (for metrics).
+    pub lines: u64,
     committed_pos: u64,
     fp: Fingerprint,
     /// Bytes after `pos` already known to hold no newline (saves rescanning a growing long line).
@@ -288,6 +290,7 @@ impl TailSource {
             tag,
             file,
             pos,
+            lines: 0,
             committed_pos: pos,
             fp,
             scan_hint: 0,
@@ -308,6 +311,20 @@ impl TailSource {
         let rel = path.strip_prefix(base).unwrap_or(path);
         let s = rel.to_string_lossy().trim_start_matches('/').to_string();
         if s.is_empty() { self.config.name.clone() } else { s }
+    }
+
+    /// What the metrics endpoint shows per file.
+    pub fn file_metrics(&self) -> Vec<crate::metrics::FileMetrics> {
+        self.files
+            .iter()
+            .map(|f| crate::metrics::FileMetrics {
+                source: self.config.name.clone(),
+                path: f.path.display().to_string(),
+                bytes_read: f.pos,
+                lines_read: f.lines,
+                size: f.last_size,
+            })
+            .collect()
     }
 
     /// The followed files with their tags, and whether each has been read to its current end
@@ -480,6 +497,7 @@ impl TailSource {
                     store.append(o, &f.tag, framing, lines, now_ms)?;
                 }
                 f.pos += lines.len() as u64;
+                f.lines += memchr::memchr_iter(b'\n', lines).count() as u64;
                 f.scan_hint = 0;
                 continue;
             }

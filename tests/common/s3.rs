@@ -2,6 +2,8 @@
 //! s3s-fs (objects as files), with authentication on, listening on 127.0.0.1. It stops when
 //! dropped.
 
+#![allow(dead_code)] // each test binary uses part of this harness
+
 use std::path::{Path, PathBuf};
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -134,6 +136,8 @@ pub struct FaultProxy {
     pub endpoint: String,
     /// Connections handled so far, by fault.
     pub seen: std::sync::Arc<std::sync::Mutex<Vec<Fault>>>,
+    always: std::sync::Arc<std::sync::Mutex<Fault>>,
+    passing: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
     _rt: tokio::runtime::Runtime,
 }
 
@@ -149,17 +153,22 @@ impl FaultProxy {
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen2 = seen.clone();
+        let always = std::sync::Arc::new(std::sync::Mutex::new(always));
+        let always2 = always.clone();
+        let passing = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let passing2 = passing.clone();
         rt.spawn(async move {
             let mut n = 0;
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
                     continue;
                 };
-                let fault = plan.get(n).copied().unwrap_or(always);
+                let fault = plan.get(n).copied().unwrap_or(*always2.lock().unwrap());
                 n += 1;
                 seen2.lock().unwrap().push(fault);
                 let target = target.clone();
-                tokio::spawn(async move {
+                let passing = passing2.clone();
+                let task = tokio::spawn(async move {
                     use tokio::io::{AsyncReadExt, AsyncWriteExt};
                     if fault == Fault::Pass {
                         if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
@@ -191,12 +200,26 @@ impl FaultProxy {
                     let _ = client.write_all(reply.as_bytes()).await;
                     let _ = client.shutdown().await;
                 });
+                if fault == Fault::Pass {
+                    passing.lock().unwrap().push(task.abort_handle());
+                }
             }
         });
         FaultProxy {
             endpoint,
             seen,
+            always,
+            passing,
             _rt: rt,
+        }
+    }
+
+    /// From now on, new connections get `fault`; open pass-through connections are cut (as if
+    /// the server went away).
+    pub fn set_always(&self, fault: Fault) {
+        *self.always.lock().unwrap() = fault;
+        for h in self.passing.lock().unwrap().drain(..) {
+            h.abort();
         }
     }
 }

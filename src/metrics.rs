@@ -1,0 +1,317 @@
+//! Prometheus text metrics and a health check, on an optional HTTP listener (off by default;
+//! `[metrics] listen`, 127.0.0.1 unless configured otherwise).
+//!
+//! The pipeline thread and the delivery tasks update [`Metrics`] (atomics, and a per-file table the
+//! pipeline replaces after each pass); the listener only reads it. `/healthz` answers 503 when
+//! data is queued and nothing was delivered for `stall_timeout`: an output that is down, or
+//! credentials that never arrive, show up in a readiness or liveness probe instead of in a silent
+//! backlog.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Counters of one output.
+#[derive(Debug, Default)]
+pub struct OutputMetrics {
+    /// Output name.
+    pub name: String,
+    /// Chunks delivered.
+    pub chunks_delivered: AtomicU64,
+    /// Bytes delivered.
+    pub bytes_delivered: AtomicU64,
+    /// Delivery attempts that failed and were retried.
+    pub retries: AtomicU64,
+    /// Chunks written to the secondary directory.
+    pub secondary_chunks: AtomicU64,
+    /// Bytes written to the secondary directory.
+    pub secondary_bytes: AtomicU64,
+    /// When a chunk was last delivered (ms since the epoch; 0: never).
+    pub last_success_ms: AtomicI64,
+}
+
+/// One followed file, as of the pipeline's last pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMetrics {
+    /// The source reading it.
+    pub source: String,
+    /// Its path.
+    pub path: String,
+    /// Bytes read into chunks (or uploaded, for a mirrored event log).
+    pub bytes_read: u64,
+    /// Lines read.
+    pub lines_read: u64,
+    /// Its size at the last look.
+    pub size: u64,
+}
+
+/// Everything the metrics endpoint shows.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Per output, in config order.
+    pub outputs: Vec<OutputMetrics>,
+    /// Per followed file.
+    pub files: Mutex<Vec<FileMetrics>>,
+    /// Bytes in chunks not yet delivered.
+    pub buffer_bytes: AtomicU64,
+    /// Chunks not yet delivered.
+    pub buffer_chunks: AtomicU64,
+    /// When logship started (ms since the epoch).
+    pub started_ms: i64,
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+impl Metrics {
+    /// Metrics for these outputs.
+    pub fn new(outputs: impl IntoIterator<Item = String>) -> Metrics {
+        Metrics {
+            outputs: outputs
+                .into_iter()
+                .map(|name| OutputMetrics {
+                    name,
+                    ..Default::default()
+                })
+                .collect(),
+            files: Mutex::new(Vec::new()),
+            buffer_bytes: AtomicU64::new(0),
+            buffer_chunks: AtomicU64::new(0),
+            started_ms: now_ms(),
+        }
+    }
+
+    /// Seconds since the last delivery (or since start, before the first one).
+    pub fn seconds_since_delivery(&self, now_ms: i64) -> f64 {
+        let last = self
+            .outputs
+            .iter()
+            .map(|o| o.last_success_ms.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0)
+            .max(self.started_ms);
+        (now_ms - last).max(0) as f64 / 1000.0
+    }
+
+    /// Whether deliveries keep up: false when data is queued and nothing was delivered for
+    /// `stall`. The text says why.
+    pub fn health(&self, stall: Duration, now_ms: i64) -> (bool, String) {
+        let queued = self.buffer_chunks.load(Ordering::Relaxed);
+        let since = self.seconds_since_delivery(now_ms);
+        if queued > 0 && since > stall.as_secs_f64() {
+            (
+                false,
+                format!("unhealthy: {queued} chunks queued and nothing delivered for {since:.0}s\n"),
+            )
+        } else {
+            (
+                true,
+                format!("ok: {queued} chunks queued, last delivery {since:.0}s ago\n"),
+            )
+        }
+    }
+
+    /// Prometheus text exposition format (0.0.4).
+    pub fn render(&self, now_ms: i64) -> String {
+        let mut s = String::new();
+        let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, String)>| {
+            s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for (labels, value) in rows {
+                if labels.is_empty() {
+                    s.push_str(&format!("{name} {value}\n"));
+                } else {
+                    s.push_str(&format!("{name}{{{labels}}} {value}\n"));
+                }
+            }
+        };
+        let files = self.files.lock().expect("metrics lock").clone();
+        let file_label = |f: &FileMetrics| format!("source=\"{}\",path=\"{}\"", escape(&f.source), escape(&f.path));
+        family(
+            "logship_file_read_bytes_total",
+            "counter",
+            "Bytes read from a file into the buffer.",
+            files
+                .iter()
+                .map(|f| (file_label(f), f.bytes_read.to_string()))
+                .collect(),
+        );
+        family(
+            "logship_file_read_lines_total",
+            "counter",
+            "Lines read from a file into the buffer.",
+            files
+                .iter()
+                .map(|f| (file_label(f), f.lines_read.to_string()))
+                .collect(),
+        );
+        family(
+            "logship_file_lag_bytes",
+            "gauge",
+            "Bytes of a file not read yet (its size minus what was read).",
+            files
+                .iter()
+                .map(|f| (file_label(f), f.size.saturating_sub(f.bytes_read).to_string()))
+                .collect(),
+        );
+        let out = |f: &dyn Fn(&OutputMetrics) -> u64| -> Vec<(String, String)> {
+            self.outputs
+                .iter()
+                .map(|o| (format!("output=\"{}\"", escape(&o.name)), f(o).to_string()))
+                .collect()
+        };
+        family(
+            "logship_output_chunks_delivered_total",
+            "counter",
+            "Chunks delivered by an output.",
+            out(&|o| o.chunks_delivered.load(Ordering::Relaxed)),
+        );
+        family(
+            "logship_output_bytes_delivered_total",
+            "counter",
+            "Bytes delivered by an output.",
+            out(&|o| o.bytes_delivered.load(Ordering::Relaxed)),
+        );
+        family(
+            "logship_output_retries_total",
+            "counter",
+            "Failed delivery attempts that were retried.",
+            out(&|o| o.retries.load(Ordering::Relaxed)),
+        );
+        family(
+            "logship_output_secondary_chunks_total",
+            "counter",
+            "Chunks written to the secondary (error) directory.",
+            out(&|o| o.secondary_chunks.load(Ordering::Relaxed)),
+        );
+        family(
+            "logship_output_secondary_bytes_total",
+            "counter",
+            "Bytes written to the secondary (error) directory.",
+            out(&|o| o.secondary_bytes.load(Ordering::Relaxed)),
+        );
+        family(
+            "logship_buffer_bytes",
+            "gauge",
+            "Bytes in chunks waiting for delivery.",
+            vec![(String::new(), self.buffer_bytes.load(Ordering::Relaxed).to_string())],
+        );
+        family(
+            "logship_buffer_chunks",
+            "gauge",
+            "Chunks waiting for delivery.",
+            vec![(String::new(), self.buffer_chunks.load(Ordering::Relaxed).to_string())],
+        );
+        family(
+            "logship_seconds_since_last_delivery",
+            "gauge",
+            "Seconds since any output last delivered a chunk (since start before the first).",
+            vec![(String::new(), format!("{:.3}", self.seconds_since_delivery(now_ms)))],
+        );
+        s
+    }
+}
+
+/// Serves `/metrics` and `/healthz` until the task is dropped. One small request at a time per
+/// connection; anything else is a 404.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: std::sync::Arc<Metrics>, stall: Duration) {
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut got = 0;
+            // Read the request head (bounded: 4 KiB, 5 s).
+            let read = async {
+                loop {
+                    let n = sock.read(&mut buf[got..]).await.ok()?;
+                    if n == 0 {
+                        return None;
+                    }
+                    got += n;
+                    if buf[..got].windows(4).any(|w| w == b"\r\n\r\n") || got == buf.len() {
+                        return Some(());
+                    }
+                }
+            };
+            if tokio::time::timeout(Duration::from_secs(5), read)
+                .await
+                .ok()
+                .flatten()
+                .is_none()
+            {
+                return;
+            }
+            let head = String::from_utf8_lossy(&buf[..got]);
+            let path = head.split_whitespace().nth(1).unwrap_or("/");
+            let now = now_ms();
+            let (status, ctype, body) = match path {
+                "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render(now)),
+                "/healthz" => {
+                    let (ok, text) = metrics.health(stall, now);
+                    (
+                        if ok { "200 OK" } else { "503 Service Unavailable" },
+                        "text/plain",
+                        text,
+                    )
+                }
+                _ => ("404 Not Found", "text/plain", "try /metrics or /healthz\n".to_string()),
+            };
+            let reply = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(reply.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_families_and_health_turns_with_the_queue() {
+        let m = Metrics::new(["s3".to_string()]);
+        m.outputs[0].chunks_delivered.store(3, Ordering::Relaxed);
+        m.files.lock().unwrap().push(FileMetrics {
+            source: "files".into(),
+            path: "/a \"b\"".into(),
+            bytes_read: 10,
+            lines_read: 2,
+            size: 15,
+        });
+        let text = m.render(m.started_ms);
+        assert!(
+            text.contains("logship_output_chunks_delivered_total{output=\"s3\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("logship_file_lag_bytes{source=\"files\",path=\"/a \\\"b\\\"\"} 5\n"),
+            "{text}"
+        );
+        assert!(
+            m.health(Duration::from_secs(1), m.started_ms + 5000).0,
+            "nothing queued"
+        );
+        m.buffer_chunks.store(1, Ordering::Relaxed);
+        assert!(!m.health(Duration::from_secs(1), m.started_ms + 5000).0);
+        m.outputs[0]
+            .last_success_ms
+            .store(m.started_ms + 4500, Ordering::Relaxed);
+        assert!(m.health(Duration::from_secs(1), m.started_ms + 5000).0);
+    }
+}
