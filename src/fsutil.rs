@@ -81,6 +81,13 @@ pub fn copy_range(src: &fs::File, dst: &mut impl Write, len: u64) -> io::Result<
     Ok(done)
 }
 
+/// Whether the first `size` bytes of `file` end with a newline (false when `size` is 0).
+pub fn ends_with_newline(file: &fs::File, size: u64) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut last = [0u8];
+    size > 0 && file.read_at(&mut last, size - 1).is_ok_and(|n| n == 1) && last[0] == b'\n'
+}
+
 /// What makes a file the same file across renames: device and inode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct FileId {

@@ -73,17 +73,6 @@ fn relocate(text: &str, root: &Path) -> String {
         .replace("/var/log/fluentd/", &format!("{r}/fluentd/"))
 }
 
-fn presign(server: &S3Server, bucket: &str, prefix: &str) -> Vec<u8> {
-    let out = Command::new(bin())
-        .args(["presign", "--bucket", bucket, "--key-prefix", prefix, "--expires", "1h"])
-        .args(["--endpoint", &server.endpoint])
-        .envs(server.env())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    out.stdout
-}
-
 fn rechunked(server: &S3Server, app: &str) -> Vec<u8> {
     let dir = format!("{PREFIX}/eventlog_v2_{app}/");
     let mut idx: Vec<u64> = server
@@ -114,7 +103,7 @@ fn emr_driver_config_ships_the_event_log_through_the_presigned_post_with_the_pod
     }
     fs::write(
         root.join("emr-container-s3/presigned-post"),
-        presign(&server, BUCKET, PREFIX),
+        server.presign(BUCKET, PREFIX, "1h", "5GB"),
     )
     .unwrap();
     let conf = root.join("fluent.conf");

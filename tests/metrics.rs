@@ -5,32 +5,12 @@ mod common;
 #[path = "common/s3.rs"]
 mod s3;
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::{Daemon, Env, append, bin, lines};
+use common::{Daemon, Env, append, bin, http_get, lines, metric};
 use s3::{Fault, FaultProxy, S3Server};
 
 const WAIT: Duration = Duration::from_secs(90);
-
-/// GET `path` from `addr`: (status code, body).
-fn get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let code = out.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, out.split_once("\r\n\r\n")?.1.to_string()))
-}
-
-fn metric(body: &str, line_start: &str) -> Option<u64> {
-    body.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map(|v| v as u64)
-}
 
 #[test]
 fn counters_match_what_was_sent_and_health_follows_the_output() {
@@ -82,13 +62,13 @@ force_path_style = true
         file.display()
     );
     d.wait_until("everything delivered, as the metrics say", WAIT, || {
-        get(&addr, "/metrics").is_some_and(|(_, b)| {
+        http_get(&addr, "/metrics").is_some_and(|(_, b)| {
             metric(&b, &path_label) == Some(1000)
                 && metric(&b, "logship_output_bytes_delivered_total{output=\"s3\"}") == Some(first.len() as u64)
                 && metric(&b, "logship_buffer_chunks ") == Some(0)
         })
     });
-    let (_, body) = get(&addr, "/metrics").unwrap();
+    let (_, body) = http_get(&addr, "/metrics").unwrap();
     let bytes_label = format!(
         "logship_file_read_bytes_total{{source=\"files\",path=\"{}\"}}",
         file.display()
@@ -98,16 +78,16 @@ force_path_style = true
         metric(&body, "logship_output_secondary_chunks_total{output=\"s3\"}"),
         Some(0)
     );
-    assert_eq!(get(&addr, "/healthz").unwrap().0, 200);
+    assert_eq!(http_get(&addr, "/healthz").unwrap().0, 200);
 
     // The server goes away while more data comes: queued, nothing delivered, unhealthy.
     proxy.set_always(Fault::Reset);
     append(&file, &lines("m", 1000, 100));
     d.wait_until("/healthz fails while data waits", WAIT, || {
-        get(&addr, "/healthz").is_some_and(|(c, _)| c == 503)
+        http_get(&addr, "/healthz").is_some_and(|(c, _)| c == 503)
     });
     d.wait_until("failed attempts counted as retries, data queued", WAIT, || {
-        get(&addr, "/metrics").is_some_and(|(_, b)| {
+        http_get(&addr, "/metrics").is_some_and(|(_, b)| {
             metric(&b, "logship_output_retries_total{output=\"s3\"}").is_some_and(|r| r > 0)
                 && metric(&b, "logship_buffer_chunks ").is_some_and(|c| c > 0)
         })
@@ -116,9 +96,9 @@ force_path_style = true
     // Back: delivered, healthy again.
     proxy.set_always(Fault::Pass);
     d.wait_until("/healthz recovers", WAIT, || {
-        get(&addr, "/healthz").is_some_and(|(c, _)| c == 200)
+        http_get(&addr, "/healthz").is_some_and(|(c, _)| c == 200)
     });
-    let (_, body) = get(&addr, "/metrics").unwrap();
+    let (_, body) = http_get(&addr, "/metrics").unwrap();
     assert_eq!(metric(&body, &path_label), Some(1100), "{body}");
     env.signal_end();
     let mut d = d;

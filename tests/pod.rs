@@ -11,13 +11,12 @@ mod common;
 mod s3;
 
 use std::fs;
-use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, append, assert_bytes_eq, bin, lines};
-use s3::S3Server;
+use common::{Daemon, append, assert_bytes_eq, bin, http_get, lines, metric};
+use s3::{S3Server, kubelet_write};
 
 const WAIT: Duration = Duration::from_secs(90);
 const POD: &str = "spark-job-1-driver";
@@ -48,48 +47,6 @@ fn in_pod(writable: &[&Path], secret: &Path, config: &Path) -> Command {
     .args(["run", "--config"])
     .arg(config);
     cmd
-}
-
-/// What the kubelet does to a Secret volume: a new timestamped directory, then `..data` swapped
-/// to it atomically; `presigned-post` is a symlink through `..data`.
-fn kubelet_write(dir: &Path, content: &[u8], generation: u32) {
-    let gen_dir = dir.join(format!("..2026_11_24_00_00_{generation:02}.000000000"));
-    fs::create_dir_all(&gen_dir).unwrap();
-    fs::write(gen_dir.join("presigned-post"), content).unwrap();
-    let tmp = dir.join("..data_tmp");
-    let _ = fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(gen_dir.file_name().unwrap(), &tmp).unwrap();
-    fs::rename(&tmp, dir.join("..data")).unwrap();
-    let link = dir.join("presigned-post");
-    if fs::symlink_metadata(&link).is_err() {
-        std::os::unix::fs::symlink("..data/presigned-post", &link).unwrap();
-    }
-}
-
-fn presign(server: &S3Server, prefix: &str) -> Vec<u8> {
-    let out = Command::new(bin())
-        .args(["presign", "--bucket", "logs", "--key-prefix", prefix, "--expires", "1h"])
-        .args(["--endpoint", &server.endpoint])
-        .envs(server.env())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    out.stdout
-}
-
-fn get(addr: &str, path: &str) -> Option<String> {
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out.split_once("\r\n\r\n")?.1.to_string())
-}
-
-fn metric(body: &str, line_start: &str) -> Option<u64> {
-    body.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 /// The objects under `prefix`, concatenated in index order (`<prefix><n>.txt` or `events_<n>_`).
@@ -126,7 +83,7 @@ fn a_pod_run_as_emr_runs_it_ships_everything_and_ends_with_the_heartbeat() {
     for d in [&comm, &user.join(POD), &apps, &tmp, &secret] {
         fs::create_dir_all(d).unwrap();
     }
-    kubelet_write(&secret, &presign(&server, "job-1/"), 1);
+    kubelet_write(&secret, &server.presign("logs", "job-1/", "1h", "5GB"), 1);
     let heartbeat = comm.join("main-container-terminated");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -202,7 +159,7 @@ s3 = {{ presigned_post = "{secret}/presigned-post" }}
         append(&stderr, &lines("err", round * 100, 100));
         if round == 3 {
             // The kubelet refreshes the Secret mid-run.
-            kubelet_write(&secret, &presign(&server, "job-1/"), 2);
+            kubelet_write(&secret, &server.presign("logs", "job-1/", "1h", "5GB"), 2);
         }
         let t = Instant::now();
         while t.elapsed() < Duration::from_millis(700) {
@@ -222,7 +179,7 @@ s3 = {{ presigned_post = "{secret}/presigned-post" }}
         stdout.display()
     );
     d.wait_until("the metrics count every stdout line", WAIT, || {
-        get(&addr, "/metrics").is_some_and(|b| metric(&b, &stdout_label) == Some(1800))
+        http_get(&addr, "/metrics").is_some_and(|(_, b)| metric(&b, &stdout_label) == Some(1800))
     });
     // The Spark container exits: no more heartbeats.
     let stopped = Instant::now();

@@ -14,28 +14,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use s3server::S3Server;
+use s3server::{S3Server, kubelet_write};
 
 const T: Duration = Duration::from_secs(90);
 
-/// `logship presign` against the test server; returns the JSON.
+/// `logship presign` against the test server (bucket `logs`); returns the JSON.
 fn presign(server: &S3Server, prefix: &str, expires: &str, max_size: &str) -> Vec<u8> {
-    let out = Command::new(bin())
-        .args([
-            "presign",
-            "--bucket",
-            "logs",
-            "--key-prefix",
-            prefix,
-            "--expires",
-            expires,
-        ])
-        .args(["--max-size", max_size, "--endpoint", &server.endpoint])
-        .envs(server.env())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    out.stdout
+    server.presign("logs", prefix, expires, max_size)
 }
 
 /// A presigned POST made by boto3 (PyPI), as EMR's control plane would make one; `signature`
@@ -188,22 +173,6 @@ fn a_presigned_post_made_by_boto3_is_accepted() {
         assert!(st.success(), "{signature:?}: {}", d.stderr());
         assert_bytes_eq(&collect_s3(&server, &prefix, "driver.log", "text"), &a);
         assert_bytes_eq(&collect_s3(&server, &prefix, "stderr.log", "text"), &b);
-    }
-}
-
-/// Writes `content` as the kubelet updates a Secret volume: a new timestamped directory, then an
-/// atomic swap of the `..data` symlink; `presigned-post` itself is a symlink into `..data`.
-fn kubelet_write(dir: &Path, content: &[u8], generation: u32) {
-    let gen_dir = dir.join(format!("..2026_11_24_00_00_{generation:02}.000000000"));
-    fs::create_dir_all(&gen_dir).unwrap();
-    fs::write(gen_dir.join("presigned-post"), content).unwrap();
-    let tmp = dir.join("..data_tmp");
-    let _ = fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(gen_dir.file_name().unwrap(), &tmp).unwrap();
-    fs::rename(&tmp, dir.join("..data")).unwrap();
-    let link = dir.join("presigned-post");
-    if fs::symlink_metadata(&link).is_err() {
-        std::os::unix::fs::symlink("..data/presigned-post", &link).unwrap();
     }
 }
 

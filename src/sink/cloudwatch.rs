@@ -173,15 +173,7 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
 impl CloudWatchSink {
     /// Builds the output (loads the AWS configuration).
     pub async fn new(settings: &CloudWatchSettings) -> CloudWatchSink {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(r) = &settings.region {
-            loader = loader.region(aws_config::Region::new(r.clone()));
-        }
-        let shared = loader.load().await;
-        let timeouts = aws_config::timeout::TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .operation_attempt_timeout(Duration::from_secs(60))
-            .build();
+        let (shared, timeouts) = super::aws_config(settings.region.as_deref(), Duration::from_secs(60)).await;
         let mut b = aws_sdk_cloudwatchlogs::config::Builder::from(&shared).timeout_config(timeouts);
         if let Some(e) = &settings.endpoint {
             b = b.endpoint_url(e);

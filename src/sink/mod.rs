@@ -59,6 +59,24 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// The AWS configuration of an SDK output: the default credential chain (env, web identity /
+/// IRSA, EKS Pod Identity, IMDS), `region` when given, and timeouts (10 s to connect,
+/// `attempt` per attempt). Each SDK builds its client from it.
+pub(crate) async fn aws_config(
+    region: Option<&str>,
+    attempt: std::time::Duration,
+) -> (aws_config::SdkConfig, aws_config::timeout::TimeoutConfig) {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(r) = region {
+        loader = loader.region(aws_config::Region::new(r.to_string()));
+    }
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .operation_attempt_timeout(attempt)
+        .build();
+    (loader.load().await, timeouts)
+}
+
 /// One configured output.
 #[derive(Debug)]
 pub enum Sink {

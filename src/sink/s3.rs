@@ -48,15 +48,8 @@ impl S3Sink {
                     .expect("HTTP client"),
             },
             None => {
-                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-                if let Some(r) = &settings.region {
-                    loader = loader.region(aws_config::Region::new(r.clone()));
-                }
-                let shared = loader.load().await;
-                let timeouts = aws_config::timeout::TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(10))
-                    .operation_attempt_timeout(settings.request_timeout.get())
-                    .build();
+                let (shared, timeouts) =
+                    super::aws_config(settings.region.as_deref(), settings.request_timeout.get()).await;
                 let mut b = aws_sdk_s3::config::Builder::from(&shared)
                     .force_path_style(settings.force_path_style)
                     .timeout_config(timeouts);

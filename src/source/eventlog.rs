@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::buffer::{ChunkStore, SourceCheckpoint};
 use crate::config::{AppStatusMode, EventLogMode, Framing, SourceConfig, SourceKind};
-use crate::fsutil::FileId;
+use crate::fsutil::{FileId, ends_with_newline};
 
 use super::tail::{TailError, TailSource, TailStats};
 
@@ -645,11 +645,6 @@ fn whole_lines_len(file: &File, size: u64) -> std::io::Result<u64> {
         end = start;
     }
     Ok(0)
-}
-
-fn ends_with_newline(file: &File, size: u64) -> bool {
-    let mut last = [0u8];
-    size > 0 && file.read_at(&mut last, size - 1).is_ok_and(|n| n == 1) && last[0] == b'\n'
 }
 
 #[cfg(test)]

@@ -334,11 +334,7 @@ impl TailSource {
             .iter()
             .map(|f| {
                 let size = f.file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
-                let mut last = [0u8];
-                let done = size > 0
-                    && f.pos == size
-                    && f.file.read_at(&mut last, size - 1).is_ok_and(|n| n == 1)
-                    && last[0] == b'\n';
+                let done = f.pos == size && crate::fsutil::ends_with_newline(&f.file, size);
                 (f.path.as_path(), f.tag.as_str(), done)
             })
             .collect()

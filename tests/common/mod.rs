@@ -294,3 +294,24 @@ pub fn set_flag(args: &mut Vec<String>, flag: &str, value: &str) {
         args.push(value.to_string());
     }
 }
+
+/// GET `path` from `addr` (HTTP/1.1, one request): the status code and the body.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let code = out.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, out.split_once("\r\n\r\n")?.1.to_string()))
+}
+
+/// The value of the Prometheus sample whose line starts with `line_start` (name and labels).
+pub fn metric(body: &str, line_start: &str) -> Option<u64> {
+    body.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64)
+}

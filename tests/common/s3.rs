@@ -75,6 +75,26 @@ impl S3Server {
         out
     }
 
+    /// A presigned POST JSON made by `logship presign` for writing under `prefix` in `bucket`.
+    pub fn presign(&self, bucket: &str, prefix: &str, expires: &str, max_size: &str) -> Vec<u8> {
+        let out = std::process::Command::new(crate::common::bin())
+            .args([
+                "presign",
+                "--bucket",
+                bucket,
+                "--key-prefix",
+                prefix,
+                "--expires",
+                expires,
+            ])
+            .args(["--max-size", max_size, "--endpoint", &self.endpoint])
+            .envs(self.env())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    }
+
     /// Environment for logship / boto3 to use the server with static credentials.
     pub fn env(&self) -> Vec<(String, String)> {
         vec![
@@ -107,6 +127,22 @@ fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
         } else {
             out.push(p.strip_prefix(base).unwrap().to_string_lossy().into_owned());
         }
+    }
+}
+
+/// What the kubelet does to a Secret volume: a new timestamped directory, then `..data` swapped
+/// to it atomically; `presigned-post` is a symlink through `..data`.
+pub fn kubelet_write(dir: &Path, content: &[u8], generation: u32) {
+    let gen_dir = dir.join(format!("..2026_11_24_00_00_{generation:02}.000000000"));
+    std::fs::create_dir_all(&gen_dir).unwrap();
+    std::fs::write(gen_dir.join("presigned-post"), content).unwrap();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(gen_dir.file_name().unwrap(), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    let link = dir.join("presigned-post");
+    if std::fs::symlink_metadata(&link).is_err() {
+        std::os::unix::fs::symlink("..data/presigned-post", &link).unwrap();
     }
 }
 
