@@ -19,3 +19,4 @@ pub mod sink;
 pub mod source;
 pub mod summary;
 pub mod units;
+pub mod wrap;

@@ -72,6 +72,23 @@ enum Command {
     },
     /// Quick mode: ship files to a destination without a config file.
     Ship(Box<ShipArgs>),
+    /// Run a command as the Spark container's entrypoint, speaking the sidecar's lifecycle
+    /// contract for it: touch the heartbeat file every 2 s while it runs, forward signals to it,
+    /// and when it ends write the signal file (with its exit code) and exit with its code.
+    Wrap {
+        /// The heartbeat file to touch (EMR: /var/log/fluentd/main-container-terminated).
+        #[arg(long, env = "SIDECAR_SIGNAL_FILE")]
+        heartbeat_file: Option<PathBuf>,
+        /// The file to write with the exit code when the command ends.
+        #[arg(long)]
+        signal_file: Option<PathBuf>,
+        /// How often the heartbeat file is touched.
+        #[arg(long, default_value = "2s")]
+        heartbeat_interval: HumanDuration,
+        /// The command and its arguments (after `--`).
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -301,6 +318,21 @@ fn real_main(cli: Cli) -> Result<i32> {
                 },
             };
             run_engine(c, None)
+        }
+        Command::Wrap {
+            heartbeat_file,
+            signal_file,
+            heartbeat_interval,
+            command,
+        } => {
+            let config = logship::wrap::WrapConfig {
+                command,
+                heartbeat_file,
+                signal_file,
+                interval: heartbeat_interval.get(),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            Ok(rt.block_on(logship::wrap::run(&config))?)
         }
         Command::Translate { file } => {
             let c = load_fluentd(&file)?;

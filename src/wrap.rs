@@ -1,0 +1,115 @@
+//! `logship wrap`: runs the Spark container's entrypoint as a child and speaks the sidecar's
+//! lifecycle contract for images that do not: it touches the heartbeat file every 2 s while the
+//! child runs, forwards signals to it, and when it ends writes the signal file (holding the exit
+//! code) and exits with the child's code. The sidecar then drains at once (signal file) or when the
+//! heartbeat goes stale, whichever it watches.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What to run and which files to keep.
+#[derive(Debug, Clone)]
+pub struct WrapConfig {
+    /// The command and its arguments.
+    pub command: Vec<String>,
+    /// Touched every `interval` while the child runs.
+    pub heartbeat_file: Option<PathBuf>,
+    /// Written (atomically) with the exit code when the child ends.
+    pub signal_file: Option<PathBuf>,
+    /// How often the heartbeat is touched.
+    pub interval: Duration,
+}
+
+/// Why the child could not be run.
+#[derive(Debug, thiserror::Error)]
+pub enum WrapError {
+    /// No command.
+    #[error("no command to run (usage: logship wrap [options] -- COMMAND [ARGS...])")]
+    NoCommand,
+    /// It could not be started.
+    #[error("cannot start {command}: {source}")]
+    Spawn {
+        /// The program.
+        command: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Waiting for it failed.
+    #[error("cannot wait for the child: {0}")]
+    Wait(std::io::Error),
+}
+
+fn touch(path: &std::path::Path) {
+    let r = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+    if let Err(e) = r {
+        tracing::warn!(path = %path.display(), error = %e, "cannot touch the heartbeat file");
+    }
+}
+
+/// Runs the child until it ends; returns the exit code to exit with (128 + signal when it was
+/// killed by one, as a shell reports it).
+pub async fn run(config: &WrapConfig) -> Result<i32, WrapError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (program, args) = config.command.split_first().ok_or(WrapError::NoCommand)?;
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .spawn()
+        .map_err(|source| WrapError::Spawn {
+            command: program.clone(),
+            source,
+        })?;
+    let pid = child.id().map(|p| p as i32);
+    let kinds = [
+        SignalKind::terminate(),
+        SignalKind::interrupt(),
+        SignalKind::hangup(),
+        SignalKind::quit(),
+        SignalKind::user_defined1(),
+        SignalKind::user_defined2(),
+    ];
+    // One small task per signal: each forwards what it receives to the child.
+    let forwarders: Vec<_> = kinds
+        .iter()
+        .filter_map(|k| signal(*k).ok().map(|s| (k.as_raw_value(), s)))
+        .map(|(signo, mut stream)| {
+            tokio::spawn(async move {
+                while stream.recv().await.is_some() {
+                    if let Some(pid) = pid {
+                        // SAFETY: kill(2) on our own child.
+                        unsafe { libc::kill(pid, signo) };
+                    }
+                }
+            })
+        })
+        .collect();
+    if let Some(hb) = &config.heartbeat_file {
+        touch(hb);
+    }
+    let mut tick = tokio::time::interval(config.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let status = loop {
+        tokio::select! {
+            st = child.wait() => break st.map_err(WrapError::Wait)?,
+            _ = tick.tick() => {
+                if let Some(hb) = &config.heartbeat_file {
+                    touch(hb);
+                }
+            }
+        }
+    };
+    for f in forwarders {
+        f.abort();
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    if let Some(sf) = &config.signal_file
+        && let Err(e) = crate::fsutil::write_atomic(sf, format!("{code}\n").as_bytes(), true)
+    {
+        tracing::error!(path = %sf.display(), error = %e, "cannot write the signal file");
+    }
+    Ok(code)
+}

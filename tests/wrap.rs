@@ -1,0 +1,97 @@
+//! `logship wrap`: the child's exit code and the signals sent to it pass through; the heartbeat
+//! and the signal file behave as the daemon expects (a test runs both together).
+
+mod common;
+
+use std::fs;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Daemon, Env, bin, wait_until};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn wrap(env: &Env, script: &str) -> Vec<String> {
+    vec![
+        "wrap".into(),
+        "--heartbeat-file".into(),
+        env.dir.path().join("heartbeat").display().to_string(),
+        "--signal-file".into(),
+        env.signal.display().to_string(),
+        "--heartbeat-interval".into(),
+        "200ms".into(),
+        "--".into(),
+        "sh".into(),
+        "-c".into(),
+        script.into(),
+    ]
+}
+
+#[test]
+fn exit_codes_pass_through_and_the_signal_file_holds_them() {
+    let env = Env::new();
+    let st = Command::new(bin()).args(wrap(&env, "exit 7")).status().unwrap();
+    assert_eq!(st.code(), Some(7));
+    assert_eq!(fs::read_to_string(&env.signal).unwrap(), "7\n");
+    let st = Command::new(bin()).args(wrap(&env, "kill -9 $$")).status().unwrap();
+    assert_eq!(st.code(), Some(137), "killed by SIGKILL is 128 + 9, as a shell says");
+    assert_eq!(fs::read_to_string(&env.signal).unwrap(), "137\n");
+    let out = Command::new(bin())
+        .args(["wrap", "--", "/no/such/program"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/program"));
+}
+
+#[test]
+fn signals_are_forwarded_to_the_child() {
+    let env = Env::new();
+    let ready = env.dir.path().join("ready");
+    let script = format!(
+        "trap 'echo got-term; exit 42' TERM; touch '{}'; while :; do sleep 0.05; done",
+        ready.display()
+    );
+    let mut d = Daemon::spawn(&wrap(&env, &script), env.dir.path());
+    d.wait_until("the child is ready", WAIT, || ready.exists());
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(WAIT).code(), Some(42), "{}", d.stderr());
+    assert_eq!(d.stdout(), b"got-term\n");
+    assert_eq!(fs::read_to_string(&env.signal).unwrap(), "42\n");
+}
+
+#[test]
+fn the_daemon_follows_the_wrapped_container_and_drains_when_it_ends() {
+    let env = Env::new();
+    let heartbeat = env.dir.path().join("heartbeat");
+    let log = env.path("app.log");
+    let go = env.dir.path().join("go");
+    // The sidecar watches the heartbeat (long timeout, so only the signal file can end it soon).
+    let mut args = env.follow_args("*.log");
+    args.extend([
+        "--heartbeat-file".into(),
+        heartbeat.display().to_string(),
+        "--heartbeat-timeout".into(),
+        "60s".into(),
+    ]);
+    let sidecar = Daemon::spawn(&args, env.dir.path());
+    let script = format!(
+        "echo first >> '{log}'; while [ ! -e '{go}' ]; do sleep 0.05; done; printf 'last' >> '{log}'; exit 3",
+        log = log.display(),
+        go = go.display()
+    );
+    let mut main = Daemon::spawn(&wrap(&env, &script), env.dir.path());
+    // While the wrapped command runs, the heartbeat stays fresh.
+    wait_until("the heartbeat is touched", WAIT, || heartbeat.exists());
+    let first = fs::metadata(&heartbeat).unwrap().modified().unwrap();
+    wait_until("the heartbeat is touched again", WAIT, || {
+        fs::metadata(&heartbeat).unwrap().modified().unwrap() > first
+    });
+    assert!(!env.signal.exists(), "no signal file while the command runs");
+    fs::write(&go, b"").unwrap();
+    assert_eq!(main.wait_exit(WAIT).code(), Some(3), "{}", main.stderr());
+    let mut sidecar = sidecar;
+    assert_eq!(sidecar.wait_exit(WAIT).code(), Some(0), "{}", sidecar.stderr());
+    assert!(sidecar.stderr().contains("signal file"), "{}", sidecar.stderr());
+    assert_eq!(common::collect(&env.out, "app.log"), b"first\nlast");
+}
