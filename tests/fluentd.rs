@@ -1,7 +1,8 @@
-//! EMR's fluentd configurations run unchanged: the fixtures (`../shared/fixtures/emr/`) translate
-//! and run end to end with the driver pod template's environment (paths moved to temporary
-//! directories) against the in-process S3 server with a presigned POST, and a container-log
-//! configuration in EMR's shape runs against moto and S3. Malformed configs give precise errors.
+//! EMR's fluentd configurations run unchanged. The fixtures (`tests/fixtures/emr/`, copied from the
+//! project's shared EMR fixtures) translate and run end to end with the driver pod template's
+//! environment (paths moved to temporary directories) against the in-process S3 server with a
+//! presigned POST, and a container-log configuration in EMR's shape runs against moto and S3.
+//! Malformed configs give precise errors.
 
 mod common;
 #[path = "common/moto.rs"]
@@ -26,7 +27,7 @@ const PREFIX: &str = "123456789012/vc/jobs/job/sparklogs";
 
 fn fixture(name: &str) -> String {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/emr")
+        .join("tests/fixtures/emr")
         .join(name);
     fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
