@@ -18,6 +18,10 @@ use super::compress::{cleanup, prepare};
 use crate::buffer::SealedChunk;
 use crate::config::{OutputConfig, S3Settings};
 
+/// Read size of a request body streamed from a chunk file (the SDK's default is 4 KiB: a system
+/// call and a poll per 4 KiB).
+const READ_BUFFER: usize = 256 * 1024;
+
 /// How the S3 output authenticates.
 #[derive(Debug)]
 enum Access {
@@ -147,6 +151,7 @@ impl S3Sink {
         }
         let body = ByteStream::read_from()
             .path(file)
+            .buffer_size(READ_BUFFER)
             .build()
             .await
             .map_err(|e| DeliveryError::Retryable(format!("cannot read {}: {e}", file.display())))?;
@@ -206,6 +211,7 @@ impl S3Sink {
                 let size = part_size.min(len - offset);
                 let body = ByteStream::read_from()
                     .path(file)
+                    .buffer_size(READ_BUFFER)
                     .offset(offset)
                     .length(aws_sdk_s3::primitives::Length::Exact(size))
                     .build()
