@@ -31,6 +31,10 @@ enum Command {
         /// A fluentd configuration to translate and run (see `logship translate`).
         #[arg(long)]
         fluentd_config: Option<PathBuf>,
+        /// The native config as TOML text (for a pod spec that carries its config in an
+        /// environment variable, as `logship-inject template` writes it).
+        #[arg(long, env = "LOGSHIP_CONFIG_TOML", hide_env_values = true, conflicts_with_all = ["config", "fluentd_config"])]
+        config_toml: Option<String>,
     },
     /// Translate a fluentd configuration (as EMR on EKS generates it) into logship's native TOML
     /// and print it; what is ignored is listed on stderr.
@@ -85,9 +89,22 @@ enum Command {
         /// How often the heartbeat file is touched.
         #[arg(long, default_value = "2s")]
         heartbeat_interval: HumanDuration,
+        /// Also append the command's stdout to this file (it still goes to stdout), for images
+        /// whose entrypoint does not write K8S_SPARK_LOG_URL_STDOUT itself.
+        #[arg(long)]
+        stdout_file: Option<PathBuf>,
+        /// Also append the command's stderr to this file.
+        #[arg(long)]
+        stderr_file: Option<PathBuf>,
         /// The command and its arguments (after `--`).
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
+    },
+    /// Copy this executable to DEST (mode 0755), for an init container that puts logship into a
+    /// volume the Spark container then runs `logship wrap` from (the image has no shell or cp).
+    Install {
+        /// Where to put the copy, e.g. /opt/logship/bin/logship.
+        dest: PathBuf,
     },
 }
 
@@ -303,8 +320,13 @@ fn real_main(cli: Cli) -> Result<i32> {
             println!("{}", serde_json::to_string_pretty(&post)?);
             Ok(0)
         }
-        Command::Run { config, fluentd_config } => {
+        Command::Run {
+            config,
+            fluentd_config,
+            config_toml,
+        } => {
             let c = match (config, fluentd_config) {
+                _ if let Some(text) = &config_toml => Config::parse(text, "LOGSHIP_CONFIG_TOML")?,
                 (Some(c), _) => Config::load(&c)?,
                 (None, Some(f)) => load_fluentd(&f)?,
                 (None, None) => match logship::fluentd::emr_config_path() {
@@ -323,6 +345,8 @@ fn real_main(cli: Cli) -> Result<i32> {
             heartbeat_file,
             signal_file,
             heartbeat_interval,
+            stdout_file,
+            stderr_file,
             command,
         } => {
             let config = logship::wrap::WrapConfig {
@@ -330,9 +354,16 @@ fn real_main(cli: Cli) -> Result<i32> {
                 heartbeat_file,
                 signal_file,
                 interval: heartbeat_interval.get(),
+                stdout_file,
+                stderr_file,
             };
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             Ok(rt.block_on(logship::wrap::run(&config))?)
+        }
+        Command::Install { dest } => {
+            install_self(&dest).with_context(|| format!("cannot install logship at {}", dest.display()))?;
+            eprintln!("logship: installed at {}", dest.display());
+            Ok(0)
         }
         Command::Translate { file } => {
             let c = load_fluentd(&file)?;
@@ -386,6 +417,23 @@ fn real_main(cli: Cli) -> Result<i32> {
             run_engine(c, temp)
         }
     }
+}
+
+/// Copies the running executable to `dest` through a temporary file and a rename, so a
+/// restarted init container never leaves a half-written binary behind.
+fn install_self(dest: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = std::env::current_exe()?;
+    let dir = dest
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::fs::copy(&exe, tmp.path())?;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))?;
+    tmp.persist(dest).map_err(|e| e.error)?;
+    Ok(())
 }
 
 /// Parses and translates a fluentd config; what was ignored goes to the log.

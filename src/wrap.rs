@@ -18,6 +18,11 @@ pub struct WrapConfig {
     pub signal_file: Option<PathBuf>,
     /// How often the heartbeat is touched.
     pub interval: Duration,
+    /// The child's stdout is copied here too (appended), for images whose entrypoint does not
+    /// write `K8S_SPARK_LOG_URL_STDOUT` itself; it still reaches the container's stdout.
+    pub stdout_file: Option<PathBuf>,
+    /// The same for stderr.
+    pub stderr_file: Option<PathBuf>,
 }
 
 /// Why the child could not be run.
@@ -39,6 +44,50 @@ pub enum WrapError {
     Wait(std::io::Error),
 }
 
+/// How long output copying may go on after the child exited.
+const TEE_GRACE: Duration = Duration::from_secs(5);
+
+/// Copies a child's output stream to our own and appends it to `path` (directories created).
+/// Our own stream always gets everything; a file that cannot be written is reported once and
+/// then left alone, so logging problems never stall or kill the Spark process.
+async fn tee<R, W>(mut from: R, mut to: W, path: PathBuf)
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use std::io::Write;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let open = || {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::OpenOptions::new().create(true).append(true).open(&path)
+    };
+    let mut file = match open() {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot open the output copy");
+            None
+        }
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let _ = to.write_all(&buf[..n]).await;
+        let _ = to.flush().await;
+        // Small appends to a local file: a blocking write is cheaper than a thread hop.
+        if let Some(f) = &mut file
+            && let Err(e) = f.write_all(&buf[..n])
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the output copy; stopped copying");
+            file = None;
+        }
+    }
+}
+
 fn touch(path: &std::path::Path) {
     let r = std::fs::OpenOptions::new()
         .create(true)
@@ -55,14 +104,26 @@ fn touch(path: &std::path::Path) {
 pub async fn run(config: &WrapConfig) -> Result<i32, WrapError> {
     use tokio::signal::unix::{SignalKind, signal};
     let (program, args) = config.command.split_first().ok_or(WrapError::NoCommand)?;
-    let mut child = tokio::process::Command::new(program)
-        .args(args)
-        .spawn()
-        .map_err(|source| WrapError::Spawn {
-            command: program.clone(),
-            source,
-        })?;
+    let mut command = tokio::process::Command::new(program);
+    command.args(args);
+    if config.stdout_file.is_some() {
+        command.stdout(std::process::Stdio::piped());
+    }
+    if config.stderr_file.is_some() {
+        command.stderr(std::process::Stdio::piped());
+    }
+    let mut child = command.spawn().map_err(|source| WrapError::Spawn {
+        command: program.clone(),
+        source,
+    })?;
     let pid = child.id().map(|p| p as i32);
+    let mut tees = Vec::new();
+    if let (Some(out), Some(path)) = (child.stdout.take(), &config.stdout_file) {
+        tees.push(tokio::spawn(tee(out, tokio::io::stdout(), path.clone())));
+    }
+    if let (Some(err), Some(path)) = (child.stderr.take(), &config.stderr_file) {
+        tees.push(tokio::spawn(tee(err, tokio::io::stderr(), path.clone())));
+    }
     let kinds = [
         SignalKind::terminate(),
         SignalKind::interrupt(),
@@ -103,6 +164,13 @@ pub async fn run(config: &WrapConfig) -> Result<i32, WrapError> {
     };
     for f in forwarders {
         f.abort();
+    }
+    // The copies end at the pipes' end of file; a grandchild that keeps a pipe open does not
+    // hold the exit (and the signal file) for more than a few seconds.
+    for t in tees {
+        if tokio::time::timeout(TEE_GRACE, t).await.is_err() {
+            tracing::warn!("the child's output pipe stayed open after it exited; stopped copying it");
+        }
     }
     use std::os::unix::process::ExitStatusExt;
     let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));

@@ -95,3 +95,43 @@ fn the_daemon_follows_the_wrapped_container_and_drains_when_it_ends() {
     assert!(sidecar.stderr().contains("signal file"), "{}", sidecar.stderr());
     assert_eq!(common::collect(&env.out, "app.log"), b"first\nlast");
 }
+
+#[test]
+fn output_is_copied_to_the_container_log_files_and_still_reaches_the_streams() {
+    let env = Env::new();
+    let user = env.dir.path().join("user/pod-1");
+    let mut args = wrap(&env, "echo out-1; echo err-1 >&2; printf 'out-2'; exit 5");
+    let at = args.iter().position(|a| a == "--").unwrap();
+    args.splice(
+        at..at,
+        [
+            "--stdout-file".to_string(),
+            user.join("stdout").display().to_string(),
+            "--stderr-file".to_string(),
+            user.join("stderr").display().to_string(),
+        ],
+    );
+    let out = Command::new(bin()).args(&args).output().unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(out.stdout, b"out-1\nout-2");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("err-1\n"));
+    assert_eq!(fs::read(user.join("stdout")).unwrap(), b"out-1\nout-2");
+    assert_eq!(fs::read(user.join("stderr")).unwrap(), b"err-1\n");
+    // Appended, as a restarted container would: nothing written before is lost.
+    let out = Command::new(bin()).args(&args).output().unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(fs::read(user.join("stdout")).unwrap(), b"out-1\nout-2out-1\nout-2");
+}
+
+#[test]
+fn install_copies_the_executable_so_another_container_can_run_it() {
+    let env = Env::new();
+    let dest = env.dir.path().join("bin/logship");
+    let st = Command::new(bin()).arg("install").arg(&dest).status().unwrap();
+    assert!(st.success());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o755);
+    assert_eq!(fs::read(&dest).unwrap(), fs::read(bin()).unwrap());
+    let out = Command::new(&dest).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("logship "));
+}

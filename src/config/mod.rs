@@ -617,7 +617,9 @@ impl Config {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
     }
 
-    /// Replaces `${NAME}` environment references in the outputs' `path` and `key_format`.
+    /// Replaces `${NAME}` environment references in the outputs' `path`, `key_format` and
+    /// CloudWatch names, the sources' `paths` and the lifecycle files (so one config serves every
+    /// pod: `heartbeat_file = "${SIDECAR_SIGNAL_FILE}"`).
     pub fn interpolate_env(&mut self) -> Result<(), ConfigError> {
         use crate::sink::key::interpolate_env;
         for (i, o) in self.outputs.iter_mut().enumerate() {
@@ -629,6 +631,22 @@ impl Config {
                 .map_err(|e| invalid(format!("output[{i}].cloudwatch.log_group"), e.to_string()))?;
             cw.log_stream = interpolate_env(&cw.log_stream)
                 .map_err(|e| invalid(format!("output[{i}].cloudwatch.log_stream"), e.to_string()))?;
+        }
+        let lifecycle = &mut self.lifecycle;
+        for (name, file) in [
+            ("lifecycle.heartbeat_file", &mut lifecycle.heartbeat_file),
+            ("lifecycle.signal_file", &mut lifecycle.signal_file),
+        ] {
+            if let Some(f) = file {
+                let text =
+                    interpolate_env(&f.to_string_lossy()).map_err(|e| invalid(name.to_string(), e.to_string()))?;
+                *f = PathBuf::from(text);
+            }
+        }
+        for (i, s) in self.sources.iter_mut().enumerate() {
+            for p in &mut s.paths {
+                *p = interpolate_env(p).map_err(|e| invalid(format!("source[{i}].paths"), e.to_string()))?;
+            }
         }
         for s in &mut self.sources {
             if s.kind == SourceKind::SparkEvents {
