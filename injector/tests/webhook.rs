@@ -1,0 +1,365 @@
+//! The admission webhook over real HTTPS (rustls, a certificate made by openssl): it answers
+//! AdmissionReview JSON for a pod real Spark built (`fixtures/admission-review-driver.json`,
+//! recorded from spark-submit), its JSONPatch applied to that pod gives exactly what the CLI
+//! gives, a patched pod gets an empty patch, opt-in and opt-out hold, conflicts deny (or warn),
+//! health answers, and a replaced certificate is served without a restart.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine;
+use common::*;
+use logship_inject::options::SidecarOptions;
+use logship_inject::webhook::{OnError, Webhook, WebhookConfig};
+use serde_json::{Value, json};
+
+const IMAGE: &str = "registry.example/logship:1";
+const SIDECAR_ARGS: [&str; 4] = ["--image", IMAGE, "--to", "s3://logs-bucket/spark"];
+
+/// A CA (ca.pem) and a certificate it signs for 127.0.0.1 (cert.pem, key.pem) in `dir`, as
+/// cert-manager makes them; the API server trusts the CA (the webhook's caBundle).
+fn certificate(dir: &Path, cn: &str) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let subj = format!("/CN={cn}");
+    let ca_subj = format!("/CN={cn} CA");
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        &ca_subj,
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem.new",
+    ]);
+    openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        &subj,
+        "-keyout",
+        "key.pem.new",
+        "-out",
+        "leaf.csr",
+    ]);
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem.new",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "cert.pem.new",
+    ]);
+    // Key first, then certificate, each by rename, as a Secret update lands.
+    std::fs::rename(dir.join("key.pem.new"), dir.join("key.pem")).unwrap();
+    std::fs::rename(dir.join("cert.pem.new"), dir.join("cert.pem")).unwrap();
+    std::fs::rename(dir.join("ca.pem.new"), dir.join("ca.pem")).unwrap();
+}
+
+fn options(extra: &[&str]) -> SidecarOptions {
+    use clap::{Args, Command as ClapCommand, FromArgMatches};
+    let cmd = SidecarOptions::augment_args(ClapCommand::new("t"));
+    let mut argv = vec!["t"];
+    argv.extend(SIDECAR_ARGS);
+    argv.extend(extra);
+    SidecarOptions::from_arg_matches(&cmd.get_matches_from(argv)).unwrap()
+}
+
+fn client(dir: &Path) -> reqwest::blocking::Client {
+    client_trusting(&std::fs::read(dir.join("ca.pem")).unwrap())
+}
+
+/// A new client (no pooled connections) that trusts the CA `pem`.
+fn client_trusting(pem: &[u8]) -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(pem).unwrap())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// The webhook in this process on 127.0.0.1; dropped, it stops.
+struct Served {
+    url: String,
+    _stop: tokio::sync::oneshot::Sender<()>,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn serve(dir: &Path, extra: &[&str], on_error: OnError) -> Served {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let hook = rt
+        .block_on(Webhook::bind(WebhookConfig {
+            listen: "127.0.0.1:0".into(),
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            options: options(extra),
+            on_error,
+        }))
+        .unwrap();
+    let url = format!("https://{}", hook.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    rt.spawn(hook.serve(async {
+        let _ = rx.await;
+    }));
+    Served {
+        url,
+        _stop: tx,
+        _rt: rt,
+    }
+}
+
+fn review_json() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture("admission-review-driver.json")).unwrap()).unwrap()
+}
+
+fn post(c: &reqwest::blocking::Client, url: &str, review: &Value) -> Value {
+    let r = c
+        .post(format!("{url}/mutate"))
+        .header("content-type", "application/json")
+        .body(review.to_string())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = serde_json::from_str(&r.text().unwrap()).unwrap();
+    assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(v["kind"], "AdmissionReview");
+    assert_eq!(v["response"]["uid"], review["request"]["uid"]);
+    v["response"].clone()
+}
+
+fn apply(pod: &Value, response: &Value) -> Value {
+    assert_eq!(response["patchType"], "JSONPatch");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(response["patch"].as_str().unwrap())
+        .unwrap();
+    let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+    let mut out = pod.clone();
+    json_patch::patch(&mut out, &patch).unwrap();
+    out
+}
+
+#[test]
+fn the_patch_gives_the_pod_the_cli_gives_and_a_patched_pod_gets_none() {
+    let dir = tempfile::tempdir().unwrap();
+    certificate(dir.path(), "logship-inject");
+    let served = serve(dir.path(), &[], OnError::Deny);
+    let c = client(dir.path());
+    assert_eq!(
+        c.get(format!("{}/healthz", served.url)).send().unwrap().text().unwrap(),
+        "ok\n"
+    );
+
+    let review = review_json();
+    let pod = &review["request"]["object"];
+    let response = post(&c, &served.url, &review);
+    assert_eq!(response["allowed"], true, "{response}");
+    let patched = apply(pod, &response);
+
+    // The CLI on the same pod, told which container is Spark's (the webhook finds it by its
+    // `driver` arguments: Spark moved it after the template's other containers).
+    let mut args = vec![
+        "template",
+        "--role",
+        "driver",
+        "--spark-container",
+        "spark",
+        "--output",
+        "json",
+    ];
+    args.extend(SIDECAR_ARGS);
+    let cli: Value = serde_json::from_str(&ok(&args, pod.to_string().as_bytes())).unwrap();
+    assert_eq!(patched, cli, "webhook and CLI disagree");
+    assert_eq!(names(&patched, "containers"), ["metrics-exporter", "spark", "logship"]);
+    let spark = container(&patched, "containers", "spark").unwrap();
+    assert_eq!(
+        env(spark, "SIDECAR_SIGNAL_FILE").unwrap()["value"],
+        "/var/log/fluentd/main-container-terminated"
+    );
+    contains(&patched, pod, "").unwrap();
+
+    // Idempotent: the patched pod comes back unchanged.
+    let mut again = review.clone();
+    again["request"]["object"] = patched.clone();
+    let response = post(&c, &served.url, &again);
+    assert_eq!(response["allowed"], true);
+    assert!(response.get("patch").is_none(), "{response}");
+
+    // Not a Spark pod, or opted out: allowed as is.
+    let mut other = review.clone();
+    other["request"]["object"]["metadata"]["labels"]
+        .as_object_mut()
+        .unwrap()
+        .remove("spark-role");
+    let response = post(&c, &served.url, &other);
+    assert_eq!(response, json!({"uid": review["request"]["uid"], "allowed": true}));
+    let mut out = review.clone();
+    out["request"]["object"]["metadata"]["annotations"]["logship.io/inject"] = json!("false");
+    assert!(post(&c, &served.url, &out).get("patch").is_none());
+
+    // Anything but an AdmissionReview is a 400.
+    let r = c.post(format!("{}/mutate", served.url)).body("{}").send().unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+#[test]
+fn a_pod_that_cannot_be_patched_is_denied_with_the_reason_or_allowed_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    certificate(dir.path(), "logship-inject");
+    let mut review = review_json();
+    review["request"]["object"]["spec"]["volumes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "logship-buffer", "hostPath": {"path": "/srv"}}));
+    let c = client(dir.path());
+    let deny = serve(dir.path(), &[], OnError::Deny);
+    let response = post(&c, &deny.url, &review);
+    assert_eq!(response["allowed"], false);
+    let msg = response["status"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("spark-jobs/") && msg.contains("volume logship-buffer already exists and is a hostPath"),
+        "{msg}"
+    );
+    let allow = serve(dir.path(), &[], OnError::Allow);
+    let response = post(&c, &allow.url, &review);
+    assert_eq!(response["allowed"], true);
+    assert!(response.get("patch").is_none());
+    assert!(
+        response["warnings"][0].as_str().unwrap().contains("logship-buffer"),
+        "{response}"
+    );
+}
+
+#[test]
+fn a_replaced_certificate_is_served_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    certificate(dir.path(), "first");
+    let served = serve(dir.path(), &[], OnError::Deny);
+    let old_ca = std::fs::read(dir.path().join("ca.pem")).unwrap();
+    assert!(
+        client_trusting(&old_ca)
+            .get(format!("{}/healthz", served.url))
+            .send()
+            .is_ok()
+    );
+    // Modification times have a resolution; make sure the new files look newer.
+    std::thread::sleep(Duration::from_millis(1100));
+    certificate(dir.path(), "second");
+    let second = client(dir.path());
+    let r = second.get(format!("{}/healthz", served.url)).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        client_trusting(&old_ca)
+            .get(format!("{}/healthz", served.url))
+            .send()
+            .is_err(),
+        "a client that trusts only the old certificate must now fail"
+    );
+}
+
+#[test]
+fn the_binary_serves_until_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    certificate(dir.path(), "logship-inject");
+    let log = dir.path().join("stderr");
+    let mut child = Command::new(bin())
+        .args(["webhook", "--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(dir.path().join("cert.pem"))
+        .arg("--tls-key")
+        .arg(dir.path().join("key.pem"))
+        .args(SIDECAR_ARGS)
+        .env("NO_COLOR", "1")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    struct Kill(u32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            // SAFETY: our own child; harmless when it already exited and was reaped.
+            unsafe { libc_kill(self.0 as i32, 9) };
+        }
+    }
+    let _guard = Kill(child.id());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let addr = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if let Some(i) = text.find("addr=") {
+            let rest = &text[i + 5..];
+            let end = rest.find(|c: char| c.is_whitespace()).unwrap_or(rest.len());
+            break rest[..end].to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "no address logged: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let c = client(dir.path());
+    let r = c.get(format!("https://{addr}/healthz")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    // SAFETY: our own child.
+    unsafe { libc_kill(child.id() as i32, 15) };
+    let st = child.wait().unwrap();
+    assert!(st.success(), "{st:?}: {}", std::fs::read_to_string(&log).unwrap());
+    // A bad certificate path is an error at start that names the file.
+    let out = Command::new(bin())
+        .args([
+            "webhook",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "/nonexistent/cert.pem",
+            "--tls-key",
+            "/nonexistent/key.pem",
+        ])
+        .args(SIDECAR_ARGS)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/cert.pem"));
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
