@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Benchmark: ship 1 GiB of Spark-like JSON lines to a local S3 server (s3s + s3s-fs, on
 loopback, in its own process): as text through a presigned POST, and as text, zstd and gzip
-through the S3 API. Reports logship's CPU seconds per GiB and peak RSS (GNU time).
+through the S3 API, over plain HTTP; and as text through the S3 API over HTTPS (a second server
+with a certificate from a throwaway CA made with openssl, trusted through SSL_CERT_FILE), the way
+real S3 endpoints are reached. Reports logship's CPU seconds per GiB and peak RSS (GNU time).
 
     cargo build --release --example s3_server && cargo build --release
     python3 benches/ship_s3.py [--gib 1]
@@ -23,6 +25,25 @@ SERVER = os.path.join(ROOT, "target", "release", "examples", "s3_server")
 CREDS = {"AWS_ACCESS_KEY_ID": "AKIALOGSHIPTEST00001",
          "AWS_SECRET_ACCESS_KEY": "logship-test-secret-key-0000000000000000",
          "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def make_certificate(work):
+    """A throwaway CA and a server certificate for 127.0.0.1 signed by it (openssl)."""
+    d = os.path.join(work, "tls")
+    os.makedirs(d)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run = lambda *args: subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+    run("req", "-x509", *ec, "-days", "2", "-subj", "/CN=bench CA", "-addext",
+        "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign",
+        "-keyout", "ca.key", "-out", "ca.pem")
+    run("req", "-new", *ec, "-subj", "/CN=localhost", "-keyout", "key.pem", "-out", "leaf.csr")
+    with open(os.path.join(d, "leaf.ext"), "w") as f:
+        f.write("basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                "extendedKeyUsage=serverAuth\n")
+    run("x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-days", "2", "-extfile", "leaf.ext", "-out", "cert.pem")
+    return {"ca": os.path.join(d, "ca.pem"), "cert": os.path.join(d, "cert.pem"),
+            "key": os.path.join(d, "key.pem")}
 
 
 def main():
@@ -53,19 +74,31 @@ def main():
         # bodies now and then (a `\r` at the end of a body chunk, followed by a chunk over 64 KiB,
         # trips its boundary-buffer limit). Real S3 has no such limit; text never contains `\r`.
         api = ["--endpoint", endpoint, "--path-style", "--region", "us-east-1"]
+        tls = make_certificate(work)
+        os.makedirs(f"{work}/s3tls/bench")
+        tls_server = subprocess.Popen([SERVER, f"{work}/s3tls", "0", tls["cert"], tls["key"]],
+                                      stdout=subprocess.PIPE, env=env)
+        tls_endpoint = tls_server.stdout.readline().decode().strip()
         cases = [("presigned POST", "text", ["--presigned-post", post, "--store-as", "text"])]
         cases += [("S3 API", s, api + ["--store-as", s]) for s in ("text", "zstd", "gzip")]
+        https = ["--endpoint", tls_endpoint, "--path-style", "--region", "us-east-1", "--store-as", "text"]
+        cases += [("S3 API, HTTPS", "text", https)]
         os.environ.update(CREDS)
         for how, store_as, extra in cases:
             runs = []
             for _ in range(a.runs):
                 shutil.rmtree(f"{work}/buffer", ignore_errors=True)
                 shutil.rmtree(f"{work}/s3/bench/run", ignore_errors=True)
+                shutil.rmtree(f"{work}/s3tls/bench/run", ignore_errors=True)
                 subprocess.run(["sync"])
+                if "HTTPS" in how:
+                    os.environ["SSL_CERT_FILE"] = tls["ca"]
                 wall, cpu, rss = run_measured([BIN, "ship", "--once", data, "--to", "s3://bench/run",
                                                "--buffer-dir", f"{work}/buffer"] + extra)
+                os.environ.pop("SSL_CERT_FILE", None)
                 runs.append((cpu / gib, wall, rss))
-            stored = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(f"{work}/s3/bench/run") for f in fs)
+            root = f"{work}/s3tls/bench/run" if "HTTPS" in how else f"{work}/s3/bench/run"
+            stored = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs)
             runs.sort()
             cpu_gib, wall, _ = runs[len(runs) // 2]
             print(f"{how:15} {store_as:5}: median of {len(runs)}: {cpu_gib:.2f} CPU-s/GiB, {wall:.1f} s wall, "
@@ -73,6 +106,8 @@ def main():
                   f"{', '.join(f'{r[0]:.2f}' for r in runs)} CPU-s/GiB; stored {stored / (1 << 20):.0f} MiB")
     finally:
         server.kill()
+        if "tls_server" in locals():
+            tls_server.kill()
         shutil.rmtree(work, ignore_errors=True)
 
 
