@@ -419,21 +419,22 @@ fn real_main(cli: Cli) -> Result<i32> {
     }
 }
 
-/// Copies the running executable to `dest` through a temporary file and a rename, so a
-/// restarted init container never leaves a half-written binary behind.
+/// Copies the running executable to `dest` through the project's temporary name and a rename
+/// (`fsutil::temp_path_for`), so a restarted init container never leaves a half-written binary.
 fn install_self(dest: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let exe = std::env::current_exe()?;
-    let dir = dest
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::fs::copy(&exe, tmp.path())?;
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))?;
-    tmp.persist(dest).map_err(|e| e.error)?;
-    Ok(())
+    if let Some(dir) = dest.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = logship::fsutil::temp_path_for(dest);
+    let result = std::fs::copy(&exe, &tmp)
+        .and_then(|_| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)))
+        .and_then(|_| std::fs::rename(&tmp, dest));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// Parses and translates a fluentd config; what was ignored goes to the log.

@@ -647,8 +647,6 @@ impl Config {
             for p in &mut s.paths {
                 *p = interpolate_env(p).map_err(|e| invalid(format!("source[{i}].paths"), e.to_string()))?;
             }
-        }
-        for s in &mut self.sources {
             if s.kind == SourceKind::SparkEvents {
                 let spark = s.spark.get_or_insert_with(Default::default);
                 if spark.app_id.is_none() {
