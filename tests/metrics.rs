@@ -20,12 +20,7 @@ fn counters_match_what_was_sent_and_health_follows_the_output() {
     let file = env.path("app.log");
     let first = lines("m", 0, 1000);
     append(&file, &first);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = format!("127.0.0.1:{}", common::free_port());
     let args = env.run_config(&format!(
         r#"
 [buffer]

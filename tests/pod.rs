@@ -85,12 +85,7 @@ fn a_pod_run_as_emr_runs_it_ships_everything_and_ends_with_the_heartbeat() {
     }
     kubelet_write(&secret, &server.presign("logs", "job-1/", "1h", "5GB"), 1);
     let heartbeat = comm.join("main-container-terminated");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = format!("127.0.0.1:{}", common::free_port());
     let config = root.join("logship.toml");
     fs::write(
         &config,

@@ -295,6 +295,15 @@ pub fn set_flag(args: &mut Vec<String>, flag: &str, value: &str) {
     }
 }
 
+/// A port on 127.0.0.1 that was free a moment ago (for servers that take a port number).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// GET `path` from `addr` (HTTP/1.1, one request): the status code and the body.
 pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     use std::io::Read;
