@@ -71,6 +71,50 @@ def generate(path, size):
     os.rename(path + ".tmp", path)
 
 
+SPARK_JOB = r"""
+import sys
+from pyspark.sql import SparkSession
+spark = (SparkSession.builder.master("local[2]").appName("logship-bench-eventlog")
+         .config("spark.eventLog.enabled", "true").config("spark.eventLog.dir", sys.argv[1])
+         .config("spark.eventLog.rolling.enabled", "false").config("spark.eventLog.compress", "false")
+         .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
+         .config("spark.sql.shuffle.partitions", "200").config("spark.sql.adaptive.enabled", "false")
+         .getOrCreate())
+spark.sparkContext.setLogLevel("ERROR")
+for _ in range(2):
+    spark.range(0, 1000 * 1000, 1, 1000).selectExpr("id % 997 as k", "id").groupBy("k").count().collect()
+spark.stop()
+"""
+
+
+def generate_spark(path, size):
+    """A real Spark event log, written by pyspark (`pip install pyspark`; about a minute on two
+    cores): two SQL aggregations of 1,000 tasks and a 200-partition shuffle each, as one plain
+    JSON-lines file of about 11 MB, repeated to `size`. Task events dominate it, as they do any
+    large event log. The copies repeat at an 11 MB distance, far beyond the compressors' windows
+    (zstd level 1: 512 KiB; gzip: 32 KiB), so each copy costs what the original does."""
+    if os.path.exists(path) and os.path.getsize(path) >= size:
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tempfile.TemporaryDirectory() as d:
+        logs = os.path.join(d, "logs")
+        os.makedirs(logs)
+        proc = subprocess.run([sys.executable, "-c", SPARK_JOB, "file://" + logs],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if proc.returncode != 0:
+            sys.exit("the Spark job for the bench data failed (is pyspark installed?):\n"
+                     + proc.stderr.decode(errors="replace")[-2000:])
+        (log,) = glob.glob(os.path.join(logs, "local-*"))
+        with open(log, "rb") as f:
+            one = f.read()
+    written = 0
+    with open(path + ".tmp", "wb") as f:
+        while written < size:
+            f.write(one)
+            written += len(one)
+    os.rename(path + ".tmp", path)
+
+
 def run_measured(args):
     """Runs under GNU time (Debian package `time`): a tiny parent, so the peak RSS is logship's.
     (A child forked from this Python process would report Python's size as its peak.)"""

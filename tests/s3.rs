@@ -418,6 +418,53 @@ fn server_errors_throttling_resets_and_stalls_are_retried_until_delivered() {
 }
 
 #[test]
+fn a_body_damaged_in_transit_is_refused_by_its_crc32_and_sent_again() {
+    use s3server::{Fault, FaultProxy};
+    let server = S3Server::start(&["logs"]);
+    // The first connection forwards the PutObject with one body bit flipped.
+    let proxy = FaultProxy::start(&server.endpoint, vec![Fault::Corrupt], Fault::Pass);
+    let env = Env::new();
+    let a = lines("crc", 0, 2000);
+    fs::write(env.path("driver.log"), &a).unwrap();
+    let args = env.run_config(
+        &r#"
+[buffer]
+dir = "{buffer}"
+[[source]]
+type = "tail"
+paths = ["{input}/*.log"]
+[[output]]
+type = "s3"
+path = "api"
+key_format = "%{path}/%{tag}/%{time_slice}_%{index}.%{file_extension}"
+[output.s3]
+bucket = "logs"
+endpoint = "{endpoint}"
+force_path_style = true
+region = "us-east-1"
+[output.retry]
+wait = "100ms"
+[lifecycle]
+once = true
+"#
+        .replace("{endpoint}", &proxy.endpoint),
+    );
+    let mut cmd = Command::new(bin());
+    cmd.envs(server.env());
+    let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
+    let st = d.wait_exit(T);
+    assert!(st.success(), "{}", d.stderr());
+    assert_eq!(proxy.seen.lock().unwrap()[0], Fault::Corrupt);
+    let err = d.stderr();
+    assert!(
+        err.contains("BadDigest") && err.contains("checksum_crc32 mismatch"),
+        "{err}"
+    );
+    assert_eq!(server.keys("logs").len(), 1);
+    assert_bytes_eq(&collect_s3(&server, "api", "driver.log", "text"), &a);
+}
+
+#[test]
 fn exhausted_retries_put_the_exact_chunk_in_the_secondary_directory() {
     use s3server::{Fault, FaultProxy};
     let server = S3Server::start(&["logs"]);

@@ -2,6 +2,11 @@
 //! chunk through the encoder into a sibling file (`<seq>.chunk.gz`), because an upload (a POST
 //! form above all) must know its length before it starts. Memory stays at the encoder's window.
 //! The sibling is reused by a retry and removed after delivery (or by buffer recovery).
+//!
+//! The sibling is not fsynced: only this process reuses it (its rename says it is complete, and
+//! the page cache is what this process reads back), while buffer recovery after a crash removes
+//! it and compresses the chunk again. Syncing would write every compressed byte to disk for an
+//! object that is deleted seconds later.
 
 use std::fs::File;
 use std::io::{self, BufWriter};
@@ -81,12 +86,12 @@ pub fn prepare(chunk: &Path, store_as: StoreAs, level: Option<i32>) -> io::Resul
             let level = flate2::Compression::new(level.unwrap_or(DEFAULT_GZIP_LEVEL).clamp(0, 9) as u32);
             let mut enc = flate2::write::GzEncoder::new(dst, level);
             copy_stream(&mut src, &mut enc, &mut buf)?;
-            enc.finish()?.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            enc.finish()?.into_inner().map_err(|e| e.into_error())?;
         }
         StoreAs::Zstd => {
             let mut enc = zstd::stream::write::Encoder::new(dst, level.unwrap_or(DEFAULT_ZSTD_LEVEL))?;
             copy_stream(&mut src, &mut enc, &mut buf)?;
-            enc.finish()?.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            enc.finish()?.into_inner().map_err(|e| e.into_error())?;
         }
         StoreAs::Text => unreachable!(),
     }

@@ -360,10 +360,7 @@ pub async fn upload(
             form = form.text("Content-Type", ct.to_string());
         }
     }
-    let f = tokio::fs::File::open(file)
-        .await
-        .map_err(|e| DeliveryError::Retryable(format!("cannot open chunk {}: {e}", file.display())))?;
-    let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(f, 64 * 1024));
+    let body = reqwest::Body::wrap(super::file_body::FileBody::new(file, 0, len));
     let name = key.rsplit('/').next().unwrap_or(key).to_string();
     let part = reqwest::multipart::Part::stream_with_length(body, len).file_name(name);
     form = form.part("file", part);

@@ -11,16 +11,12 @@ use std::time::Duration;
 
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::primitives::{ByteStream, SdkBody};
 
 use super::DeliveryError;
 use super::compress::{cleanup, prepare};
 use crate::buffer::SealedChunk;
 use crate::config::{OutputConfig, S3Settings};
-
-/// Read size of a request body streamed from a chunk file (the SDK's default is 4 KiB: a system
-/// call and a poll per 4 KiB).
-const READ_BUFFER: usize = 256 * 1024;
 
 /// How the S3 output authenticates.
 #[derive(Debug)]
@@ -149,27 +145,19 @@ impl S3Sink {
         if len >= s.multipart_threshold.bytes() {
             return self.put_multipart(client, bucket, key, file, len, content_type).await;
         }
-        let body = ByteStream::read_from()
-            .path(file)
-            .buffer_size(READ_BUFFER)
-            .build()
-            .await
-            .map_err(|e| DeliveryError::Retryable(format!("cannot read {}: {e}", file.display())))?;
+        let crc32 = crc32_of(file, 0, len).await?;
+        let body = file_stream(file, 0, len);
         let req = client
             .put_object()
             .bucket(bucket)
             .key(key)
             .content_length(len as i64)
             .content_type(content_type)
+            .checksum_crc32(crc32)
             .set_storage_class(s.storage_class.as_deref().map(Into::into))
             .set_server_side_encryption(s.sse.as_deref().map(Into::into))
             .set_ssekms_key_id(s.sse_kms_key_id.clone())
             .body(body);
-        // Ask the SDK not to hash the payload into the signature. Over HTTPS (real S3) it then
-        // sends the body aws-chunked with an unsigned trailer holding a CRC32 (checked by S3), and
-        // TLS protects it. Over plain HTTP the SDK signs every aws-chunked chunk with SHA-256
-        // whatever this says (aws-sdk-s3's aws_chunked.rs: `sign_during_encoding` for `http:`),
-        // which is about 0.7 CPU-s per GiB here (perf: sha2 `x86_sha` in `chunk_signature`).
         req.customize()
             .disable_payload_signing()
             .send()
@@ -193,6 +181,7 @@ impl S3Sink {
             .bucket(bucket)
             .key(key)
             .content_type(content_type)
+            .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32)
             .set_storage_class(s.storage_class.as_deref().map(Into::into))
             .set_server_side_encryption(s.sse.as_deref().map(Into::into))
             .set_ssekms_key_id(s.sse_kms_key_id.clone());
@@ -211,14 +200,8 @@ impl S3Sink {
             let mut number = 1;
             while offset < len {
                 let size = part_size.min(len - offset);
-                let body = ByteStream::read_from()
-                    .path(file)
-                    .buffer_size(READ_BUFFER)
-                    .offset(offset)
-                    .length(aws_sdk_s3::primitives::Length::Exact(size))
-                    .build()
-                    .await
-                    .map_err(|e| DeliveryError::Retryable(format!("cannot read {}: {e}", file.display())))?;
+                let crc32 = crc32_of(file, offset, size).await?;
+                let body = file_stream(file, offset, size);
                 let out = client
                     .upload_part()
                     .bucket(bucket)
@@ -226,6 +209,7 @@ impl S3Sink {
                     .upload_id(&upload_id)
                     .part_number(number)
                     .content_length(size as i64)
+                    .checksum_crc32(&crc32)
                     .body(body)
                     .customize()
                     .disable_payload_signing()
@@ -236,6 +220,7 @@ impl S3Sink {
                     aws_sdk_s3::types::CompletedPart::builder()
                         .part_number(number)
                         .set_e_tag(out.e_tag().map(str::to_string))
+                        .checksum_crc32(crc32)
                         .build(),
                 );
                 offset += size;
@@ -271,6 +256,58 @@ impl S3Sink {
     }
 }
 
+/// The body of a PutObject or UploadPart: `len` bytes of `file` from `offset`, through
+/// [`FileBody`](super::file_body::FileBody); retryable, since the SDK retries on its own.
+fn file_stream(file: &Path, offset: u64, len: u64) -> ByteStream {
+    let file = file.to_path_buf();
+    ByteStream::new(SdkBody::retryable(move || {
+        SdkBody::from_body_1_x(super::file_body::FileBody::new(&file, offset, len))
+    }))
+}
+
+/// The CRC32 of `len` bytes of `file` from `offset`, as S3's `x-amz-checksum-crc32` carries it
+/// (base64 of the big-endian value).
+///
+/// Why compute it here rather than let the SDK do it: a body whose checksum the SDK computes
+/// itself is sent aws-chunked with the checksum in a trailer, and over a plain `http://` endpoint
+/// the SDK then signs every chunk with SHA-256 whatever `disable_payload_signing()` says
+/// (aws-sdk-s3's `aws_chunked.rs`: `sign_during_encoding`), about 0.7 CPU-s per GiB. With the
+/// checksum given as a header, the body goes as it is, unsigned (`UNSIGNED-PAYLOAD`), over HTTP
+/// and HTTPS alike, and S3 still checks every byte against the CRC32. Reading the range once more
+/// costs less than the chunked framing did: it comes from the page cache, and CRC32 runs on
+/// PCLMULQDQ.
+async fn crc32_of(file: &Path, offset: u64, len: u64) -> Result<String, DeliveryError> {
+    let path = file.to_path_buf();
+    tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(&path)?;
+        f.seek(SeekFrom::Start(offset))?;
+        let mut f = f.take(len);
+        let mut hasher = crc32fast::Hasher::new();
+        let mut buf = vec![0u8; super::file_body::PIECE];
+        let mut seen = 0u64;
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            seen += n as u64;
+        }
+        if seen != len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{seen} bytes where {len} were expected"),
+            ));
+        }
+        use base64::Engine as _;
+        Ok(base64::engine::general_purpose::STANDARD.encode(hasher.finalize().to_be_bytes()))
+    })
+    .await
+    .map_err(|e| DeliveryError::Retryable(format!("checksum task failed: {e}")))?
+    .map_err(|e| DeliveryError::Retryable(format!("cannot read {}: {e}", file.display())))
+}
+
 /// Sorts an SDK error into retry classes, with the operation, bucket, key and S3's code (never
 /// credentials: the SDK's errors do not carry them).
 fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
@@ -289,6 +326,8 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
     let transient_code = matches!(
         code.as_str(),
         "SlowDown" | "InternalError" | "ServiceUnavailable" | "RequestTimeout" | "RequestTimeTooSkewed" | "ExpiredToken"
+            // The body arrived damaged (our CRC32 or length did not match): send it again.
+            | "BadDigest" | "IncompleteBody"
             // Credentials from IRSA / Pod Identity are refreshed by the SDK: worth another try.
             | "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch"
     );

@@ -159,6 +159,10 @@ pub enum Fault {
     Reset,
     /// Read the request and never answer.
     Stall,
+    /// Forward to the real server, with one byte of the request body changed on the way (what a
+    /// bad NIC or a buggy middlebox does; only a checksum the server checks catches it).
+    #[allow(dead_code)] // used by tests/s3.rs
+    Corrupt,
     /// Answer 400 with CloudWatch's ThrottlingException (JSON protocol).
     #[allow(dead_code)] // used by tests/cloudwatch.rs
     Throttle,
@@ -212,6 +216,30 @@ impl FaultProxy {
                         }
                         return;
                     }
+                    if fault == Fault::Corrupt {
+                        let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                            return;
+                        };
+                        // Forward until the first body byte, flip its low bit, then pass the rest.
+                        let mut head = Vec::new();
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let Ok(n) = client.read(&mut buf).await else { return };
+                            if n == 0 {
+                                return;
+                            }
+                            head.extend_from_slice(&buf[..n]);
+                            if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n")
+                                && head.len() > end + 4
+                            {
+                                head[end + 4] ^= 1;
+                                let _ = server.write_all(&head).await;
+                                break;
+                            }
+                        }
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        return;
+                    }
                     // Read the request head (and whatever body arrives quickly).
                     let mut buf = vec![0u8; 64 * 1024];
                     let _ = tokio::time::timeout(std::time::Duration::from_millis(300), client.read(&mut buf)).await;
@@ -231,7 +259,7 @@ impl FaultProxy {
                             tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
                             String::new()
                         }
-                        Fault::Pass => unreachable!(),
+                        Fault::Pass | Fault::Corrupt => unreachable!(),
                     };
                     let _ = client.write_all(reply.as_bytes()).await;
                     let _ = client.shutdown().await;
