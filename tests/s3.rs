@@ -274,30 +274,12 @@ fn the_s3_api_path_puts_small_objects_and_multipart_uploads_large_ones() {
     let b = lines("small", 0, 100);
     fs::write(env.path("big.log"), &a).unwrap();
     fs::write(env.path("small.log"), &b).unwrap();
-    let args = env.run_config(
-        &r#"
-[buffer]
-dir = "{buffer}"
-chunk_limit = "12MiB"
-[[source]]
-type = "tail"
-paths = ["{input}/*.log"]
-[[output]]
-type = "s3"
-path = "api"
-key_format = "%{path}/%{tag}/%{time_slice}_%{index}.%{file_extension}"
-[output.s3]
-bucket = "logs"
-endpoint = "{endpoint}"
-force_path_style = true
-region = "us-east-1"
-multipart_threshold = "5MiB"
-part_size = "5MiB"
-storage_class = "STANDARD"
-[lifecycle]
-once = true
-"#
-        .replace("{endpoint}", &server.endpoint),
+    let args = api_config(
+        &env,
+        &server.endpoint,
+        "chunk_limit = \"12MiB\"",
+        "multipart_threshold = \"5MiB\"\npart_size = \"5MiB\"\nstorage_class = \"STANDARD\"",
+        "",
     );
     let mut cmd = Command::new(bin());
     cmd.envs(server.env()).env("LOGSHIP_LOG", "info,logship=debug");
@@ -342,6 +324,35 @@ fn check_explains_a_presigned_post_without_its_signature() {
     let sig: serde_json::Value = serde_json::from_slice(&json).unwrap();
     let sig = sig["fields"]["x-amz-signature"].as_str().unwrap();
     assert!(!text.contains(sig), "the signature is not shown");
+}
+
+/// `run --config` arguments for shipping `*.log` once to bucket `logs` through the S3 API at
+/// `endpoint` (keys `api/<tag>/<time slice>_<index>.txt`), with `buffer` and `s3` as extra lines of
+/// `[buffer]` and `[output.s3]`, and `more` as further tables of the output.
+fn api_config(env: &Env, endpoint: &str, buffer: &str, s3: &str, more: &str) -> Vec<String> {
+    env.run_config(&format!(
+        r#"
+[buffer]
+dir = "{{buffer}}"
+{buffer}
+[[source]]
+type = "tail"
+paths = ["{{input}}/*.log"]
+[[output]]
+type = "s3"
+path = "api"
+key_format = "%{{path}}/%{{tag}}/%{{time_slice}}_%{{index}}.%{{file_extension}}"
+[output.s3]
+bucket = "logs"
+endpoint = "{endpoint}"
+force_path_style = true
+region = "us-east-1"
+{s3}
+{more}
+[lifecycle]
+once = true
+"#
+    ))
 }
 
 /// `run --config` arguments for shipping `*.log` once through the presigned POST file `post`,
@@ -426,29 +437,7 @@ fn a_body_damaged_in_transit_is_refused_by_its_crc32_and_sent_again() {
     let env = Env::new();
     let a = lines("crc", 0, 2000);
     fs::write(env.path("driver.log"), &a).unwrap();
-    let args = env.run_config(
-        &r#"
-[buffer]
-dir = "{buffer}"
-[[source]]
-type = "tail"
-paths = ["{input}/*.log"]
-[[output]]
-type = "s3"
-path = "api"
-key_format = "%{path}/%{tag}/%{time_slice}_%{index}.%{file_extension}"
-[output.s3]
-bucket = "logs"
-endpoint = "{endpoint}"
-force_path_style = true
-region = "us-east-1"
-[output.retry]
-wait = "100ms"
-[lifecycle]
-once = true
-"#
-        .replace("{endpoint}", &proxy.endpoint),
-    );
+    let args = api_config(&env, &proxy.endpoint, "", "", "[output.retry]\nwait = \"100ms\"");
     let mut cmd = Command::new(bin());
     cmd.envs(server.env());
     let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());

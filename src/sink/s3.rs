@@ -15,6 +15,7 @@ use aws_sdk_s3::primitives::{ByteStream, SdkBody};
 
 use super::DeliveryError;
 use super::compress::{cleanup, prepare};
+use super::file_body::FileBody;
 use crate::buffer::SealedChunk;
 use crate::config::{OutputConfig, S3Settings};
 
@@ -257,11 +258,11 @@ impl S3Sink {
 }
 
 /// The body of a PutObject or UploadPart: `len` bytes of `file` from `offset`, through
-/// [`FileBody`](super::file_body::FileBody); retryable, since the SDK retries on its own.
+/// [`FileBody`]; retryable, since the SDK retries on its own.
 fn file_stream(file: &Path, offset: u64, len: u64) -> ByteStream {
     let file = file.to_path_buf();
     ByteStream::new(SdkBody::retryable(move || {
-        SdkBody::from_body_1_x(super::file_body::FileBody::new(&file, offset, len))
+        SdkBody::from_body_1_x(FileBody::new(&file, offset, len))
     }))
 }
 
@@ -274,38 +275,21 @@ fn file_stream(file: &Path, offset: u64, len: u64) -> ByteStream {
 /// (aws-sdk-s3's `aws_chunked.rs`: `sign_during_encoding`), about 0.7 CPU-s per GiB. With the
 /// checksum given as a header, the body goes as it is, unsigned (`UNSIGNED-PAYLOAD`), over HTTP
 /// and HTTPS alike, and S3 still checks every byte against the CRC32. Reading the range once more
-/// costs less than the chunked framing did: it comes from the page cache, and CRC32 runs on
-/// PCLMULQDQ.
+/// costs less than the chunked framing did: it comes from the page cache (through the same
+/// pooled [`FileBody`] reads as the upload), and CRC32 runs on PCLMULQDQ.
 async fn crc32_of(file: &Path, offset: u64, len: u64) -> Result<String, DeliveryError> {
-    let path = file.to_path_buf();
-    tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut f = std::fs::File::open(&path)?;
-        f.seek(SeekFrom::Start(offset))?;
-        let mut f = f.take(len);
-        let mut hasher = crc32fast::Hasher::new();
-        let mut buf = vec![0u8; super::file_body::PIECE];
-        let mut seen = 0u64;
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            seen += n as u64;
+    use base64::Engine as _;
+    use http_body::Body as _;
+    let mut body = FileBody::new(file, offset, len);
+    let mut hasher = crc32fast::Hasher::new();
+    while let Some(frame) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
+        // FileBody's errors name the file.
+        let frame = frame.map_err(|e| DeliveryError::Retryable(e.to_string()))?;
+        if let Some(data) = frame.data_ref() {
+            hasher.update(data);
         }
-        if seen != len {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!("{seen} bytes where {len} were expected"),
-            ));
-        }
-        use base64::Engine as _;
-        Ok(base64::engine::general_purpose::STANDARD.encode(hasher.finalize().to_be_bytes()))
-    })
-    .await
-    .map_err(|e| DeliveryError::Retryable(format!("checksum task failed: {e}")))?
-    .map_err(|e| DeliveryError::Retryable(format!("cannot read {}: {e}", file.display())))
+    }
+    Ok(base64::engine::general_purpose::STANDARD.encode(hasher.finalize().to_be_bytes()))
 }
 
 /// Sorts an SDK error into retry classes, with the operation, bucket, key and S3's code (never
