@@ -66,7 +66,7 @@ type Read = io::Result<(Vec<u8>, usize)>;
 /// ([`Body::size_hint`]), so the request carries a Content-Length. A file that turns out
 /// shorter than `len` ends the body with an error naming it, never a short upload.
 pub struct FileBody {
-    path: Arc<PathBuf>,
+    path: PathBuf,
     file: Result<Arc<File>, Option<io::Error>>,
     /// Offset of the next read to start.
     next: u64,
@@ -83,7 +83,7 @@ impl FileBody {
     /// by the first poll (so a retryable SDK body can be made from a plain closure).
     pub fn new(path: &Path, offset: u64, len: u64) -> FileBody {
         FileBody {
-            path: Arc::new(path.to_path_buf()),
+            path: path.to_path_buf(),
             file: File::open(path).map(Arc::new).map_err(Some),
             next: offset,
             end: offset + len,
@@ -140,17 +140,15 @@ impl Body for FileBody {
         let Some(pending) = &mut this.pending else {
             return Poll::Ready(None);
         };
-        let done = ready!(Pin::new(pending).poll(cx));
+        let done = ready!(Pin::new(pending).poll(cx))
+            .map_err(io::Error::other)
+            .and_then(|read| read);
         this.pending = None;
         let (buf, len) = match done {
-            Ok(Ok(read)) => read,
-            Ok(Err(e)) => {
-                this.next = this.end;
-                return Poll::Ready(Some(Err(this.error(e))));
-            }
+            Ok(read) => read,
             Err(e) => {
                 this.next = this.end;
-                return Poll::Ready(Some(Err(this.error(io::Error::other(e)))));
+                return Poll::Ready(Some(Err(this.error(e))));
             }
         };
         this.remaining -= len as u64;
