@@ -37,6 +37,9 @@ pub enum EngineError {
     },
 }
 
+/// How long deliveries may go on after SIGTERM or SIGINT arrived during a drain.
+const STOP_DELIVERY_BOUND: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Runs `config` until the drain completes (or its deadline passes).
 pub async fn run(config: Config) -> Result<Summary, EngineError> {
     let config = Arc::new(config);
@@ -58,6 +61,7 @@ pub async fn run(config: Config) -> Result<Summary, EngineError> {
             },
             file_extension: Sink::file_extension(o).to_string(),
             index_start: o.index_start,
+            destination: Sink::destination(o),
         })
         .collect();
     let limits = ChunkLimits {
@@ -129,18 +133,49 @@ pub async fn run(config: Config) -> Result<Summary, EngineError> {
         })
         .map_err(|e| EngineError::Thread(e.to_string()))?;
 
-    let summary = tokio::select! {
-        s = &mut done_rx => s.ok(),
-        reason = lifecycle::wait_for_end(&config.lifecycle) => {
-            let _ = ctl_tx.send(Control::Drain(reason.to_string()));
-            let deadline = config.lifecycle.drain_deadline();
-            tokio::select! {
-                s = &mut done_rx => s.ok(),
-                _ = tokio::time::sleep(deadline) => {
-                    let _ = cancel_tx.send(true);
-                    let _ = ctl_tx.send(Control::Deadline);
-                    done_rx.await.ok()
+    let mut signals = lifecycle::Signals::install();
+    let end = lifecycle::wait_for_end(&config.lifecycle);
+    tokio::pin!(end);
+    let deadline = tokio::time::sleep(std::time::Duration::from_secs(u32::MAX as u64));
+    tokio::pin!(deadline);
+    let mut draining = false;
+    let mut stops = 0;
+    let start_drain = |reason: String, deadline: std::pin::Pin<&mut tokio::time::Sleep>| {
+        let _ = ctl_tx.send(Control::Drain(reason));
+        deadline.reset(tokio::time::Instant::now() + config.lifecycle.drain_deadline());
+    };
+    let summary = loop {
+        tokio::select! {
+            s = &mut done_rx => break s.ok(),
+            reason = &mut end, if !draining => {
+                draining = true;
+                start_drain(reason.to_string(), deadline.as_mut());
+            }
+            request = signals.recv() => match request {
+                lifecycle::SignalRequest::Stop(name) if !draining => {
+                    draining = true;
+                    start_drain(lifecycle::EndReason::Signal(name).to_string(), deadline.as_mut());
                 }
+                lifecycle::SignalRequest::Stop(name) => {
+                    // First: stop reading, and deliver what was read within a short bound (a
+                    // backfill's 24 h deadline is no answer to SIGTERM). Again: end now.
+                    stops += 1;
+                    let now = tokio::time::Instant::now();
+                    let bound = if stops == 1 { STOP_DELIVERY_BOUND } else { std::time::Duration::ZERO };
+                    if deadline.deadline() > now + bound {
+                        deadline.as_mut().reset(now + bound);
+                    }
+                    tracing::warn!(signal = name, within = ?bound, "received during the drain: reading stops; what was read is delivered (what is not delivered in time goes to the secondary directory), the rest is reported as not read");
+                    let _ = ctl_tx.send(Control::StopReading);
+                }
+                lifecycle::SignalRequest::Ignored(name) => {
+                    tracing::info!(signal = name, "ignored (SIGTERM or SIGINT drains; reloading the configuration is not supported)");
+                }
+            },
+            _ = &mut deadline, if draining => {
+                let _ = cancel_tx.send(true);
+                let _ = ctl_tx.send(Control::Deadline);
+                break done_rx.await.ok();
             }
         }
     };

@@ -6,12 +6,51 @@ use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+/// Options that create or truncate a private file (0600) and never follow a symlink at its
+/// name: a file planted by someone else in a shared directory is an error, not a target.
+pub fn private_file() -> OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = OpenOptions::new();
+    o.write(true).create(true).mode(0o600).custom_flags(libc::O_NOFOLLOW);
+    o
+}
+
+/// Creates `dir` (and missing parents) with mode 0700, then checks that it is ours to keep
+/// private data in: a directory, owned by this user, and writable by no one else. A
+/// directory that fails the check is refused with the reason: another local user who owns or
+/// can write into it could read what is kept there, or plant links that redirect our writes.
+pub fn private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let meta = fs::metadata(dir)?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let refuse = |why: String| Err(io::Error::new(io::ErrorKind::PermissionDenied, why));
+    if !meta.is_dir() {
+        return refuse("not a directory".into());
+    }
+    if meta.uid() != me {
+        return refuse(format!(
+            "owned by uid {}, not by this user (uid {me}); another user could read or redirect what is buffered there",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o002 != 0 {
+        return refuse(format!(
+            "writable by every user (mode {:o}); make it private (chmod 700) or use another directory",
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
 /// Replaces `path` with `bytes` so that a reader (or a crash) sees either the old or the new
-/// content, never a mix. With `durable`, the data and the rename are fsynced.
+/// content, never a mix. With `durable`, the data and the rename are fsynced. The temporary file
+/// is private (0600) and never a symlink's target.
 pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
     let tmp = temp_path_for(path);
     let result = (|| {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        let mut f = private_file().truncate(true).open(&tmp)?;
         f.write_all(bytes)?;
         if durable {
             f.sync_all()?;

@@ -7,7 +7,10 @@
 //!   does not keep running (and billing) forever; a file that already exists at start counts as
 //!   appeared.
 //! - **Signal file**: its appearance means main has ended (written by `logship wrap`).
-//! - **SIGTERM / SIGINT**: native sidecars (Kubernetes ≥ 1.29) get SIGTERM after main exits.
+//! - **SIGTERM / SIGINT**: native sidecars (Kubernetes ≥ 1.29) get SIGTERM after main exits. A
+//!   second one during the drain (or the first in `--once`, which drains from the start) stops
+//!   reading: what was read is delivered, the rest is reported as not read (exit 4). SIGHUP,
+//!   SIGUSR1 and SIGUSR2 are logged and otherwise ignored; none of them kills the process.
 //! - **Once**: ship what exists and stop (`ship --once`).
 //!
 //! Watchers poll at most once a second: cheap, and exact enough against a 15 s timeout.
@@ -144,20 +147,59 @@ pub async fn signal_file_appeared(path: &Path) -> EndReason {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn terminated() -> EndReason {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers; SIGTERM will kill logship without a drain");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => EndReason::Signal("SIGTERM"),
-        _ = int.recv() => EndReason::Signal("SIGINT"),
+/// What a signal asks of the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalRequest {
+    /// SIGTERM or SIGINT: drain (and, during a drain, stop reading and deliver what was read).
+    Stop(&'static str),
+    /// A signal that must not kill the process (SIGHUP, SIGUSR1, SIGUSR2): logged, no action.
+    Ignored(&'static str),
+}
+
+/// The signals a running logship handles, for the whole run: installed once at start, so no
+/// signal that arrives later (during the drain, or in `--once`) falls back to the default
+/// action of killing the process without a summary.
+pub struct Signals {
+    streams: Vec<(SignalRequest, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    /// Installs the handlers (a signal that cannot be handled is logged and keeps its default).
+    pub fn install() -> Signals {
+        use tokio::signal::unix::{SignalKind, signal};
+        let kinds = [
+            (SignalKind::terminate(), SignalRequest::Stop("SIGTERM")),
+            (SignalKind::interrupt(), SignalRequest::Stop("SIGINT")),
+            (SignalKind::hangup(), SignalRequest::Ignored("SIGHUP")),
+            (SignalKind::user_defined1(), SignalRequest::Ignored("SIGUSR1")),
+            (SignalKind::user_defined2(), SignalRequest::Ignored("SIGUSR2")),
+        ];
+        let mut streams = Vec::new();
+        for (kind, request) in kinds {
+            match signal(kind) {
+                Ok(s) => streams.push((request, s)),
+                Err(e) => tracing::error!(?request, error = %e, "cannot handle a signal; it keeps its default action"),
+            }
+        }
+        Signals { streams }
+    }
+
+    /// The next signal received.
+    pub async fn recv(&mut self) -> SignalRequest {
+        std::future::poll_fn(|cx| {
+            for (request, s) in &mut self.streams {
+                if s.poll_recv(cx).is_ready() {
+                    return std::task::Poll::Ready(*request);
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await
     }
 }
 
-/// Resolves with the first trigger that fires among those `config` enables (signals always).
+/// Resolves with the first file trigger that fires among those `config` enables (signals are
+/// [`Signals`]'); at once with `once`.
 pub async fn wait_for_end(config: &LifecycleConfig) -> EndReason {
     if config.once {
         return EndReason::Once;
@@ -182,7 +224,6 @@ pub async fn wait_for_end(config: &LifecycleConfig) -> EndReason {
     tokio::select! {
         r = hb => r,
         r = sf => r,
-        r = terminated() => r,
     }
 }
 

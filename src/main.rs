@@ -153,8 +153,10 @@ struct ShipArgs {
     /// SIGTERM/SIGINT (the default when --once is not given).
     #[arg(long)]
     follow: bool,
-    /// Buffer directory (chunks and checkpoints). Default with --once: a fresh temporary
-    /// directory (removed when everything was delivered); otherwise $TMPDIR/logship.
+    /// Buffer directory (chunks and checkpoints; private: 0700, owned by this user). Default
+    /// with --once: a fresh temporary directory (removed when everything was delivered);
+    /// otherwise $TMPDIR/logship-<uid>/<hash of the paths and --to>, so the same command resumes
+    /// and a different one never shares it.
     #[arg(long)]
     buffer_dir: Option<PathBuf>,
     /// Time-key width: lines read in the same window share a chunk.
@@ -241,10 +243,27 @@ fn main() -> ExitCode {
     match real_main(cli) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
-            eprintln!("logship: error: {e:#}");
+            eprintln!("logship: error: {}", error_chain(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// An error with its causes joined by `: `, leaving out a cause that its parent's message
+/// already quotes (most of logship's errors name their cause in their own text).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut s = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if s.contains(&text) {
+            continue;
+        }
+        if !s.is_empty() {
+            s.push_str(": ");
+        }
+        s.push_str(&text);
+    }
+    s
 }
 
 /// Keeps glibc's malloc from holding memory logship no longer uses (measured on 1 GiB to S3):
@@ -286,16 +305,28 @@ fn init_logging() {
 fn real_main(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Check { config, presigned_post } => {
-            if let Some(config) = config {
-                let c = Config::load(&config)?;
+            use logship::sink::presigned_post::{explain, problems};
+            let now = std::time::SystemTime::now();
+            let mut found = Vec::new();
+            if let Some(config) = &config {
+                let c = Config::load(config)?;
                 print!("{}", c.to_toml());
-                eprintln!("logship: {} is valid", config.display());
+                found.extend(check_presigned_posts(&c, config, now)?);
             }
             if let Some(post) = presigned_post {
-                print!(
-                    "{}",
-                    logship::sink::presigned_post::explain(&post, std::time::SystemTime::now())?
-                );
+                print!("{}", explain(&post, now)?);
+                for p in problems(&post, None, None, now, std::time::Duration::ZERO)? {
+                    found.push(format!("presigned POST {}: {p}", post.display()));
+                }
+            }
+            for p in &found {
+                eprintln!("logship: error: {p}");
+            }
+            if !found.is_empty() {
+                return Ok(1);
+            }
+            if let Some(config) = config {
+                eprintln!("logship: {} is valid", config.display());
             }
             Ok(0)
         }
@@ -384,7 +415,7 @@ fn real_main(cli: Cli) -> Result<i32> {
                     temp = Some(t);
                     p
                 }
-                (None, false) => std::env::temp_dir().join("logship"),
+                (None, false) => default_buffer_dir(&args),
             };
             let quick = QuickArgs {
                 paths: args.paths,
@@ -417,6 +448,69 @@ fn real_main(cli: Cli) -> Result<i32> {
             run_engine(c, temp)
         }
     }
+}
+
+/// What would make the presigned POSTs of `config`'s S3 outputs fail, each naming the file and
+/// the output. A POST file that does not exist yet is only noted (in a pod it is mounted later).
+fn check_presigned_posts(config: &Config, origin: &std::path::Path, now: std::time::SystemTime) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    for (i, o) in config.outputs.iter().enumerate() {
+        let Some(post) = &o.s3.presigned_post else { continue };
+        if o.kind != logship::config::OutputKind::S3 {
+            continue;
+        }
+        if !post.exists() {
+            eprintln!(
+                "logship: note: {}: output[{i}].s3.presigned_post {} does not exist yet; it must when logship runs",
+                origin.display(),
+                post.display()
+            );
+            continue;
+        }
+        // The literal start of every key this output writes.
+        let key = o.key_format.replace("%{path}", &o.path).replace("${path}", &o.path);
+        let cut = [key.find("%{"), key.find("${")]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(key.len());
+        let problems = logship::sink::presigned_post::problems(
+            post,
+            o.s3.bucket.as_deref(),
+            Some(&key[..cut]),
+            now,
+            o.s3.presigned_post_margin.get(),
+        )?;
+        for p in problems {
+            found.push(format!(
+                "{}: output[{i}].s3.presigned_post ({}): {p}",
+                origin.display(),
+                post.display()
+            ));
+        }
+    }
+    Ok(found)
+}
+
+/// The buffer directory of `ship --follow` without `--buffer-dir`:
+/// `$TMPDIR/logship-<uid>/<hash of what is read and where it goes>`. Per user, so no other local
+/// user owns it (it is private, 0700, and refused otherwise); per configuration, so a run of
+/// other files to another destination never picks up this one's chunks; stable, so the same
+/// command run again resumes where a crashed one stopped.
+fn default_buffer_dir(args: &ShipArgs) -> PathBuf {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let mut what = format!("to={}\0", args.to);
+    for p in &args.paths {
+        what.push_str(&format!("path={p}\0"));
+    }
+    if let Some(d) = &args.spark_events {
+        what.push_str(&format!("spark-events={}\0", d.display()));
+    }
+    let hash = logship::fsutil::fnv1a(what.as_bytes());
+    std::env::temp_dir()
+        .join(format!("logship-{uid}"))
+        .join(format!("{hash:016x}"))
 }
 
 /// Copies the running executable to `dest` through the project's temporary name and a rename

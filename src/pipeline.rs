@@ -36,6 +36,9 @@ pub enum Control {
     Drain(String),
     /// The drain deadline passed: stop, and put what is left in the secondary directories.
     Deadline,
+    /// Stop reading now (a second SIGTERM, or one during `--once`): deliver what was read; what
+    /// was not is reported as not read.
+    StopReading,
     /// A chunk was delivered.
     Delivered(u64),
     /// A chunk could not be delivered (retries exhausted or permanent error).
@@ -69,8 +72,14 @@ pub struct Pipeline {
     /// Chunks that could not even be written to the secondary: kept, not re-dispatched.
     stuck: HashSet<u64>,
     drain_reason: Option<String>,
-    /// After a write error, reading waits until this time.
+    /// Reading was told to stop before the drain point.
+    stop_reading: bool,
+    /// After a write error, reading and committing wait until this time (or until a delivery
+    /// frees space, whichever comes first).
     write_backoff: Option<Instant>,
+    /// Whether the last write to the buffer failed: logged once when it starts failing and
+    /// once when it works again, not at every attempt.
+    write_failing: bool,
     /// Bytes to read before a commit: shrinks after a write error, grows back after commits.
     batch: u64,
     /// When "buffer is full" was last logged (at most once a minute).
@@ -117,7 +126,9 @@ impl Pipeline {
             in_flight: HashSet::new(),
             stuck: HashSet::new(),
             drain_reason: None,
+            stop_reading: false,
             write_backoff: None,
+            write_failing: false,
             batch: COMMIT_EVERY_BYTES,
             backpressure_logged: None,
             last_poll: Instant::now(),
@@ -209,6 +220,10 @@ impl Pipeline {
                 self.scan_all();
             }
             let mut progressed = false;
+            if self.stop_reading && !reading_done {
+                reading_done = true;
+                self.store.seal_all();
+            }
             if !reading_done && let Ok(n) = self.read_all(draining) {
                 progressed = n > 0;
                 if draining && n == 0 && !self.over_limit() {
@@ -217,7 +232,9 @@ impl Pipeline {
                 }
             }
             self.seal_due();
-            self.commit();
+            if !self.backing_off() {
+                self.commit();
+            }
             self.publish();
 
             // 3. Done when everything read was delivered (or put aside).
@@ -229,7 +246,7 @@ impl Pipeline {
             }
 
             // 4. Sleep until something is due or a message arrives.
-            let timeout = self.next_wake(Instant::now(), draining);
+            let timeout = self.next_wake(Instant::now(), draining, reading_done);
             match self.rx.recv_timeout(timeout) {
                 Ok(m) => deadline_hit |= self.handle(m),
                 Err(RecvTimeoutError::Timeout) => {}
@@ -257,6 +274,12 @@ impl Pipeline {
                 }
             }
             Control::Deadline => return true,
+            Control::StopReading => {
+                if self.drain_reason.is_none() {
+                    self.handle(Control::Drain("stop requested".into()));
+                }
+                self.stop_reading = true;
+            }
             Control::Delivered(seq) => self.delivered(seq),
             Control::Failed(seq, error) => self.failed(seq, &error),
         }
@@ -280,14 +303,32 @@ impl Pipeline {
         self.store.total_bytes() >= self.config.buffer.total_limit.bytes()
     }
 
+    /// Whether a write error's pause is still running (it ends by time, or early when a
+    /// delivery frees space).
+    fn backing_off(&mut self) -> bool {
+        match self.write_backoff {
+            Some(t) if Instant::now() < t => true,
+            Some(_) => {
+                self.write_backoff = None;
+                false
+            }
+            None => false,
+        }
+    }
+
     /// Reads every source until there is nothing new, or enough for one commit. Err after a
     /// write error (rolled back; reading resumes after a pause).
     fn read_all(&mut self, draining: bool) -> Result<u64, ()> {
-        if let Some(t) = self.write_backoff {
-            if Instant::now() < t {
+        if self.backing_off() {
+            return Err(());
+        }
+        if self.write_failing {
+            // Deliveries since the failure free their files only at a commit: commit first,
+            // or the disk stays full of delivered chunks and every read fails again.
+            self.commit();
+            if self.backing_off() {
                 return Err(());
             }
-            self.write_backoff = None;
         }
         let now = Instant::now();
         self.last_poll = now;
@@ -354,6 +395,9 @@ impl Pipeline {
         }
         match self.store.commit(checkpoints, now_ms()) {
             Ok(sealed) => {
+                if std::mem::take(&mut self.write_failing) {
+                    tracing::info!(dir = %self.store.dir().display(), "the buffer can be written again; reading resumes");
+                }
                 self.batch = (self.batch * 2).min(COMMIT_EVERY_BYTES);
                 for s in &mut self.sources {
                     s.committed();
@@ -369,7 +413,12 @@ impl Pipeline {
     /// After a failed write: back to the last commit (chunk files cut back, read positions
     /// rewound), a smaller batch, and a pause before reading again.
     fn undo_batch(&mut self, what: &str, error: &dyn std::fmt::Display) {
-        tracing::error!(%error, "{what}; undoing this batch and retrying in 1s");
+        if self.write_failing {
+            tracing::debug!(%error, "{what}; still failing");
+        } else {
+            tracing::error!(%error, "{what}; undoing this batch, reading pauses until deliveries free space (nothing is lost)");
+            self.write_failing = true;
+        }
         self.summary.write_errors += 1;
         self.batch = (self.batch / 4).max(MIN_BATCH_BYTES);
         self.store.rollback();
@@ -414,6 +463,8 @@ impl Pipeline {
                 m.last_success_ms.store(crate::metrics::now_ms(), Ordering::Relaxed);
             }
             self.store.remove(seq);
+            // Its file is deleted at the next commit: that may be the room a full disk waits for.
+            self.write_backoff = None;
         }
     }
 
@@ -478,24 +529,31 @@ impl Pipeline {
         self.commit();
     }
 
-    fn next_wake(&self, now: Instant, draining: bool) -> Duration {
+    /// How long to sleep. Only times the loop acts on count: a time that is already past but
+    /// that the loop will not act on (a scan while draining, a poll while reading is paused or
+    /// done) would make it spin. Messages (events, deliveries) wake it earlier.
+    fn next_wake(&self, now: Instant, draining: bool, reading_done: bool) -> Duration {
         let mut next = now + Duration::from_secs(5);
-        for s in &self.sources {
-            if let Some(t) = s.next_scan() {
-                next = next.min(t);
-            }
-            if let Some(t) = s.next_rotate_deadline() {
-                next = next.min(t);
-            }
-            next = next.min(self.last_poll + s.poll_interval());
-        }
         if let Some(t) = self.write_backoff {
+            // Reading, polling and committing all wait for the pause to end.
             next = next.min(t);
+        } else if !reading_done {
+            // Over the total limit, reading waits for a delivery (a message), not for a time.
+            let paused = self.over_limit();
+            for s in &self.sources {
+                if !draining && let Some(t) = s.next_scan() {
+                    next = next.min(t);
+                }
+                if !paused && let Some(t) = s.next_rotate_deadline() {
+                    next = next.min(t);
+                }
+                next = next.min(self.last_poll + s.poll_interval());
+            }
         }
         // The next open chunk to become due.
         let b = &self.config.buffer;
         let now_wall = now_ms();
-        for c in self.store.open_chunks() {
+        for c in self.store.open_chunks().filter(|c| c.len > 0) {
             let due_ms = match b.flush_mode {
                 FlushMode::Lazy => c.timekey * 1000 + (b.timekey.get() + b.timekey_wait.get()).as_millis() as i64,
                 FlushMode::Interval => c.created_ms + b.flush_interval.get().as_millis() as i64,
@@ -504,15 +562,19 @@ impl Pipeline {
             let wait = Duration::from_millis((due_ms - now_wall).max(0) as u64);
             next = next.min(now + wait);
         }
-        if draining {
+        if draining && !reading_done && self.write_backoff.is_none() {
             next = next.min(now + Duration::from_millis(200));
         }
-        next.saturating_duration_since(now)
+        // Never less than a millisecond: a due time that is due now is acted on at the next pass.
+        next.saturating_duration_since(now).max(Duration::from_millis(1))
     }
 
     fn finish(mut self) -> Summary {
         self.store.sync_dir();
         for s in &self.sources {
+            self.summary
+                .not_shipped
+                .extend(s.not_shipped(self.config.lifecycle.once));
             for (path, bytes) in s.unread() {
                 self.summary.unread.push((path, bytes));
             }
@@ -527,6 +589,7 @@ impl Pipeline {
                 .push((self.store.chunk_path(c.seq), c.key.clone(), c.len));
         }
         self.summary.buffer_dir = self.store.dir().to_path_buf();
+        self.summary.damaged_chunks = self.store.damaged().to_vec();
         self.summary.drain_reason = self.drain_reason.take();
         self.summary
     }

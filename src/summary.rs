@@ -2,7 +2,8 @@
 //! as the exit code.
 //!
 //! Exit codes: 0 everything read was delivered; 3 some chunks went to a secondary directory;
-//! 4 data was left undelivered (still in the buffer directory, or never read). 1 is a fatal
+//! 4 data was left undelivered (still in the buffer directory, never read, missing from a
+//! damaged chunk file, or a path that was asked for could not be shipped at all). 1 is a fatal
 //! error before or outside the pipeline, 2 a usage error.
 
 use std::path::PathBuf;
@@ -78,6 +79,12 @@ pub struct Summary {
     pub buffer_dir: PathBuf,
     /// Failed writes to the buffer (each retried).
     pub write_errors: u64,
+    /// Paths the run was asked to ship but did not (missing, matching nothing, not a regular
+    /// file, unreadable), with the reason.
+    pub not_shipped: Vec<crate::source::tail::NotShipped>,
+    /// Chunks that recovery found shorter than committed or missing: what was left of them was
+    /// delivered, the rest is lost.
+    pub damaged_chunks: Vec<crate::buffer::DamagedChunk>,
 }
 
 impl Summary {
@@ -106,7 +113,11 @@ impl Summary {
 
     /// The process exit code for this result.
     pub fn exit_code(&self) -> i32 {
-        if !self.unread.is_empty() || !self.left_in_buffer.is_empty() {
+        if !self.unread.is_empty()
+            || !self.left_in_buffer.is_empty()
+            || !self.damaged_chunks.is_empty()
+            || !self.not_shipped.is_empty()
+        {
             EXIT_UNDELIVERED
         } else if self.outputs.iter().any(|o| !o.secondary.is_empty()) {
             EXIT_SECONDARY
@@ -139,6 +150,18 @@ impl Summary {
                 "logship: NOT DELIVERED: {bytes} bytes for key {key} are still in {}\n",
                 path.display()
             ));
+        }
+        for d in &self.damaged_chunks {
+            s.push_str(&format!(
+                "logship: LOST: {} of {} bytes for key {} were missing from {} when the buffer was recovered\n",
+                d.missing,
+                d.committed,
+                d.key,
+                d.path.display()
+            ));
+        }
+        for n in &self.not_shipped {
+            s.push_str(&format!("logship: NOT SHIPPED: {}: {}\n", n.path, n.reason));
         }
         for (path, bytes) in &self.unread {
             s.push_str(&format!(

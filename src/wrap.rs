@@ -31,18 +31,15 @@ pub enum WrapError {
     /// No command.
     #[error("no command to run (usage: logship wrap [options] -- COMMAND [ARGS...])")]
     NoCommand,
-    /// It could not be started.
-    #[error("cannot start {command}: {source}")]
-    Spawn {
-        /// The program.
-        command: String,
-        /// The error.
-        source: std::io::Error,
-    },
     /// Waiting for it failed.
     #[error("cannot wait for the child: {0}")]
     Wait(std::io::Error),
 }
+
+/// Exit code when the command does not exist (as a shell reports it).
+pub const EXIT_NOT_FOUND: i32 = 127;
+/// Exit code when the command exists but cannot be run (not executable, a directory).
+pub const EXIT_CANNOT_RUN: i32 = 126;
 
 /// How long output copying may go on after the child exited.
 const TEE_GRACE: Duration = Duration::from_secs(5);
@@ -112,10 +109,22 @@ pub async fn run(config: &WrapConfig) -> Result<i32, WrapError> {
     if config.stderr_file.is_some() {
         command.stderr(std::process::Stdio::piped());
     }
-    let mut child = command.spawn().map_err(|source| WrapError::Spawn {
-        command: program.clone(),
-        source,
-    })?;
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(source) => {
+            // As a shell does: 127 when the command is not found, 126 when it cannot be run.
+            // The signal file is still written, so a sidecar drains now instead of waiting
+            // for a heartbeat that never comes.
+            let code = if source.kind() == std::io::ErrorKind::NotFound {
+                EXIT_NOT_FOUND
+            } else {
+                EXIT_CANNOT_RUN
+            };
+            tracing::error!(command = %program, error = %source, code, "cannot start the command");
+            write_signal_file(config, code);
+            return Ok(code);
+        }
+    };
     let pid = child.id().map(|p| p as i32);
     let mut tees = Vec::new();
     if let (Some(out), Some(path)) = (child.stdout.take(), &config.stdout_file) {
@@ -174,10 +183,15 @@ pub async fn run(config: &WrapConfig) -> Result<i32, WrapError> {
     }
     use std::os::unix::process::ExitStatusExt;
     let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    write_signal_file(config, code);
+    Ok(code)
+}
+
+/// Writes the signal file (if configured) holding `code`.
+fn write_signal_file(config: &WrapConfig, code: i32) {
     if let Some(sf) = &config.signal_file
         && let Err(e) = crate::fsutil::write_atomic(sf, format!("{code}\n").as_bytes(), true)
     {
         tracing::error!(path = %sf.display(), error = %e, "cannot write the signal file");
     }
-    Ok(code)
 }

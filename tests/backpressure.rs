@@ -20,8 +20,11 @@ fn a_full_buffer_pauses_reading_and_resumes_when_the_output_recovers() {
     let content = lines("bp", 0, 80_000);
     assert!(content.len() > 6 << 20);
     fs::write(env.path("app.log"), &content).unwrap();
-    // The output directory is blocked by a regular file: every delivery fails and is retried.
-    fs::write(&env.out, b"blocked").unwrap();
+    // The tag's directory in the output is blocked by a regular file: every delivery fails and
+    // is retried. (An output directory that is itself a file is a permanent error.)
+    fs::create_dir_all(&env.out).unwrap();
+    let blocker = env.out.join("app.log");
+    fs::write(&blocker, b"blocked").unwrap();
     let args = env.run_config(
         r#"
 [buffer]
@@ -63,7 +66,7 @@ signal_file = "{signal}"
         "the buffer stayed under its limit ({most} bytes)"
     );
     // The output comes back: everything is delivered, nothing was dropped.
-    fs::remove_file(&env.out).unwrap();
+    fs::remove_file(&blocker).unwrap();
     wait_until("everything delivered", Duration::from_secs(120), || {
         collect(&env.out, "app.log").len() == content.len()
     });

@@ -133,3 +133,322 @@ fn the_readme_config_example_is_valid() {
         "{err}"
     );
 }
+
+/// Runs `ship --once` over `paths` into the env's output; returns (exit code, summary, stderr).
+fn once(env: &Env, paths: &[String], extra: &[&str]) -> (Option<i32>, serde_json::Value, String) {
+    let mut args: Vec<String> = vec!["ship".into(), "--once".into()];
+    args.extend(paths.iter().cloned());
+    args.extend(["--to".into(), format!("file://{}", env.out.display())]);
+    for pair in extra.chunks(2) {
+        set_flag(&mut args, pair[0], pair[1]);
+    }
+    let mut d = Daemon::spawn(&args, env.dir.path());
+    let st = d.wait_exit(Duration::from_secs(60));
+    (st.code(), d.summary(), d.stderr())
+}
+
+fn not_shipped(summary: &serde_json::Value) -> Vec<(String, String)> {
+    summary["not_shipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["path"].as_str().unwrap().to_string(),
+                n["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn once_says_what_it_could_not_ship_and_does_not_exit_0() {
+    let env = Env::new();
+    let good = lines("good", 0, 100);
+    fs::write(env.path("good.log"), &good).unwrap();
+    let fifo = env.path("pipe.log");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    fs::create_dir_all(env.path("a-dir")).unwrap();
+    let cases: Vec<(String, &str)> = vec![
+        (env.path("missing.log").display().to_string(), "No such file"),
+        (env.path("*.nothing").display().to_string(), "no file matches"),
+        (env.path("a-dir").display().to_string(), "a directory"),
+        (fifo.display().to_string(), "a FIFO"),
+    ];
+    for (path, why) in &cases {
+        // Each alone, and beside a good file that is still shipped.
+        let (code, summary, err) = once(&env, &[path.clone(), env.path("good.log").display().to_string()], &[]);
+        assert_eq!(code, Some(4), "{path}: {err}");
+        let ns = not_shipped(&summary);
+        assert!(
+            ns.len() == 1 && ns[0].0 == *path && ns[0].1.contains(why),
+            "{path}: {ns:?}"
+        );
+        assert!(err.contains(&format!("NOT SHIPPED: {path}")), "{err}");
+        assert_bytes_eq(&collect(&env.out, "good.log"), &good);
+        fs::remove_dir_all(&env.out).unwrap();
+    }
+    // --spark-events given a file.
+    let mut args = vec!["ship".to_string(), "--once".into(), "--spark-events".into()];
+    args.push(env.path("good.log").display().to_string());
+    args.extend(["--to".into(), format!("file://{}", env.out.display())]);
+    let mut d = Daemon::spawn(&args, env.dir.path());
+    assert_eq!(d.wait_exit(Duration::from_secs(60)).code(), Some(4), "{}", d.stderr());
+    assert!(
+        not_shipped(&d.summary())[0].1.contains("not a directory"),
+        "{}",
+        d.stderr()
+    );
+}
+
+#[test]
+fn once_over_a_file_it_cannot_read_does_not_exit_0() {
+    use std::os::unix::fs::PermissionsExt;
+    // As an unprivileged user (root reads everything), with a file only root may read.
+    let env = Env::new();
+    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&env.input, fs::Permissions::from_mode(0o755)).unwrap();
+    let secret = env.path("secret.log");
+    fs::write(&secret, b"root only\n").unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    let work = env.dir.path().join("nobody");
+    fs::create_dir_all(&work).unwrap();
+    assert!(
+        Command::new("chown")
+            .args(["65534:65534"])
+            .arg(&work)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid", "65534", "--regid", "65534", "--clear-groups", bin()]);
+    let args: Vec<String> = vec![
+        "ship".into(),
+        "--once".into(),
+        secret.display().to_string(),
+        "--to".into(),
+        format!("file://{}", work.join("out").display()),
+        "--buffer-dir".into(),
+        work.join("buffer").display().to_string(),
+    ];
+    let mut d = Daemon::spawn_cmd(cmd, &args, &work);
+    let st = d.wait_exit(Duration::from_secs(60));
+    assert_eq!(st.code(), Some(4), "{}", d.stderr());
+    let ns = not_shipped(&d.summary());
+    assert!(
+        ns[0].0 == secret.display().to_string() && ns[0].1.contains("Permission denied"),
+        "{ns:?}"
+    );
+}
+
+#[test]
+fn the_readme_demo_command_ships_everything_and_exits_0() {
+    let env = Env::new();
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/demo/**/*");
+    let (code, summary, err) = once(&env, &[demo.to_string()], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(not_shipped(&summary).is_empty());
+    let stdout = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/demo/user/spark-demo-driver/stdout"
+    );
+    assert_bytes_eq(
+        &collect(&env.out, "user/spark-demo-driver/stdout"),
+        &fs::read(stdout).unwrap(),
+    );
+}
+
+/// A presigned POST file (boto3's shape) for `bucket`, allowing keys under `prefix`, expiring at
+/// `expires` (RFC 3339), signed (in form only) by `key_id`, with `token` when given.
+fn presigned_post_file(
+    path: &std::path::Path,
+    bucket: &str,
+    prefix: &str,
+    expires: &str,
+    key_id: &str,
+    token: Option<&str>,
+) {
+    use base64::Engine;
+    let credential = format!("{key_id}/20261201/us-east-1/s3/aws4_request");
+    let mut conditions = vec![
+        serde_json::json!({ "bucket": bucket }),
+        serde_json::json!(["starts-with", "$key", prefix]),
+        serde_json::json!({ "x-amz-algorithm": "AWS4-HMAC-SHA256" }),
+        serde_json::json!({ "x-amz-credential": credential }),
+        serde_json::json!({ "x-amz-date": "20261201T000000Z" }),
+    ];
+    let mut fields = serde_json::json!({
+        "key": format!("{prefix}${{filename}}"),
+        "x-amz-algorithm": "AWS4-HMAC-SHA256",
+        "x-amz-credential": credential,
+        "x-amz-date": "20261201T000000Z",
+        "x-amz-signature": "0123456789abcdef",
+    });
+    if let Some(t) = token {
+        conditions.push(serde_json::json!({ "x-amz-security-token": t }));
+        fields["x-amz-security-token"] = t.into();
+    }
+    let policy = serde_json::json!({ "expiration": expires, "conditions": conditions });
+    fields["policy"] = base64::engine::general_purpose::STANDARD
+        .encode(policy.to_string())
+        .into();
+    let post = serde_json::json!({ "url": format!("https://{bucket}.s3.amazonaws.com/"), "fields": fields });
+    fs::write(path, post.to_string()).unwrap();
+}
+
+fn check(cfg: &std::path::Path) -> (Option<i32>, String) {
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn check_refuses_what_would_fail_at_run_time_naming_the_file_and_key() {
+    let env = Env::new();
+    let cfg = env.dir.path().join("logship.toml");
+    let base = "[[source]]\ntype = \"tail\"\npaths = [\"/var/log/*.log\"]\n";
+    for (extra, key, why) in [
+        (
+            "[[source]]\ntype = \"tail\"\npaths = [\"/x\"]\npoll_interval = \"0s\"\n",
+            "source[1].poll_interval",
+            "too short",
+        ),
+        (
+            "[[source]]\ntype = \"tail\"\npaths = [\"/x\"]\nrefresh_interval = \"0s\"\n",
+            "source[1].refresh_interval",
+            "too short",
+        ),
+        (
+            "[lifecycle]\nheartbeat_timeout = \"0s\"\n",
+            "lifecycle.heartbeat_timeout",
+            "too short",
+        ),
+        (
+            "[lifecycle]\ndrain_deadline = \"0s\"\n",
+            "lifecycle.drain_deadline",
+            "too short",
+        ),
+        (
+            "[[output]]\ntype = \"s3\"\n[output.s3]\nbucket = \"b\"\nstore_as = \"gzip\"\ncompression_level = 99\n",
+            "output[1].s3.compression_level",
+            "out of range",
+        ),
+    ] {
+        let out = "[[output]]\ntype = \"file\"\ndir = \"/tmp/o\"\n";
+        fs::write(&cfg, format!("{base}{out}{extra}")).unwrap();
+        let (code, err) = check(&cfg);
+        assert_eq!(code, Some(1), "{extra}: {err}");
+        assert!(
+            err.contains(&cfg.display().to_string()) && err.contains(key) && err.contains(why),
+            "{extra}: {err}"
+        );
+    }
+}
+
+#[test]
+fn check_refuses_a_presigned_post_that_would_be_refused() {
+    let env = Env::new();
+    let post = env.dir.path().join("presigned-post");
+    let cfg = env.dir.path().join("logship.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "[[source]]\ntype = \"tail\"\npaths = [\"/var/log/*.log\"]\n[[output]]\ntype = \"s3\"\npath = \"jobs/1\"\nkey_format = \"%{{path}}/%{{tag}}/%{{index}}.txt\"\n[output.s3]\nbucket = \"b\"\npresigned_post = \"{}\"\n",
+            post.display()
+        ),
+    )
+    .unwrap();
+    let later = "2099-01-01T00:00:00Z";
+    presigned_post_file(&post, "b", "jobs/1/", later, "AKIDEXAMPLE", None);
+    let (code, err) = check(&cfg);
+    assert_eq!(code, Some(0), "a good one passes: {err}");
+    for (bucket, prefix, expires, key_id, token, why) in [
+        ("b", "jobs/1/", "2020-01-01T00:00:00Z", "AKIDEXAMPLE", None, "expired"),
+        ("other", "jobs/1/", later, "AKIDEXAMPLE", None, "bucket"),
+        ("b", "jobs/2/", later, "AKIDEXAMPLE", None, "starting with \"jobs/2/\""),
+        ("b", "jobs/1/", later, "ASIAEXAMPLE", None, "x-amz-security-token"),
+    ] {
+        presigned_post_file(&post, bucket, prefix, expires, key_id, token);
+        let (code, err) = check(&cfg);
+        assert_eq!(code, Some(1), "{why}: {err}");
+        assert!(
+            err.contains(why) && err.contains("output[0].s3.presigned_post"),
+            "{why}: {err}"
+        );
+        assert!(!err.contains("0123456789abcdef"), "the signature is never shown: {err}");
+    }
+    // Temporary credentials with their token are fine.
+    presigned_post_file(&post, "b", "jobs/1/", later, "ASIAEXAMPLE", Some("tok"));
+    assert_eq!(check(&cfg).0, Some(0));
+    // The file alone: expired is an error too.
+    presigned_post_file(&post, "b", "jobs/1/", "2020-01-01T00:00:00Z", "AKIDEXAMPLE", None);
+    let out = Command::new(bin())
+        .args(["check", "--presigned-post"])
+        .arg(&post)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn environment_references_expand_in_every_value_with_defaults() {
+    let env = Env::new();
+    fs::write(env.path("app.log"), b"one line\n").unwrap();
+    let args = env.run_config(
+        r#"
+[buffer]
+dir = "{buffer}/${LOGSHIP_TEST_POD}"
+timekey = "${LOGSHIP_TEST_UNSET:-1h}"
+
+[[source]]
+type = "tail"
+paths = ["{input}/*.log"]
+
+[[output]]
+type = "file"
+dir = "{out}/${LOGSHIP_TEST_POD}"
+
+[lifecycle]
+once = true
+"#,
+    );
+    let mut cmd = Command::new(bin());
+    cmd.env("LOGSHIP_TEST_POD", "pod-7").env_remove("LOGSHIP_TEST_UNSET");
+    let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
+    assert!(d.wait_exit(Duration::from_secs(60)).success(), "{}", d.stderr());
+    assert_eq!(collect(&env.out.join("pod-7"), "app.log"), b"one line\n");
+    assert!(env.buffer.join("pod-7").join("state.json").exists() || env.buffer.join("pod-7").exists());
+    // Unset without a default: an error naming the key.
+    let mut cmd = Command::new(bin());
+    cmd.env_remove("LOGSHIP_TEST_POD");
+    let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
+    assert_eq!(d.wait_exit(Duration::from_secs(60)).code(), Some(1));
+    let err = d.stderr();
+    assert!(err.contains("buffer.dir") && err.contains("LOGSHIP_TEST_POD"), "{err}");
+}
+
+#[test]
+fn an_output_directory_that_is_a_file_fails_at_once_with_what_to_fix() {
+    let env = Env::new();
+    fs::write(env.path("app.log"), lines("perm", 0, 10)).unwrap();
+    let not_a_dir = env.dir.path().join("a-file");
+    fs::write(&not_a_dir, b"x").unwrap();
+    let (code, summary, err) = once(
+        &env,
+        &[env.path("app.log").display().to_string()],
+        &["--to", &format!("file://{}/sub", not_a_dir.display())],
+    );
+    // Not retried for minutes: the chunk goes to the secondary directory, and the run says so.
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("retrying cannot help"), "{err}");
+    assert!(!err.contains("delivery failed; retrying"), "{err}");
+    let secondary = &summary["outputs"][0]["secondary"][0];
+    assert_eq!(
+        fs::read(secondary["file"].as_str().unwrap()).unwrap(),
+        lines("perm", 0, 10)
+    );
+}

@@ -153,3 +153,168 @@ fn crash_and_recover(mode: &str, timekey: &str, point: &str, n: u64, big: &[u8],
         }
     }
 }
+
+/// Ships `file` with `--once` into `out` and aborts right after the first commit, leaving a
+/// committed, undelivered chunk in `buffer`; returns that chunk file.
+fn leave_committed_chunk(env: &Env, pattern: &str, out: &std::path::Path) -> std::path::PathBuf {
+    let mut args = env.once_args(
+        pattern,
+        &[
+            "--buffer-dir",
+            &env.buffer.display().to_string(),
+            "--flush-mode",
+            "immediate",
+        ],
+    );
+    set_flag(&mut args, "--to", &format!("file://{}", out.display()));
+    let mut cmd = std::process::Command::new(bin());
+    cmd.env("LOGSHIP_CRASH_AT", "after-state-write:1");
+    let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
+    assert!(!d.wait_exit(Duration::from_secs(60)).success(), "{}", d.stderr());
+    let chunks: Vec<_> = fs::read_dir(env.buffer.join("chunks"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(chunks.len(), 1, "{chunks:?}");
+    chunks[0].clone()
+}
+
+#[test]
+fn a_chunk_file_shorter_than_committed_ships_what_is_real_and_says_what_is_missing() {
+    let env = Env::new();
+    let content = lines("short", 0, 30_000);
+    fs::write(env.path("app.log"), &content).unwrap();
+    let chunk = leave_committed_chunk(&env, "app.log", &env.out);
+    // As a host crash with fsync = false leaves it.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&chunk)
+        .unwrap()
+        .set_len(1000)
+        .unwrap();
+    let args = env.once_args("app.log", &["--buffer-dir", &env.buffer.display().to_string()]);
+    let mut d = Daemon::spawn(&args, env.dir.path());
+    let st = d.wait_exit(Duration::from_secs(60));
+    let err = d.stderr();
+    assert_eq!(
+        st.code(),
+        Some(4),
+        "a run that lost data does not exit 0; stderr:\n{err}"
+    );
+    // Only the real bytes, never zeros in place of the rest.
+    assert_bytes_eq(&collect(&env.out, "app.log"), &content[..1000]);
+    let damaged = &d.summary()["damaged_chunks"];
+    assert_eq!(
+        damaged[0]["missing"].as_u64(),
+        Some(content.len() as u64 - 1000),
+        "{err}"
+    );
+    assert!(
+        err.contains("LOST:") && err.contains(&chunk.display().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_chunk_file_is_reported_and_the_rest_of_the_buffer_is_delivered() {
+    let env = Env::new();
+    let first = lines("first", 0, 1000);
+    fs::write(env.path("a.log"), &first).unwrap();
+    let chunk = leave_committed_chunk(&env, "a.log", &env.out);
+    fs::remove_file(&chunk).unwrap();
+    // A later run on the same buffer, with more to read.
+    let second = lines("second", 0, 1000);
+    fs::write(env.path("b.log"), &second).unwrap();
+    let args = env.once_args("*.log", &["--buffer-dir", &env.buffer.display().to_string()]);
+    let mut d = Daemon::spawn(&args, env.dir.path());
+    let st = d.wait_exit(Duration::from_secs(60));
+    let err = d.stderr();
+    assert_eq!(st.code(), Some(4), "stderr:\n{err}");
+    assert_bytes_eq(&collect(&env.out, "b.log"), &second);
+    assert!(collect(&env.out, "a.log").is_empty());
+    assert_eq!(
+        d.summary()["damaged_chunks"][0]["missing"].as_u64(),
+        Some(first.len() as u64)
+    );
+    // The state no longer holds it: the next run is clean.
+    let mut d = Daemon::spawn(&args, env.dir.path());
+    assert!(d.wait_exit(Duration::from_secs(60)).success(), "{}", d.stderr());
+}
+
+#[test]
+fn recovered_chunks_never_go_to_another_destination() {
+    let env = Env::new();
+    let secret = b"secret-X of run A\n".repeat(100);
+    fs::write(env.path("a.log"), &secret).unwrap();
+    let dest_a = env.dir.path().join("destA");
+    let dest_b = env.dir.path().join("destB");
+    leave_committed_chunk(&env, "a.log", &dest_a);
+    // Another run, other files, another destination, the same buffer directory: refused.
+    fs::write(env.path("b.log"), b"run B\n").unwrap();
+    let mut args = env.once_args("b.log", &["--buffer-dir", &env.buffer.display().to_string()]);
+    set_flag(&mut args, "--to", &format!("file://{}", dest_b.display()));
+    let mut d = Daemon::spawn(&args, env.dir.path());
+    let st = d.wait_exit(Duration::from_secs(60));
+    let err = d.stderr();
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(
+        err.contains("bound for file://") && err.contains(&dest_a.display().to_string()),
+        "{err}"
+    );
+    assert!(!dest_b.exists(), "nothing reached B");
+    // The run that wrote it delivers it.
+    set_flag(&mut args, "--to", &format!("file://{}", dest_a.display()));
+    let mut d = Daemon::spawn(&args, env.dir.path());
+    assert!(d.wait_exit(Duration::from_secs(60)).success(), "{}", d.stderr());
+    assert_bytes_eq(&collect(&dest_a, "a.log"), &secret);
+}
+
+#[test]
+fn the_default_follow_buffer_is_per_user_and_per_configuration() {
+    let env = Env::new();
+    let tmp = env.dir.path().join("tmp");
+    fs::create_dir_all(&tmp).unwrap();
+    fs::write(env.path("a.log"), b"secret-X\n").unwrap();
+    fs::write(env.path("b.log"), b"run B\n").unwrap();
+    let dest_a = env.dir.path().join("destA");
+    let dest_b = env.dir.path().join("destB");
+    let follow = |file: &str, dest: &std::path::Path| -> Vec<String> {
+        vec![
+            "ship".into(),
+            "--follow".into(),
+            env.path(file).display().to_string(),
+            "--to".into(),
+            format!("file://{}", dest.display()),
+            "--signal-file".into(),
+            env.signal.display().to_string(),
+            "--flush-mode".into(),
+            "immediate".into(),
+        ]
+    };
+    // Run A is killed after its first commit, leaving a chunk in its default buffer.
+    let mut cmd = std::process::Command::new(bin());
+    cmd.env("TMPDIR", &tmp).env("LOGSHIP_CRASH_AT", "after-state-write:1");
+    let mut d = Daemon::spawn_cmd(cmd, &follow("a.log", &dest_a), env.dir.path());
+    assert!(!d.wait_exit(Duration::from_secs(60)).success(), "{}", d.stderr());
+    // Run B, other files to another destination, with the default buffer too.
+    env.signal_end();
+    let mut cmd = std::process::Command::new(bin());
+    cmd.env("TMPDIR", &tmp);
+    let mut d = Daemon::spawn_cmd(cmd, &follow("b.log", &dest_b), env.dir.path());
+    assert!(d.wait_exit(Duration::from_secs(60)).success(), "{}", d.stderr());
+    assert_eq!(collect(&dest_b, "b.log"), b"run B\n");
+    assert!(!dest_b.join("a.log").exists(), "A's chunk went to B");
+    // The same command as A resumes A's buffer.
+    let mut cmd = std::process::Command::new(bin());
+    cmd.env("TMPDIR", &tmp);
+    let mut d = Daemon::spawn_cmd(cmd, &follow("a.log", &dest_a), env.dir.path());
+    assert!(d.wait_exit(Duration::from_secs(60)).success(), "{}", d.stderr());
+    assert_eq!(collect(&dest_a, "a.log"), b"secret-X\n");
+    // Both live under one private directory of this user.
+    use std::os::unix::fs::MetadataExt;
+    let uid = fs::metadata(env.dir.path()).unwrap().uid();
+    let parent = tmp.join(format!("logship-{uid}"));
+    assert_eq!(fs::metadata(&parent).unwrap().mode() & 0o777, 0o700);
+    assert_eq!(fs::read_dir(&parent).unwrap().count(), 2);
+}

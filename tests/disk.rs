@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use common::*;
 
-/// A command that runs logship with a tmpfs mounted on `buffer` (`opts`, e.g. "size=1m" or "ro").
+/// A command that runs logship with a tmpfs mounted on `buffer` (`opts`, e.g. "size=1m" or "ro"),
+/// private (mode 700) as logship requires of a buffer directory.
 fn in_tmpfs(buffer: &std::path::Path, opts: &str) -> Command {
     fs::create_dir_all(buffer).unwrap();
     let mut cmd = Command::new("unshare");
     cmd.args(["--user", "--map-root-user", "--mount", "sh", "-c"])
-        .arg(r#"mount -t tmpfs -o "$1" logship-test "$2" && shift 2 && exec "$@""#)
+        .arg(r#"mount -t tmpfs -o "mode=700,$1" logship-test "$2" && shift 2 && exec "$@""#)
         .arg("sh")
         .arg(opts)
         .arg(buffer)
@@ -72,4 +73,124 @@ fn a_read_only_buffer_directory_is_a_clear_error_before_anything_is_read() {
     );
     assert!(err.contains("Read-only file system"), "{err}");
     assert!(!env.out.exists(), "nothing was shipped");
+}
+
+#[test]
+fn a_full_buffer_disk_while_following_pauses_reading_until_deliveries_free_space() {
+    let env = Env::new();
+    let log = env.path("app.log");
+    fs::write(&log, b"").unwrap();
+    // The default 32 MiB chunk limit on a 4 MiB buffer file system: the open chunk fills the
+    // disk long before its time key closes, so only sealing it and delivering frees space.
+    let mut args = env.follow_args("app.log");
+    set_flag(&mut args, "--flush-mode", "lazy");
+    set_flag(&mut args, "--drain-deadline", "120s");
+    let mut d = Daemon::spawn_cmd(in_tmpfs(&env.buffer, "size=4m"), &args, env.dir.path());
+    d.wait_until("logship follows the file", Duration::from_secs(30), || {
+        d.stderr().contains("following file")
+    });
+    // About 10 MB/s for 3 s: over 20 MB through the 4 MiB disk.
+    let mut expected = Vec::new();
+    for i in 0..64 {
+        let block = lines("full", i * 6_000, 6_000);
+        append(&log, &block);
+        expected.extend_from_slice(&block);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(expected.len() > 20 << 20);
+    d.wait_until("everything written is delivered", Duration::from_secs(120), || {
+        collect(&env.out, "app.log").len() >= expected.len()
+    });
+    env.signal_end();
+    let st = d.wait_exit(Duration::from_secs(120));
+    let err = d.stderr();
+    assert!(st.success(), "exit {st:?}; stderr:\n{err}");
+    assert_bytes_eq(&collect(&env.out, "app.log"), &expected);
+    assert!(
+        d.summary()["write_errors"].as_u64().unwrap() > 0,
+        "the disk did fill:\n{err}"
+    );
+    // One line when writing starts to fail and one when it works again, not one per attempt.
+    let failing = err.matches("reading pauses until deliveries free space").count();
+    let resumed = err.matches("the buffer can be written again").count();
+    assert!((1..=20).contains(&failing), "{failing} 'pauses' lines:\n{err}");
+    assert!(
+        resumed >= failing.saturating_sub(1),
+        "{resumed} 'resumes' lines for {failing} pauses"
+    );
+}
+
+/// A shared buffer directory that another local user prepared: writable by all, with links
+/// planted where logship writes. It is refused before anything is written through it.
+#[test]
+fn a_buffer_directory_writable_by_others_is_refused_and_nothing_is_written_through_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    fs::write(env.path("app.log"), b"secret line\n").unwrap();
+    let victim = env.dir.path().join("victim");
+    fs::write(&victim, b"root's file\n").unwrap();
+    fs::create_dir_all(env.buffer.join("chunks")).unwrap();
+    fs::set_permissions(&env.buffer, fs::Permissions::from_mode(0o777)).unwrap();
+    std::os::unix::fs::symlink(&victim, env.buffer.join(".write-probe")).unwrap();
+    std::os::unix::fs::symlink(&victim, env.buffer.join("chunks/0.chunk")).unwrap();
+    let args = env.once_args("app.log", &["--buffer-dir", &env.buffer.display().to_string()]);
+    let mut d = Daemon::spawn(&args, env.dir.path());
+    let st = d.wait_exit(Duration::from_secs(60));
+    let err = d.stderr();
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(err.contains("writable by every user"), "{err}");
+    assert_eq!(fs::read(&victim).unwrap(), b"root's file\n");
+    assert!(!env.out.exists());
+}
+
+#[test]
+fn a_buffer_directory_owned_by_another_user_is_refused() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new();
+    fs::write(env.path("app.log"), b"secret line\n").unwrap();
+    fs::create_dir_all(&env.buffer).unwrap();
+    let me = fs::metadata(&env.buffer).unwrap().uid();
+    // Give it away: as root with chown, otherwise inside a user namespace where we are root
+    // and our uid maps to someone else.
+    let other = me + 4242;
+    let chowned = std::process::Command::new("chown")
+        .arg(other.to_string())
+        .arg(&env.buffer)
+        .status()
+        .unwrap()
+        .success();
+    assert!(
+        chowned,
+        "the test needs to own files as another user (run as root, as CI does)"
+    );
+    let args = env.once_args("app.log", &["--buffer-dir", &env.buffer.display().to_string()]);
+    let mut d = Daemon::spawn(&args, env.dir.path());
+    let st = d.wait_exit(Duration::from_secs(60));
+    let err = d.stderr();
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("owned by uid {other}")), "{err}");
+}
+
+#[test]
+fn buffer_files_are_private() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new();
+    fs::write(env.path("app.log"), lines("private", 0, 100)).unwrap();
+    let mut args = env.follow_args("app.log");
+    set_flag(&mut args, "--flush-mode", "lazy");
+    set_flag(&mut args, "--timekey", "1h");
+    let mut d = Daemon::spawn(&args, env.dir.path());
+    d.wait_until("a chunk is committed", Duration::from_secs(60), || {
+        env.buffer.join("state.json").exists()
+            && fs::read_dir(env.buffer.join("chunks")).is_ok_and(|mut r| r.next().is_some())
+    });
+    let mode = |p: &std::path::Path| fs::metadata(p).unwrap().mode() & 0o777;
+    assert_eq!(mode(&env.buffer), 0o700);
+    assert_eq!(mode(&env.buffer.join("chunks")), 0o700);
+    assert_eq!(mode(&env.buffer.join("state.json")), 0o600);
+    for e in fs::read_dir(env.buffer.join("chunks")).unwrap().flatten() {
+        assert_eq!(mode(&e.path()), 0o600, "{}", e.path().display());
+    }
+    env.signal_end();
+    assert!(d.wait_exit(Duration::from_secs(60)).success(), "{}", d.stderr());
 }

@@ -183,3 +183,125 @@ fn undeliverable_chunks_go_to_the_secondary_directory_and_the_exit_code_says_so(
         d.stderr()
     );
 }
+
+/// CPU seconds (user + system) a process has used, from /proc/PID/stat.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    let hz = clk_tck();
+    ticks / hz
+}
+
+/// The kernel's clock tick rate for /proc times (`getconf CLK_TCK`).
+fn clk_tck() -> f64 {
+    let out = std::process::Command::new("getconf").arg("CLK_TCK").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// An S3 destination that refuses every connection: deliveries fail and are retried.
+fn unreachable_s3(env: &Env, extra: &[&str]) -> std::process::Command {
+    let port = free_port(); // nothing listens there
+    let mut cmd = std::process::Command::new(bin());
+    cmd.env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .args(["ship", "--once"])
+        .arg(env.path("app.log"))
+        .args(["--to", "s3://bucket/logs", "--path-style", "--endpoint"])
+        .arg(format!("http://127.0.0.1:{port}"))
+        .args(extra);
+    cmd
+}
+
+#[test]
+fn a_drain_waiting_on_delivery_sleeps_instead_of_spinning() {
+    let env = Env::new();
+    append(&env.path("app.log"), &lines("wait", 0, 1000));
+    let d = Daemon::spawn_cmd(unreachable_s3(&env, &[]), &[], env.dir.path());
+    // Reading is done and the drain waits on an output that keeps failing.
+    d.wait_until("a delivery fails and is retried", T, || {
+        d.stderr().contains("delivery failed; retrying")
+    });
+    let pid = d.child.id();
+    let before = cpu_seconds(pid);
+    std::thread::sleep(Duration::from_secs(10));
+    let used = cpu_seconds(pid) - before;
+    assert!(
+        used < 1.0,
+        "{used:.2} CPU-seconds used in 10 s of waiting on retries; stderr:\n{}",
+        d.stderr()
+    );
+    d.signal("KILL");
+}
+
+#[test]
+fn retry_jitter_differs_between_processes() {
+    let env = Env::new();
+    append(&env.path("app.log"), &lines("jitter", 0, 10));
+    let buffers = [env.dir.path().join("b1"), env.dir.path().join("b2")];
+    let mut ds: Vec<Daemon> = buffers
+        .iter()
+        .map(|b| {
+            let cmd = unreachable_s3(&env, &["--buffer-dir", &b.display().to_string()]);
+            Daemon::spawn_cmd(cmd, &[], env.dir.path())
+        })
+        .collect();
+    let waits = |d: &Daemon| -> Vec<String> {
+        d.stderr()
+            .lines()
+            .filter_map(|l| l.split("retry_in=").nth(1))
+            .map(|w| w.split_whitespace().next().unwrap_or("").to_string())
+            .collect()
+    };
+    for d in &ds {
+        d.wait_until("two retries", T, || waits(d).len() >= 2);
+    }
+    let (a, b) = (waits(&ds[0]), waits(&ds[1]));
+    assert_ne!(
+        a[..2],
+        b[..2],
+        "two processes wait the same jittered times: {a:?} / {b:?}"
+    );
+    for d in &mut ds {
+        d.kill9();
+    }
+}
+
+#[test]
+fn signals_during_once_drain_with_a_summary_and_others_never_kill() {
+    let env = Env::new();
+    let content = lines("sig", 0, 100);
+    append(&env.path("app.log"), &content);
+    // The tag's directory is blocked: delivery fails and is retried, so the drain waits.
+    fs::create_dir_all(&env.out).unwrap();
+    fs::write(env.out.join("app.log"), b"blocked").unwrap();
+    let args = env.once_args("app.log", &["--buffer-dir", &env.buffer.display().to_string()]);
+    let mut d = Daemon::spawn(&args, env.dir.path());
+    d.wait_until("a delivery is retried", T, || {
+        d.stderr().contains("delivery failed; retrying")
+    });
+    for sig in ["HUP", "USR1", "USR2"] {
+        d.signal(sig);
+    }
+    d.wait_until("the signals are logged", T, || {
+        d.stderr().matches("ignored (SIGTERM").count() == 3
+    });
+    assert!(
+        d.child.try_wait().unwrap().is_none(),
+        "a signal killed it: {}",
+        d.stderr()
+    );
+    d.signal("TERM");
+    d.wait_until("reading stops", T, || d.stderr().contains("reading stops"));
+    d.signal("TERM");
+    let st = d.wait_exit(T);
+    let err = d.stderr();
+    // Not 143: a summary, and the chunk it could not deliver is in the secondary directory.
+    assert_eq!(st.code(), Some(3), "{err}");
+    let secondary = &d.summary()["outputs"][0]["secondary"][0];
+    assert_eq!(fs::read(secondary["file"].as_str().unwrap()).unwrap(), content);
+}

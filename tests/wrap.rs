@@ -36,12 +36,38 @@ fn exit_codes_pass_through_and_the_signal_file_holds_them() {
     let st = Command::new(bin()).args(wrap(&env, "kill -9 $$")).status().unwrap();
     assert_eq!(st.code(), Some(137), "killed by SIGKILL is 128 + 9, as a shell says");
     assert_eq!(fs::read_to_string(&env.signal).unwrap(), "137\n");
-    let out = Command::new(bin())
-        .args(["wrap", "--", "/no/such/program"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn a_command_that_cannot_start_exits_like_a_shell_and_still_writes_the_signal_file() {
+    let env = Env::new();
+    let run = |command: &str| {
+        let _ = fs::remove_file(&env.signal);
+        Command::new(bin())
+            .args([
+                "wrap",
+                "--signal-file",
+                &env.signal.display().to_string(),
+                "--",
+                command,
+            ])
+            .output()
+            .unwrap()
+    };
+    // Not found: 127, the name in the error, and the signal file so the sidecar drains now.
+    let out = run("/no/such/program");
+    assert_eq!(out.status.code(), Some(127));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/program"));
+    assert_eq!(fs::read_to_string(&env.signal).unwrap(), "127\n");
+    // Found but not executable: 126.
+    let script = env.dir.path().join("not-executable.sh");
+    fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+    let out = run(&script.display().to_string());
+    assert_eq!(out.status.code(), Some(126), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fs::read_to_string(&env.signal).unwrap(), "126\n");
+    // A directory: 126.
+    let out = run(&env.dir.path().display().to_string());
+    assert_eq!(out.status.code(), Some(126));
 }
 
 #[test]

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use crate::config::Framing;
 use crate::fsutil::{sync_parent, write_atomic};
 use crate::sink::key::{KeyTemplate, KeyValues};
-pub use state::{ChunkMeta, IndexCounter, MarkerRecord, SourceCheckpoint, StateFile};
+pub use state::{ChunkMeta, IndexCounter, KeyAlternatives, MarkerRecord, SourceCheckpoint, StateFile};
 
 /// Why the buffer could not do what was asked; every variant names the path involved.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +38,23 @@ pub enum BufferError {
     /// Another process uses this buffer directory.
     #[error("buffer directory {0} is in use by another logship process (lock held on its .lock file)")]
     Locked(PathBuf),
+    /// The buffer holds chunks bound for a destination that the output of the same name no
+    /// longer delivers to: delivering them to the new one would hand one run's data to another.
+    #[error(
+        "buffer directory {dir} holds {chunks} undelivered chunk(s) of output {output:?} bound for {recorded}, but that output now delivers to {now}; run once more with the configuration that wrote them to deliver them, or use another buffer directory"
+    )]
+    OtherDestination {
+        /// The buffer directory.
+        dir: PathBuf,
+        /// The output's name.
+        output: String,
+        /// Where its chunks were bound when they were written.
+        recorded: String,
+        /// Where the output delivers now.
+        now: String,
+        /// How many chunks are waiting.
+        chunks: usize,
+    },
     /// The state file could not be read.
     #[error(transparent)]
     State(#[from] state::StateError),
@@ -74,6 +91,25 @@ pub struct OutputKeying {
     pub file_extension: String,
     /// First `%{index}` of each prefix.
     pub index_start: u64,
+    /// Where the output delivers (a directory, bucket, log group; no secrets). Recorded with the
+    /// chunks, so a buffer directory reused by another configuration never sends one run's
+    /// chunks to another run's destination.
+    pub destination: String,
+}
+
+/// A chunk that recovery found damaged: its file is gone, or shorter than its committed length
+/// (a host crash with `fsync = false`, or someone else's hand). What is left of it is delivered;
+/// the rest is reported, and the run does not exit 0.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DamagedChunk {
+    /// The chunk file.
+    pub path: PathBuf,
+    /// The key it is (or was) bound for.
+    pub key: String,
+    /// Bytes the state recorded.
+    pub committed: u64,
+    /// Bytes that are missing from the file.
+    pub missing: u64,
 }
 
 /// Chunk-cutting parameters shared by all outputs.
@@ -108,6 +144,25 @@ pub struct SealedChunk {
     pub delete_after: Vec<String>,
     /// When it was opened (ms since the epoch): the read time of its lines.
     pub created_ms: i64,
+    /// Never replace an object at `key` that this chunk did not write (tailed data).
+    pub no_replace: bool,
+    /// Where to go when `key` is taken.
+    pub alternatives: Option<KeyAlternatives>,
+}
+
+/// How many other keys an output tries when a chunk's key is taken by someone else's object.
+pub const KEY_ALTERNATIVES_MAX: u64 = 1000;
+
+impl SealedChunk {
+    /// The keys this chunk may be delivered to, in order: its own, then (for tailed data with an
+    /// index) the same key with the index moved on.
+    pub fn candidate_keys(&self) -> impl Iterator<Item = String> + '_ {
+        let alts = self
+            .alternatives
+            .iter()
+            .flat_map(|a| (1..=KEY_ALTERNATIVES_MAX).map(move |n| a.nth(n)));
+        std::iter::once(self.key.clone()).chain(alts)
+    }
 }
 
 /// How many counter-less hours an index counter of a timed key survives.
@@ -135,6 +190,11 @@ pub struct ChunkStore {
     newly_sealed: Vec<u64>,
     /// Chunk files to delete after the next commit (delivered or moved to the secondary).
     to_delete: Vec<u64>,
+    /// What recovery found damaged (reported at exit).
+    damaged: Vec<DamagedChunk>,
+    /// Size of the last state written, and of the reserve held for the next one.
+    state_len: u64,
+    reserve_len: u64,
     _lock: File,
 }
 
@@ -146,12 +206,12 @@ impl ChunkStore {
             source,
         };
         let chunk_dir = dir.join("chunks");
-        fs::create_dir_all(&chunk_dir).map_err(dir_err)?;
+        // Private (0700, ours, not writable by others): buffered logs are nobody else's to read,
+        // and no one else can plant links in it.
+        crate::fsutil::private_dir(dir).map_err(dir_err)?;
         let lock_path = dir.join(".lock");
-        let lock = OpenOptions::new()
-            .create(true)
+        let lock = crate::fsutil::private_file()
             .truncate(false)
-            .write(true)
             .open(&lock_path)
             .map_err(dir_err)?;
         match lock.try_lock() {
@@ -161,11 +221,38 @@ impl ChunkStore {
         }
         // Prove the directory is writable now, with a clear error, rather than at the first chunk.
         let probe = dir.join(".write-probe");
-        fs::write(&probe, b"ok").map_err(dir_err)?;
         let _ = fs::remove_file(&probe);
+        crate::fsutil::private_file()
+            .create_new(true)
+            .open(&probe)
+            .and_then(|mut f| f.write_all(b"ok"))
+            .map_err(dir_err)?;
+        let _ = fs::remove_file(&probe);
+        crate::fsutil::private_dir(&chunk_dir).map_err(|source| BufferError::Dir {
+            path: chunk_dir.clone(),
+            source,
+        })?;
 
         let state_path = dir.join("state.json");
         let mut state = StateFile::load(&state_path)?;
+        // Chunks go only where they were bound: refuse to start rather than deliver them to
+        // another destination under the same output name.
+        for o in &outputs {
+            if let Some(recorded) = state.destinations.get(&o.name)
+                && *recorded != o.destination
+            {
+                let chunks = state.chunks.iter().filter(|c| c.output == o.name).count();
+                if chunks > 0 {
+                    return Err(BufferError::OtherDestination {
+                        dir: dir.to_path_buf(),
+                        output: o.name.clone(),
+                        recorded: recorded.clone(),
+                        now: o.destination.clone(),
+                        chunks,
+                    });
+                }
+            }
+        }
         // Drop chunks of outputs that no longer exist? No: keep them, they are undelivered data.
         // They are reported at exit and delivered again if the output comes back.
         let known: HashSet<u64> = state.chunks.iter().map(|c| c.seq).collect();
@@ -183,18 +270,57 @@ impl ChunkStore {
                 let _ = fs::remove_file(entry.path());
             }
         }
-        for c in &mut state.chunks {
+        let loaded = state.clone();
+        let mut damaged = Vec::new();
+        state.chunks.retain_mut(|c| {
             let path = chunk_dir.join(format!("{}.chunk", c.seq));
-            let f = OpenOptions::new()
-                .write(true)
+            let on_disk = fs::symlink_metadata(&path)
+                .ok()
+                .filter(|m| m.is_file())
+                .map(|m| m.len());
+            let missing = c.len - on_disk.unwrap_or(0).min(c.len);
+            if missing > 0 {
+                tracing::error!(
+                    path = %path.display(), key = %c.key, committed = c.len, missing,
+                    "chunk file is {}; delivering what is left of it",
+                    if on_disk.is_some() { "shorter than its committed length" } else { "missing" }
+                );
+                damaged.push(DamagedChunk {
+                    path: path.clone(),
+                    key: c.key.clone(),
+                    committed: c.len,
+                    missing,
+                });
+                c.len -= missing;
+            }
+            c.sealed = true;
+            // Nothing left of it: nothing to deliver. (An empty chunk, a marker, stays.)
+            c.len > 0 || missing == 0
+        });
+        for c in &state.chunks {
+            // Bytes written after the last commit are cut off; they are read again from the source.
+            let path = chunk_dir.join(format!("{}.chunk", c.seq));
+            let f = crate::fsutil::private_file()
+                .truncate(false)
                 .open(&path)
                 .map_err(|source| BufferError::Write {
                     path: path.clone(),
                     source,
                 })?;
             f.set_len(c.len).map_err(|source| BufferError::Write { path, source })?;
-            c.sealed = true;
         }
+        for o in &outputs {
+            state.destinations.insert(o.name.clone(), o.destination.clone());
+        }
+        if !damaged.is_empty() {
+            // Record the repair now: a later rollback must never grow a file back with zeros.
+            write_atomic(&state_path, &state.to_bytes(), limits.fsync).map_err(|source| BufferError::Write {
+                path: state_path.clone(),
+                source,
+            })?;
+        }
+        let committed = if damaged.is_empty() { loaded } else { state.clone() };
+        let state_len = fs::metadata(&state_path).map_or(0, |m| m.len());
         let recovered = state.chunks.iter().map(|c| c.seq).collect();
         Ok(ChunkStore {
             dir: dir.to_path_buf(),
@@ -203,15 +329,48 @@ impl ChunkStore {
             limits,
             outputs,
             hostname: crate::sink::key::hostname(),
-            committed: state.clone(),
+            committed,
             state,
             open: HashMap::new(),
             handles: HashMap::new(),
             dirty: HashSet::new(),
             newly_sealed: recovered,
             to_delete: Vec::new(),
+            damaged,
+            state_len,
+            reserve_len: 0,
             _lock: lock,
         })
+    }
+
+    /// The file that holds back room for the state file on a full disk.
+    fn reserve_path(&self) -> PathBuf {
+        self.dir.join(".reserve")
+    }
+
+    /// Makes sure the reserve exists and is large enough for twice the state file (a new state
+    /// is written beside the old one before the rename). Best effort: on a full disk it is
+    /// simply not there until deliveries free space.
+    fn ensure_reserve(&mut self) {
+        let want = (2 * self.state_len + (64 << 10)).next_multiple_of(64 << 10);
+        if self.reserve_len >= want && self.reserve_path().exists() {
+            return;
+        }
+        let path = self.reserve_path();
+        let ok = crate::fsutil::private_file()
+            .truncate(false)
+            .open(&path)
+            .is_ok_and(|f| {
+                use std::os::fd::AsRawFd;
+                // SAFETY: fallocate on a file descriptor we own; real blocks, not a sparse file.
+                unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, want as libc::off_t) == 0 }
+            });
+        self.reserve_len = if ok { want } else { 0 };
+    }
+
+    /// Chunks that recovery found shorter than committed, or missing.
+    pub fn damaged(&self) -> &[DamagedChunk] {
+        &self.damaged
     }
 
     /// The buffer directory.
@@ -258,7 +417,9 @@ impl ChunkStore {
         let seq = self.state.next_seq;
         let ok = &self.outputs[output];
         let time_slice = crate::sink::key::format_time_slice(&ok.time_slice_format, timekey);
-        let random = seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (now_ms as u64).rotate_left(17);
+        // Per chunk, and different in every process: two runs that start in the same instant
+        // must not draw the same %{hex_random} / %{uuid_flush}. Fixed in the key once drawn.
+        let random = fastrand::u64(..);
         let values = KeyValues {
             tag,
             path: &ok.path,
@@ -268,6 +429,7 @@ impl ChunkStore {
             hostname: &self.hostname,
         };
         let timed = ok.template.to_string().contains("%{time_slice}");
+        let mut alternatives = None;
         let key = if ok.template.has_index() {
             let prefix = ok.template.prefix(&values);
             let counter = match self
@@ -291,15 +453,17 @@ impl ChunkStore {
             let index = counter.next;
             counter.next += 1;
             counter.timekey = counter.timekey.max(timekey);
+            alternatives = ok
+                .template
+                .render_around_index(&values)
+                .map(|(before, after)| KeyAlternatives { before, index, after });
             ok.template.render(&values, index)
         } else {
             ok.template.render(&values, 0)
         };
         let path = self.chunk_path(seq);
-        let file = OpenOptions::new()
-            .create(true)
+        let file = crate::fsutil::private_file()
             .truncate(true)
-            .write(true)
             .open(&path)
             .map_err(|source| BufferError::Write { path, source })?;
         self.state.next_seq += 1;
@@ -314,6 +478,8 @@ impl ChunkStore {
             last_write_ms: now_ms,
             sealed: false,
             delete_after: Vec::new(),
+            no_replace: true,
+            alternatives,
         });
         self.handles.insert(seq, file);
         self.open.insert(map_key, seq);
@@ -458,12 +624,20 @@ impl ChunkStore {
         self.state.indices.retain(|c| !c.timed || c.timekey >= horizon);
         if self.state != self.committed {
             crate::crashpoint::hit("before-state-write");
-            write_atomic(&self.state_path, &self.state.to_bytes(), self.limits.fsync).map_err(|source| {
-                BufferError::Write {
-                    path: self.state_path.clone(),
-                    source,
-                }
+            let bytes = self.state.to_bytes();
+            let mut written = write_atomic(&self.state_path, &bytes, self.limits.fsync);
+            if written.as_ref().is_err_and(|e| e.raw_os_error() == Some(libc::ENOSPC))
+                && fs::remove_file(self.reserve_path()).is_ok()
+            {
+                // The disk is full of chunks, some of them delivered: only a state write lets
+                // their files go. The reserve makes room for that one write.
+                written = write_atomic(&self.state_path, &bytes, self.limits.fsync);
+            }
+            written.map_err(|source| BufferError::Write {
+                path: self.state_path.clone(),
+                source,
             })?;
+            self.state_len = bytes.len() as u64;
             self.committed = self.state.clone();
             crate::crashpoint::hit("after-state-write");
         }
@@ -473,6 +647,7 @@ impl ChunkStore {
             let _ = fs::remove_file(crate::sink::cloudwatch::progress_path(&path));
             let _ = fs::remove_file(path);
         }
+        self.ensure_reserve();
         let mut out = Vec::new();
         for seq in std::mem::take(&mut self.newly_sealed) {
             self.handles.remove(&seq);
@@ -487,6 +662,8 @@ impl ChunkStore {
                     timekey: c.timekey,
                     delete_after: c.delete_after.clone(),
                     created_ms: c.created_ms,
+                    no_replace: c.no_replace,
+                    alternatives: c.alternatives.clone(),
                 });
             }
         }
@@ -501,7 +678,9 @@ impl ChunkStore {
             let path = self.chunk_path(c.seq);
             match self.committed.chunks.iter().find(|k| k.seq == c.seq) {
                 Some(k) => {
-                    if k.len != c.len
+                    // Always cut back, even when the recorded length did not move: a write that
+                    // failed part-way (a full disk) left bytes that no length counts.
+                    if (!k.sealed || k.len != c.len)
                         && let Ok(f) = OpenOptions::new().write(true).open(&path)
                     {
                         let _ = f.set_len(k.len);
@@ -562,10 +741,8 @@ impl ChunkStore {
             path: path.to_path_buf(),
             source,
         };
-        let mut file = OpenOptions::new()
-            .create(true)
+        let mut file = crate::fsutil::private_file()
             .truncate(true)
-            .write(true)
             .open(&path)
             .map_err(|e| werr(&path, e))?;
         self.state.next_seq += 1;
@@ -580,6 +757,8 @@ impl ChunkStore {
             last_write_ms: now_ms,
             sealed: true,
             delete_after,
+            no_replace: false,
+            alternatives: None,
         });
         let mut len = 0u64;
         file.write_all(content).map_err(|e| werr(&path, e))?;
@@ -668,6 +847,7 @@ mod tests {
             time_slice_format: "%Y".into(),
             file_extension: "txt".into(),
             index_start: 1,
+            destination: "file:///out".into(),
         };
         let limits = ChunkLimits {
             timekey_secs: 30,
@@ -738,6 +918,7 @@ mod tests {
             time_slice_format: "%Y".into(),
             file_extension: String::new(),
             index_start: 0,
+            destination: "file:///out".into(),
         };
         let limits = ChunkLimits {
             timekey_secs: 30,

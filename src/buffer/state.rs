@@ -31,6 +31,10 @@ pub struct StateFile {
     /// again (an "in progress" marker re-sent after "complete" would flip the app back).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub markers: Vec<MarkerRecord>,
+    /// Where each output (by name) delivers: chunks recovered from this directory are delivered
+    /// only there (see `BufferError::OtherDestination`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub destinations: std::collections::BTreeMap<String, String>,
 }
 
 /// A marker object that was queued for an output.
@@ -88,6 +92,32 @@ pub struct ChunkMeta {
     /// the chunk replaces under its final name).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub delete_after: Vec<String>,
+    /// Set for chunks of tailed files: an object already at `key` that this chunk did not write
+    /// is never replaced. (Snapshots and markers replace their own earlier versions on purpose.)
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_replace: bool,
+    /// The other keys such a chunk may take when `key` is taken: `key` with its index moved on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alternatives: Option<KeyAlternatives>,
+}
+
+/// `key` = `before` + `index` + `after`: the keys `before` + (index + n) + `after` are the ones
+/// to try, in order, when an output finds `key` taken (fluent-plugin-s3's `check_object`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyAlternatives {
+    /// The key up to the index.
+    pub before: String,
+    /// The index in `key`.
+    pub index: u64,
+    /// The key after the index.
+    pub after: String,
+}
+
+impl KeyAlternatives {
+    /// The n-th key to try after the chunk's own (n from 1).
+    pub fn nth(&self, n: u64) -> String {
+        format!("{}{}{}", self.before, self.index + n, self.after)
+    }
 }
 
 /// Next `%{index}` for chunks whose keys share a prefix.

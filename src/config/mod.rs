@@ -5,10 +5,12 @@
 //! as one [`Config`], so there is one engine and one set of rules. Unknown keys are errors, and
 //! errors carry the TOML line and column.
 
+pub mod env;
 pub mod quick;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -34,8 +36,10 @@ pub enum ConfigError {
         message: String,
     },
     /// The values are individually valid but do not fit together.
-    #[error("invalid config: {key}: {message}")]
+    #[error("invalid config{}: {key}: {message}", origin_suffix(origin))]
     Invalid {
+        /// The file name, or where the text came from (empty for command-line flags).
+        origin: String,
         /// The dotted key, e.g. `source[0].paths`.
         key: String,
         /// What is wrong.
@@ -45,8 +49,31 @@ pub enum ConfigError {
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
+        origin: String::new(),
         key: key.into(),
         message: message.into(),
+    }
+}
+
+fn origin_suffix(origin: &str) -> String {
+    if origin.is_empty() {
+        String::new()
+    } else {
+        format!(" {origin}")
+    }
+}
+
+impl ConfigError {
+    /// The same error, naming where the configuration came from.
+    fn naming_origin(self, from: &str) -> ConfigError {
+        match self {
+            ConfigError::Invalid { key, message, .. } => ConfigError::Invalid {
+                origin: from.to_string(),
+                key,
+                message,
+            },
+            other => other,
+        }
     }
 }
 
@@ -602,13 +629,28 @@ impl Config {
 
     /// Parses and validates TOML text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let parse_err = |e: toml::de::Error| ConfigError::Parse {
             origin: origin.to_string(),
             message: e.to_string(),
-        })?;
-        config.interpolate_env()?;
+        };
+        // Environment references are expanded in every string value before the values are
+        // typed, so `timekey = "${TIMEKEY:-30s}"` works as well as a path does.
+        let mut doc: toml::Value = toml::from_str(text).map_err(parse_err)?;
+        env::expand_all(&mut doc, "").map_err(|(key, e)| invalid(key, e.to_string()).naming_origin(origin))?;
+        let mut config: Config = match doc.try_into() {
+            Ok(c) => c,
+            // Parsed from the text, the same mistake comes with its line and column, unless the
+            // text's error is about a `${...}` that the expansion already resolved.
+            Err(e) => {
+                let spanned = toml::from_str::<Config>(text)
+                    .err()
+                    .filter(|t| !t.to_string().contains("${"));
+                return Err(parse_err(spanned.unwrap_or(e)));
+            }
+        };
+        config.fill_from_env();
         config.normalize();
-        config.validate()?;
+        config.validate().map_err(|e| e.naming_origin(origin))?;
         Ok(config)
     }
 
@@ -617,36 +659,23 @@ impl Config {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
     }
 
-    /// Replaces `${NAME}` environment references in the outputs' `path`, `key_format` and
-    /// CloudWatch names, the sources' `paths` and the lifecycle files (so one config serves every
-    /// pod: `heartbeat_file = "${SIDECAR_SIGNAL_FILE}"`).
+    /// Expands `${NAME}` / `${NAME:-default}` in every string value of a configuration built
+    /// in code (quick mode's flags, when the shell left them alone), as [`Config::parse`] does
+    /// for a file; then fills what comes from the environment by default.
     pub fn interpolate_env(&mut self) -> Result<(), ConfigError> {
-        use crate::sink::key::interpolate_env;
-        for (i, o) in self.outputs.iter_mut().enumerate() {
-            o.path = interpolate_env(&o.path).map_err(|e| invalid(format!("output[{i}].path"), e.to_string()))?;
-            o.key_format = interpolate_env(&o.key_format)
-                .map_err(|e| invalid(format!("output[{i}].key_format"), e.to_string()))?;
-            let cw = &mut o.cloudwatch;
-            cw.log_group = interpolate_env(&cw.log_group)
-                .map_err(|e| invalid(format!("output[{i}].cloudwatch.log_group"), e.to_string()))?;
-            cw.log_stream = interpolate_env(&cw.log_stream)
-                .map_err(|e| invalid(format!("output[{i}].cloudwatch.log_stream"), e.to_string()))?;
-        }
-        let lifecycle = &mut self.lifecycle;
-        for (name, file) in [
-            ("lifecycle.heartbeat_file", &mut lifecycle.heartbeat_file),
-            ("lifecycle.signal_file", &mut lifecycle.signal_file),
-        ] {
-            if let Some(f) = file {
-                let text =
-                    interpolate_env(&f.to_string_lossy()).map_err(|e| invalid(name.to_string(), e.to_string()))?;
-                *f = PathBuf::from(text);
-            }
-        }
-        for (i, s) in self.sources.iter_mut().enumerate() {
-            for p in &mut s.paths {
-                *p = interpolate_env(p).map_err(|e| invalid(format!("source[{i}].paths"), e.to_string()))?;
-            }
+        let mut doc = toml::Value::try_from(&*self).map_err(|e| invalid("", e.to_string()))?;
+        env::expand_all(&mut doc, "").map_err(|(key, e)| invalid(key, e.to_string()))?;
+        *self = doc
+            .try_into()
+            .map_err(|e: toml::de::Error| invalid("", e.to_string()))?;
+        self.fill_from_env();
+        Ok(())
+    }
+
+    /// Defaults taken from the environment: an event-log source ships `$SPARK_APPLICATION_ID`'s
+    /// application when no `app_id` is given.
+    fn fill_from_env(&mut self) {
+        for s in &mut self.sources {
             if s.kind == SourceKind::SparkEvents {
                 let spark = s.spark.get_or_insert_with(Default::default);
                 if spark.app_id.is_none() {
@@ -654,7 +683,6 @@ impl Config {
                 }
             }
         }
-        Ok(())
     }
 
     /// Fills in names and derived defaults.
@@ -722,6 +750,50 @@ impl Config {
         if b.timekey.get().as_secs() == 0 {
             return Err(invalid("buffer.timekey", "must be at least 1s"));
         }
+        // Durations that pace a loop or end a wait: zero would spin a core, or end at once.
+        let ms = Duration::from_millis;
+        let mut at_least: Vec<(String, HumanDuration, Duration)> = vec![
+            ("buffer.flush_interval".into(), b.flush_interval, ms(100)),
+            (
+                "lifecycle.heartbeat_timeout".into(),
+                self.lifecycle.heartbeat_timeout,
+                ms(1000),
+            ),
+            (
+                "lifecycle.heartbeat_appear_timeout".into(),
+                self.lifecycle.heartbeat_appear_timeout,
+                ms(1000),
+            ),
+            (
+                "lifecycle.drain_deadline".into(),
+                HumanDuration(self.lifecycle.drain_deadline()),
+                ms(1000),
+            ),
+        ];
+        for (i, s) in self.sources.iter().enumerate() {
+            at_least.push((format!("source[{i}].poll_interval"), s.poll_interval, ms(100)));
+            at_least.push((format!("source[{i}].refresh_interval"), s.refresh_interval, ms(100)));
+        }
+        for (i, o) in self.outputs.iter().enumerate() {
+            at_least.push((format!("output[{i}].retry.wait"), o.retry.wait, ms(10)));
+            at_least.push((format!("output[{i}].retry.max_interval"), o.retry.max_interval, ms(10)));
+            at_least.push((format!("output[{i}].retry.timeout"), o.retry.timeout, ms(1000)));
+            if o.kind == OutputKind::S3 {
+                at_least.push((
+                    format!("output[{i}].s3.request_timeout"),
+                    o.s3.request_timeout,
+                    ms(1000),
+                ));
+            }
+        }
+        for (key, value, min) in at_least {
+            if value.get() < min {
+                return Err(invalid(
+                    key,
+                    format!("{value} is too short; must be at least {}", HumanDuration(min)),
+                ));
+            }
+        }
         if b.chunk_limit.bytes() < 1024 {
             return Err(invalid("buffer.chunk_limit", "must be at least 1KiB"));
         }
@@ -768,6 +840,36 @@ impl Config {
                         format!("output[{i}].cloudwatch.max_event_size"),
                         "must be between 1KiB and 1MiB (CloudWatch's limit, 26 bytes of overhead included)",
                     ));
+                }
+            }
+            if o.kind == OutputKind::S3
+                && let Some(level) = o.s3.compression_level
+            {
+                use crate::sink::compress::StoreAs;
+                let range = match o.s3.store_as {
+                    StoreAs::Gzip => Some(0..=9),
+                    StoreAs::Zstd => Some(1..=22),
+                    StoreAs::Text => None,
+                };
+                match range {
+                    Some(r) if !r.contains(&level) => {
+                        return Err(invalid(
+                            format!("output[{i}].s3.compression_level"),
+                            format!(
+                                "{level} is out of range for {:?}: {}..={}",
+                                o.s3.store_as,
+                                r.start(),
+                                r.end()
+                            ),
+                        ));
+                    }
+                    None => {
+                        return Err(invalid(
+                            format!("output[{i}].s3.compression_level"),
+                            "only applies with store_as = \"gzip\" or \"zstd\"",
+                        ));
+                    }
+                    _ => {}
                 }
             }
             if o.kind == OutputKind::S3 && o.s3.part_size.bytes() < 5 << 20 {
@@ -833,6 +935,21 @@ impl Config {
                     format!(
                         "feeds output {:?}, which a spark_events source also feeds; event logs need an output of their own (set `outputs` on the sources)",
                         self.outputs[o].name
+                    ),
+                ));
+            }
+        }
+        for (i, o) in self.outputs.iter().enumerate() {
+            let stores_objects = matches!(o.kind, OutputKind::File | OutputKind::S3);
+            if stores_objects
+                && !event_outputs.contains(&i)
+                && crate::sink::key::KeyTemplate::parse(&o.key_format).is_ok_and(|t| !t.is_unique_per_chunk())
+            {
+                return Err(invalid(
+                    format!("output[{i}].key_format"),
+                    format!(
+                        "{:?} gives every chunk of a tag in a time slice the same key, each replacing the last; add %{{index}} (or %{{hex_random}} / %{{uuid_flush}})",
+                        o.key_format
                     ),
                 ));
             }

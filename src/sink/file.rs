@@ -1,8 +1,10 @@
 //! The directory output (`file://DIR`): each chunk becomes the file `DIR/<key>`.
 //!
 //! The chunk is hard-linked (or, across file systems, copied) to a hidden temporary name next to
-//! its destination, fsynced, and renamed over the destination, so a reader never sees a partial
-//! file and a re-delivered chunk replaces itself byte for byte. Linking is safe because a sealed
+//! its destination, fsynced, and renamed to the destination, so a reader never sees a partial
+//! file. A chunk of tailed data never replaces a file it did not write (the rename refuses an
+//! existing name; a file with the chunk's exact bytes is its own earlier delivery); snapshots
+//! and markers replace their earlier versions on purpose. Linking is safe because a sealed
 //! chunk is never written again; the buffer only removes its own name for it after delivery.
 
 use std::path::{Component, Path, PathBuf};
@@ -41,15 +43,44 @@ impl FileSink {
         Ok(self.dir.join(rel))
     }
 
-    /// Copies the chunk file to its destination atomically.
+    /// Copies the chunk file to its destination atomically. A chunk of tailed data never
+    /// replaces a file it did not write: when its key holds other bytes (another run, another
+    /// file of the same name), the next free index is taken, as fluent-plugin-s3 does.
     pub async fn deliver(&self, chunk: &SealedChunk) -> Result<(), DeliveryError> {
-        let dest = self.destination(&chunk.key)?;
-        let src = chunk.path.clone();
-        let expected = chunk.len;
-        tokio::task::spawn_blocking(move || copy_atomic(&src, &dest, expected))
-            .await
-            .map_err(|e| DeliveryError::Retryable(format!("delivery task failed: {e}")))?
+        let keys: Vec<PathBuf> = if chunk.no_replace {
+            chunk
+                .candidate_keys()
+                .map(|k| self.destination(&k))
+                .collect::<Result<_, _>>()?
+        } else {
+            vec![self.destination(&chunk.key)?]
+        };
+        let (src, expected, no_replace) = (chunk.path.clone(), chunk.len, chunk.no_replace);
+        tokio::task::spawn_blocking(move || {
+            for dest in &keys {
+                match copy_atomic(&src, dest, expected, no_replace)? {
+                    Placed::Done => return Ok(()),
+                    Placed::Taken => {
+                        tracing::warn!(file = %dest.display(), "a file that this chunk did not write is at its key; trying the next index")
+                    }
+                }
+            }
+            Err(DeliveryError::Permanent(format!(
+                "every key this chunk may take is held by other data (last tried: {}); the key format needs %{{index}}",
+                keys.last().map(|k| k.display().to_string()).unwrap_or_default()
+            )))
+        })
+        .await
+        .map_err(|e| DeliveryError::Retryable(format!("delivery task failed: {e}")))?
     }
+}
+
+/// What became of one attempt to place a chunk at a key.
+enum Placed {
+    /// It is there (now, or already from an earlier attempt).
+    Done,
+    /// Other bytes are there.
+    Taken,
 }
 
 impl FileSink {
@@ -64,11 +95,76 @@ impl FileSink {
     }
 }
 
+/// A failed file operation, classified: what retrying cannot fix (a path through a file, no
+/// permission, a read-only file system, a name too long) is permanent and says so at once.
 fn retry(what: &str, p: &Path, e: std::io::Error) -> DeliveryError {
-    DeliveryError::Retryable(format!("{what} {}: {e}", p.display()))
+    use std::io::ErrorKind as K;
+    let message = format!("{what} {}: {e}", p.display());
+    match e.kind() {
+        K::NotADirectory | K::PermissionDenied | K::ReadOnlyFilesystem | K::IsADirectory | K::InvalidFilename => {
+            DeliveryError::Permanent(format!("{message} (fix the output directory; retrying cannot help)"))
+        }
+        _ => DeliveryError::Retryable(message),
+    }
 }
 
-fn copy_atomic(src: &Path, dest: &Path, expected: u64) -> Result<(), DeliveryError> {
+/// Whether the file at `dest` holds exactly the bytes of `src` (an earlier delivery of the same
+/// chunk, whose acknowledgement a crash lost).
+fn same_content(src: &Path, dest: &Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let (mut a, mut b) = (std::fs::File::open(src)?, std::fs::File::open(dest)?);
+    if a.metadata()?.len() != b.metadata()?.len() {
+        return Ok(false);
+    }
+    let (mut x, mut y) = (vec![0u8; 64 << 10], vec![0u8; 64 << 10]);
+    loop {
+        let n = a.read(&mut x)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        b.read_exact(&mut y[..n])?;
+        if x[..n] != y[..n] {
+            return Ok(false);
+        }
+    }
+}
+
+/// Renames `from` to `to` unless `to` exists (renameat2 RENAME_NOREPLACE; where the file
+/// system cannot, a hard link, which also fails on an existing name, then an unlink).
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+    let (f, t) = (c(from)?, c(to)?);
+    // SAFETY: two valid NUL-terminated paths relative to the working directory.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EINVAL) && e.raw_os_error() != Some(libc::ENOSYS) {
+        return Err(e);
+    }
+    std::fs::hard_link(from, to)?;
+    std::fs::remove_file(from)
+}
+
+fn copy_atomic(src: &Path, dest: &Path, expected: u64, no_replace: bool) -> Result<Placed, DeliveryError> {
+    if no_replace && dest.exists() {
+        return match same_content(src, dest) {
+            Ok(true) => Ok(Placed::Done),
+            Ok(false) => Ok(Placed::Taken),
+            Err(e) => Err(retry("cannot compare with", dest, e)),
+        };
+    }
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent).map_err(|e| retry("cannot create directory", parent, e))?;
     }
@@ -93,9 +189,21 @@ fn copy_atomic(src: &Path, dest: &Path, expected: u64) -> Result<(), DeliveryErr
         .and_then(|f| f.sync_all())
         .map_err(|e| retry("cannot fsync", &tmp, e))?;
     crate::crashpoint::hit("file-sink-before-rename");
-    std::fs::rename(&tmp, dest).map_err(|e| retry("cannot rename into", dest, e))?;
+    if no_replace {
+        match rename_noreplace(&tmp, dest) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                // Someone else's file appeared since we looked.
+                let _ = std::fs::remove_file(&tmp);
+                return copy_atomic(src, dest, expected, true);
+            }
+            Err(e) => return Err(retry("cannot rename into", dest, e)),
+        }
+    } else {
+        std::fs::rename(&tmp, dest).map_err(|e| retry("cannot rename into", dest, e))?;
+    }
     sync_parent(dest).map_err(|e| retry("cannot fsync directory of", dest, e))?;
-    Ok(())
+    Ok(Placed::Done)
 }
 
 /// Copies with read/write in 256 KiB blocks.

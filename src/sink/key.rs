@@ -21,37 +21,6 @@ pub enum KeyError {
     /// An empty format.
     #[error("must not be empty")]
     Empty,
-    /// `${NAME}` names an environment variable that is not set.
-    #[error("environment variable {0} (written ${{{0}}}) is not set")]
-    MissingEnv(String),
-}
-
-/// Replaces `${NAME}` with the environment variable NAME (`${tag}` is left alone: fluentd's buffer
-/// placeholder, the same as `%{tag}`). A variable that is not set is an error, not an empty
-/// string: a key that silently lost its job id would mix jobs.
-pub fn interpolate_env(s: &str) -> Result<String, KeyError> {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find("${") {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 2..];
-        let Some(end) = after.find('}') else {
-            out.push_str(&rest[i..]);
-            return Ok(out);
-        };
-        let name = &after[..end];
-        let valid = !name.is_empty()
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && !name.starts_with(|c: char| c.is_ascii_digit());
-        if name == "tag" || !valid {
-            out.push_str(&rest[i..i + 2 + end + 1]);
-        } else {
-            out.push_str(&std::env::var(name).map_err(|_| KeyError::MissingEnv(name.to_string()))?);
-        }
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,6 +122,27 @@ impl KeyTemplate {
     /// The full key for a chunk with the given index.
     pub fn render(&self, v: &KeyValues<'_>, index: u64) -> String {
         self.render_with(v, Some(index))
+    }
+
+    /// The key of a chunk as the text before and after its `%{index}` (when it has exactly
+    /// one), so that an output that finds the key taken by someone else's object can move the
+    /// index on, as fluent-plugin-s3's `check_object` does.
+    pub fn render_around_index(&self, v: &KeyValues<'_>) -> Option<(String, String)> {
+        if self.parts.iter().filter(|p| **p == Part::Index).count() != 1 {
+            return None;
+        }
+        let at = self.parts.iter().position(|p| *p == Part::Index)?;
+        let part = |parts: &[Part]| KeyTemplate { parts: parts.to_vec() }.render_with(v, Some(0));
+        Some((part(&self.parts[..at]), part(&self.parts[at + 1..])))
+    }
+
+    /// Whether two chunks can never get the same key from it: it holds `%{index}` (counted) or
+    /// a per-chunk random part. Without one, every chunk of a tag in a time slice would land on
+    /// one key, each replacing the last.
+    pub fn is_unique_per_chunk(&self) -> bool {
+        self.parts
+            .iter()
+            .any(|p| matches!(p, Part::Index | Part::HexRandom | Part::UuidFlush))
     }
 
     fn render_with(&self, v: &KeyValues<'_>, index: Option<u64>) -> String {
@@ -289,16 +279,7 @@ mod tests {
     }
 
     #[test]
-    fn env_interpolation_fills_variables_and_refuses_missing_ones() {
-        let path = std::env::var("PATH").unwrap();
-        assert_eq!(
-            interpolate_env("x/${PATH}/${tag}").unwrap(),
-            format!("x/{path}/${{tag}}")
-        );
-        assert_eq!(
-            interpolate_env("${LOGSHIP_TEST_UNSET_VAR}"),
-            Err(KeyError::MissingEnv("LOGSHIP_TEST_UNSET_VAR".into()))
-        );
+    fn the_fluentd_tag_placeholder_is_the_same_as_ours() {
         let t = KeyTemplate::parse("${tag}/%{index}").unwrap();
         assert_eq!(t.to_string(), "%{tag}/%{index}");
     }

@@ -53,8 +53,11 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         src = inner.source();
     }
     s
@@ -123,6 +126,25 @@ impl Sink {
             OutputKind::Stdout => "stdout".to_string(),
             OutputKind::S3 => s3::S3Sink::describe(&config.s3),
             OutputKind::Cloudwatch => cloudwatch::CloudWatchSink::describe(&config.cloudwatch),
+        }
+    }
+
+    /// Where an output's chunks land, as recorded with them in the buffer: what must not
+    /// change under a chunk between the run that wrote it and the run that delivers it. Unlike
+    /// [`Sink::describe`], it leaves out how the destination is reached (a presigned POST file).
+    pub fn destination(config: &OutputConfig) -> String {
+        match config.kind {
+            OutputKind::S3 => {
+                let endpoint = config.s3.endpoint.as_deref().unwrap_or("");
+                format!("s3://{} {endpoint}", config.s3.bucket.as_deref().unwrap_or(""))
+                    .trim_end()
+                    .to_string()
+            }
+            OutputKind::Cloudwatch => {
+                let endpoint = config.cloudwatch.endpoint.as_deref().unwrap_or("");
+                format!("{} {endpoint}", Self::describe(config)).trim_end().to_string()
+            }
+            OutputKind::File | OutputKind::Stdout => Self::describe(config),
         }
     }
 

@@ -465,6 +465,70 @@ pub fn explain(path: &Path, now: SystemTime) -> Result<String, PostError> {
     Ok(s)
 }
 
+/// What would make uploads through the presigned POST at `path` fail for an output that writes
+/// keys starting with `key_prefix` into `bucket` (each checked when known): expiry (with `margin`), a bucket or
+/// key condition that does not cover those keys, temporary credentials without their session
+/// token. Empty when nothing would. `logship check` reports these before a job runs.
+pub fn problems(
+    path: &Path,
+    bucket: Option<&str>,
+    key_prefix: Option<&str>,
+    now: SystemTime,
+    margin: Duration,
+) -> Result<Vec<String>, PostError> {
+    let post = PresignedPost::load(path)?;
+    let policy = post.policy(path)?;
+    let mut v = Vec::new();
+    let now: chrono::DateTime<chrono::Utc> = now.into();
+    if now + chrono::Duration::from_std(margin).unwrap_or_default() >= policy.expiration {
+        v.push(format!("expired at {}", policy.expiration.to_rfc3339()));
+    }
+    if let (Some(want), Some(got)) = (bucket, post.bucket(&policy))
+        && want != got
+    {
+        v.push(format!(
+            "is for bucket {got:?}, but the output writes to bucket {want:?}"
+        ));
+    }
+    for c in policy.conditions.iter().filter(|_| key_prefix.is_some()) {
+        let key_prefix = key_prefix.unwrap_or_default();
+        match c {
+            Condition::StartsWith { field, prefix } if field == "key" && !key_prefix.starts_with(prefix.as_str()) => {
+                v.push(format!(
+                    "allows only keys starting with {prefix:?}, but the output's keys start with {key_prefix:?}"
+                ));
+            }
+            Condition::Eq { field, value } if field == "key" => {
+                v.push(format!(
+                    "allows only the one key {value:?}, but the output writes a key per chunk under {key_prefix:?}"
+                ));
+            }
+            _ => {}
+        }
+    }
+    let field = |name: &str| {
+        post.fields
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    };
+    let key_id = field("x-amz-credential").or(field("AWSAccessKeyId"));
+    let token = field("x-amz-security-token");
+    // Temporary credentials (STS: IRSA, Pod Identity, an assumed role) have ASIA key ids; S3
+    // refuses their signature without the session token.
+    if key_id.is_some_and(|k| k.starts_with("ASIA")) && token.is_none() {
+        v.push("is signed with temporary credentials but has no x-amz-security-token field".into());
+    }
+    let token_covered = policy.conditions.iter().any(|c| match c {
+        Condition::Eq { field, .. } | Condition::StartsWith { field, .. } => field == "x-amz-security-token",
+        _ => false,
+    });
+    if token.is_some() && !token_covered {
+        v.push("sends x-amz-security-token, but its policy has no condition for it (S3 refuses extra fields)".into());
+    }
+    Ok(v)
+}
+
 fn hidden_or(field: &str, value: &str) -> String {
     if field == "x-amz-credential" {
         // Access key id / date / region / service: show all but the key id.

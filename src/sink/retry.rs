@@ -30,8 +30,11 @@ pub async fn deliver_with_retry(
         match deliver_with_backoff(sink, chunk, config, retries).await {
             Err(e) if e.is_credentials() => {
                 retries.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(key = %chunk.key, seq = chunk.seq, error = %e, retry_in = ?wait, "cannot upload with the current credentials; keeping the chunk and trying again");
-                tokio::time::sleep(wait).await;
+                // Jittered (half to the full wait), so the executors of a job whose credentials
+                // expired together do not all come back in the same instant.
+                let jittered = wait.mul_f64(0.5 + fastrand::f64() / 2.0);
+                tracing::warn!(key = %chunk.key, seq = chunk.seq, error = %e, retry_in = ?jittered, "cannot upload with the current credentials; keeping the chunk and trying again");
+                tokio::time::sleep(jittered).await;
                 wait = (wait * 2).min(CREDENTIALS_MAX_WAIT);
             }
             other => return other,
@@ -51,6 +54,8 @@ async fn deliver_with_backoff(
         .with_max_delay(config.max_interval.get())
         .with_max_times(config.max_times);
     if config.randomize {
+        // backon seeds its jitter from the process's randomness only with its `std` feature
+        // (on here); without it every process would wait the same "random" times.
         backoff = backoff.with_jitter();
     }
     let attempt = || sink.deliver(chunk);

@@ -591,7 +591,26 @@ impl EventLogSource {
         self.tail.mark_drain_point();
     }
 
-    /// Bytes not shipped, per file.
+    /// Event-log directories that are not directories (or, with `once`, do not exist).
+    pub fn not_shipped(&self, once: bool) -> Vec<crate::source::tail::NotShipped> {
+        let mut v = Vec::new();
+        for dir in &self.dirs {
+            let reason = match std::fs::metadata(dir) {
+                Ok(m) if m.is_dir() => continue,
+                Ok(_) => "not a directory (give the event-log directory, spark.eventLog.dir)".to_string(),
+                Err(e) if once => format!("cannot use it: {e}"),
+                // Following: Spark may still create it.
+                Err(_) => continue,
+            };
+            v.push(crate::source::tail::NotShipped {
+                path: dir.display().to_string(),
+                reason,
+            });
+        }
+        v
+    }
+
+    /// Bytes not read, per file.
     pub fn unread(&self) -> Vec<(PathBuf, u64)> {
         let mut v = self.tail.unread();
         for m in &self.mirrored {

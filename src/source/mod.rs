@@ -141,6 +141,14 @@ impl Source {
         }
     }
 
+    /// What it was asked to ship but could not, and why (see `TailSource::not_shipped`).
+    pub fn not_shipped(&self, once: bool) -> Vec<tail::NotShipped> {
+        match self {
+            Source::Tail(t) => t.not_shipped(once),
+            Source::SparkEvents(e) => e.not_shipped(once),
+        }
+    }
+
     /// The files it follows, for the metrics endpoint.
     pub fn files(&self) -> Vec<crate::metrics::FileMetrics> {
         match self {

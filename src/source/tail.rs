@@ -97,6 +97,8 @@ struct Pattern {
     glob: String,
     /// The literal directory the pattern starts from; tags are paths relative to it.
     base: PathBuf,
+    /// Whether any scan found a file for it.
+    matched: bool,
 }
 
 /// A source of type `tail`.
@@ -116,6 +118,18 @@ pub struct TailSource {
     /// Which matching files to follow and their tags (event logs: the application id);
     /// `None` from it skips the file. Without it every match is followed, tagged by its path.
     tagger: Option<Tagger>,
+    /// Matches that cannot be shipped, and why (not a regular file, cannot be opened), as of
+    /// the last scan: reported at exit, so a run that skipped one never looks complete.
+    skipped: std::collections::BTreeMap<PathBuf, String>,
+}
+
+/// A path a run was asked to ship but did not, and why (for the exit summary).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NotShipped {
+    /// The path or pattern.
+    pub path: String,
+    /// Why it was not shipped.
+    pub reason: String,
 }
 
 /// Chooses the files a source follows and tags them (see [`TailSource::with_tagger`]).
@@ -152,6 +166,7 @@ impl TailSource {
             .map(|p| Pattern {
                 glob: p.clone(),
                 base: glob_base(p).0,
+                matched: false,
             })
             .collect();
         let block = READ_BLOCK.min(config.max_line() as usize).max(1);
@@ -165,7 +180,42 @@ impl TailSource {
             stats: TailStats::default(),
             buf: vec![0; block],
             tagger: None,
+            skipped: Default::default(),
         }
+    }
+
+    /// What this source was asked to ship but could not: matches that are not regular files
+    /// or cannot be opened, and (with `once`, where nothing can appear later) patterns that
+    /// match nothing.
+    pub fn not_shipped(&self, once: bool) -> Vec<NotShipped> {
+        let mut v: Vec<NotShipped> = self
+            .skipped
+            .iter()
+            .map(|(p, r)| NotShipped {
+                path: p.display().to_string(),
+                reason: r.clone(),
+            })
+            .collect();
+        if once {
+            for p in self.patterns.iter().filter(|p| !p.matched) {
+                let literal = !p.glob.contains(['*', '?', '[']);
+                let reason = if !literal {
+                    "no file matches this pattern".to_string()
+                } else {
+                    match std::fs::metadata(&p.glob) {
+                        Err(e) => format!("cannot use it: {e}"),
+                        Ok(_) => "nothing was read from it".to_string(),
+                    }
+                };
+                if !self.skipped.contains_key(Path::new(&p.glob)) {
+                    v.push(NotShipped {
+                        path: p.glob.clone(),
+                        reason,
+                    });
+                }
+            }
+        }
+        v
     }
 
     /// Follows only the matches `tagger` gives a tag to, with that tag.
@@ -201,6 +251,8 @@ impl TailSource {
         self.scanned_once = true;
         self.last_scan = Some(now);
         let mut seen = Vec::new();
+        // Rebuilt at every scan: what is skipped is what is there now.
+        let before = std::mem::take(&mut self.skipped);
         for pi in 0..self.patterns.len() {
             let entries = match glob::glob(&self.patterns[pi].glob) {
                 Ok(e) => e,
@@ -209,11 +261,29 @@ impl TailSource {
                     continue;
                 }
             };
+            let literal = !self.patterns[pi].glob.contains(['*', '?', '[']);
             for path in entries.flatten() {
-                let Ok(meta) = std::fs::metadata(&path) else { continue };
-                if !meta.is_file() || self.tagger.as_ref().is_some_and(|t| t(&path).is_none()) {
+                let meta = match std::fs::metadata(&path) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        self.skipped.insert(path, format!("cannot use it: {e}"));
+                        continue;
+                    }
+                };
+                if self.tagger.as_ref().is_some_and(|t| t(&path).is_none()) {
                     continue;
                 }
+                if !meta.is_file() {
+                    // A directory that a glob happens to match is not what was asked for; one
+                    // named on its own is. Anything else (a FIFO, a socket, a device) would
+                    // block or never end: named, never read.
+                    if !meta.is_dir() || literal {
+                        self.skipped
+                            .insert(path, format!("not a regular file ({})", file_kind(&meta)));
+                    }
+                    continue;
+                }
+                self.patterns[pi].matched = true;
                 let id = FileId::of(&meta);
                 if seen.contains(&id) {
                     continue;
@@ -230,13 +300,19 @@ impl TailSource {
                 let base = self.patterns[pi].base.clone();
                 match self.open_file(&path, &base, checkpoints, initial, now) {
                     Ok(Some(f)) => {
+                        self.skipped.remove(&f.path);
                         seen.push(f.id);
                         tracing::info!(path = %f.path.display(), pos = f.pos, tag = %f.tag, "following file");
                         self.stats.files_found += 1;
                         self.files.push(f);
                     }
                     Ok(None) => {}
-                    Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot open file; will retry"),
+                    Err(e) => {
+                        if !before.contains_key(&path) {
+                            tracing::warn!(path = %path.display(), error = %e, "cannot open file; will retry");
+                        }
+                        self.skipped.insert(path, format!("cannot open it: {e}"));
+                    }
                 }
             }
         }
@@ -603,6 +679,23 @@ impl TailSource {
             crate::config::WatchMode::Poll => self.config.poll_interval.get(),
             crate::config::WatchMode::Notify => Duration::from_secs(5),
         }
+    }
+}
+
+/// What kind of file `meta` describes, for messages.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else {
+        "not a file"
     }
 }
 
