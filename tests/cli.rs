@@ -221,8 +221,14 @@ fn once_over_a_file_it_cannot_read_does_not_exit_0() {
             .unwrap()
             .success()
     );
+    // A copy of the binary where that user can run it (the build tree may be under a private
+    // home directory).
+    let exe = env.dir.path().join("logship");
+    fs::copy(bin(), &exe).unwrap();
+    fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
     let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid", "65534", "--regid", "65534", "--clear-groups", bin()]);
+    cmd.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(&exe);
     let args: Vec<String> = vec![
         "ship".into(),
         "--once".into(),
