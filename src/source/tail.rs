@@ -99,6 +99,13 @@ struct Pattern {
     base: PathBuf,
     /// Whether any scan found a file for it.
     matched: bool,
+    /// A plain path, no glob: what it names was asked for by name.
+    literal: bool,
+}
+
+/// Whether a path component (or pattern) holds glob syntax.
+fn is_glob(s: &str) -> bool {
+    s.contains(['*', '?', '['])
 }
 
 /// A source of type `tail`.
@@ -138,13 +145,12 @@ pub type Tagger = Box<dyn Fn(&Path) -> Option<String> + Send>;
 /// The literal leading directories of a glob (`/var/log/*/stdout` → `/var/log`), and whether
 /// matches may lie deeper than one level below it.
 pub fn glob_base(pattern: &str) -> (PathBuf, bool) {
-    let is_magic = |s: &str| s.contains(['*', '?', '[']);
     let path = Path::new(pattern);
     let mut base = PathBuf::new();
     let comps: Vec<_> = path.components().collect();
     for (i, c) in comps.iter().enumerate() {
         let s = c.as_os_str().to_string_lossy();
-        if is_magic(&s) {
+        if is_glob(&s) {
             let deep = comps.len() - i > 1 || s.contains("**");
             return (base, deep);
         }
@@ -167,6 +173,7 @@ impl TailSource {
                 glob: p.clone(),
                 base: glob_base(p).0,
                 matched: false,
+                literal: !is_glob(p),
             })
             .collect();
         let block = READ_BLOCK.min(config.max_line() as usize).max(1);
@@ -198,8 +205,7 @@ impl TailSource {
             .collect();
         if once {
             for p in self.patterns.iter().filter(|p| !p.matched) {
-                let literal = !p.glob.contains(['*', '?', '[']);
-                let reason = if !literal {
+                let reason = if !p.literal {
                     "no file matches this pattern".to_string()
                 } else {
                     match std::fs::metadata(&p.glob) {
@@ -261,7 +267,7 @@ impl TailSource {
                     continue;
                 }
             };
-            let literal = !self.patterns[pi].glob.contains(['*', '?', '[']);
+            let literal = self.patterns[pi].literal;
             for path in entries.flatten() {
                 let meta = match std::fs::metadata(&path) {
                     Ok(m) => m,
