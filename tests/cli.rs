@@ -360,16 +360,28 @@ fn check_refuses_a_presigned_post_that_would_be_refused() {
     let env = Env::new();
     let post = env.dir.path().join("presigned-post");
     let cfg = env.dir.path().join("logship.toml");
-    fs::write(
-        &cfg,
-        format!(
-            "[[source]]\ntype = \"tail\"\npaths = [\"/var/log/*.log\"]\n[[output]]\ntype = \"s3\"\npath = \"jobs/1\"\nkey_format = \"%{{path}}/%{{tag}}/%{{index}}.txt\"\n[output.s3]\nbucket = \"b\"\npresigned_post = \"{}\"\n",
-            post.display()
-        ),
-    )
-    .unwrap();
+    let write_cfg = |key: &str| {
+        fs::write(
+            &cfg,
+            format!(
+                "[[source]]\ntype = \"tail\"\npaths = [\"/var/log/*.log\"]\n[[output]]\ntype = \"s3\"\npath = \"jobs/1\"\nkey_format = \"{key}\"\n[output.s3]\nbucket = \"b\"\npresigned_post = \"{}\"\n",
+                post.display()
+            ),
+        )
+        .unwrap()
+    };
     let later = "2099-01-01T00:00:00Z";
     presigned_post_file(&post, "b", "jobs/1/", later, "AKIDEXAMPLE", None);
+    // A presigned POST cannot look before it writes: keys that a later run would repeat are
+    // refused (issue 14, item 2).
+    write_cfg("%{path}/%{tag}/%{index}.txt");
+    let (code, err) = check(&cfg);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("output[0].key_format") && err.contains("%{hex_random}"),
+        "{err}"
+    );
+    write_cfg("%{path}/%{tag}/%{index}_%{hex_random}.txt");
     let (code, err) = check(&cfg);
     assert_eq!(code, Some(0), "a good one passes: {err}");
     for (bucket, prefix, expires, key_id, token, why) in [
@@ -457,4 +469,50 @@ fn an_output_directory_that_is_a_file_fails_at_once_with_what_to_fix() {
         fs::read(secondary["file"].as_str().unwrap()).unwrap(),
         lines("perm", 0, 10)
     );
+}
+
+/// Issue 14, item 2: the directory output never replaces a file that a chunk did not write.
+/// Runs of different files with the same name into one directory all keep their files; a chunk
+/// placed just before a crash is recognised on the retry (same bytes at its key), not stored
+/// twice.
+#[test]
+fn runs_of_same_named_files_into_one_directory_keep_every_file_and_a_retry_is_not_stored_twice() {
+    let out = tempfile::tempdir().unwrap();
+    let run = |content: &[u8], crash: Option<&str>| {
+        let env = Env::new();
+        fs::write(env.path("app.log"), content).unwrap();
+        let mut args = env.once_args("app.log", &["--key-format", "%{tag}/%{index}.%{file_extension}"]);
+        set_flag(&mut args, "--to", &format!("file://{}", out.path().display()));
+        args.extend(["--buffer-dir".to_string(), env.buffer.display().to_string()]);
+        if let Some(point) = crash {
+            let mut cmd = Command::new(bin());
+            cmd.env("LOGSHIP_CRASH_AT", point);
+            let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
+            assert!(
+                !d.wait_exit(Duration::from_secs(60)).success() && d.stderr().contains("crash point"),
+                "{}",
+                d.stderr()
+            );
+        }
+        let mut d = Daemon::spawn(&args, env.dir.path());
+        assert!(d.wait_exit(Duration::from_secs(60)).success(), "{}", d.stderr());
+    };
+    let inputs = [lines("first", 0, 300), lines("second", 0, 400), lines("third", 0, 500)];
+    run(&inputs[0], None);
+    run(&inputs[1], None);
+    run(&inputs[2], Some("delivered-before-ack:1"));
+    let dir = out.path().join("app.log");
+    let mut names: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["0.txt", "1.txt", "2.txt"],
+        "one file per run, no temporary files"
+    );
+    for (name, want) in names.iter().zip(&inputs) {
+        assert_bytes_eq(&fs::read(dir.join(name)).unwrap(), want);
+    }
 }

@@ -49,7 +49,7 @@ fn in_pod(writable: &[&Path], secret: &Path, config: &Path) -> Command {
     cmd
 }
 
-/// The objects under `prefix`, concatenated in index order (`<prefix><n>.txt` or `events_<n>_`).
+/// The objects under `prefix`, concatenated in index order (`<prefix><n>_<hex>.txt` or `events_<n>_`).
 fn joined(server: &S3Server, prefix: &str, index_of: impl Fn(&str) -> Option<u64>) -> Vec<u8> {
     let mut keys: Vec<(u64, String)> = server
         .keys("logs")
@@ -124,7 +124,7 @@ s3 = {{ presigned_post = "{secret}/presigned-post" }}
 name = "container"
 type = "s3"
 path = "job-1/containers"
-key_format = "%{{path}}/%{{tag}}/%{{index}}.txt"
+key_format = "%{{path}}/%{{tag}}/%{{index}}_%{{hex_random}}.txt"
 index_start = 1
 secondary = {{ directory = "{comm}/error" }}
 s3 = {{ presigned_post = "{secret}/presigned-post" }}
@@ -200,7 +200,7 @@ s3 = {{ presigned_post = "{secret}/presigned-post" }}
     for f in [&stdout, &stderr] {
         let name = f.file_name().unwrap().to_str().unwrap();
         let got = joined(&server, &format!("job-1/containers/{POD}/{name}/"), |r| {
-            r.strip_suffix(".txt")?.parse().ok()
+            r.strip_suffix(".txt")?.split('_').next()?.parse().ok()
         });
         assert_bytes_eq(&got, &fs::read(f).unwrap());
     }

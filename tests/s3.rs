@@ -64,7 +64,7 @@ fn decode(bytes: &[u8], store_as: &str) -> Vec<u8> {
     }
 }
 
-/// The objects under `prefix/<tag>/`, in key order (time slice, then index), decoded, joined.
+/// The objects under `prefix/<tag>/`, in time slice and index order, decoded, joined.
 fn collect_s3(server: &S3Server, prefix: &str, tag: &str, store_as: &str) -> Vec<u8> {
     let dir = format!("{prefix}/{tag}/");
     let mut keys: Vec<(u64, u64, String)> = server
@@ -72,8 +72,10 @@ fn collect_s3(server: &S3Server, prefix: &str, tag: &str, store_as: &str) -> Vec
         .into_iter()
         .filter_map(|k| {
             let name = k.strip_prefix(&dir)?;
+            // `<slice>_<index>.<ext>`, or `<slice>_<index>_<hex_random>.<ext>` (presigned POST).
             let stem = name.rsplit_once('.')?.0;
-            let (slice, index) = stem.rsplit_once('_')?;
+            let mut parts = stem.split('_');
+            let (slice, index) = (parts.next()?, parts.next()?);
             Some((slice.parse().ok()?, index.parse().ok()?, k.clone()))
         })
         .collect();
@@ -370,7 +372,7 @@ paths = ["{input}/*.log"]
 name = "s3"
 type = "s3"
 path = "jobs/7"
-key_format = "%{path}/%{tag}/%{time_slice}_%{index}.%{file_extension}"
+key_format = "%{path}/%{tag}/%{time_slice}_%{index}_%{hex_random}.%{file_extension}"
 [output.s3]
 presigned_post = "{post}"
 request_timeout = "2s"
@@ -449,8 +451,18 @@ fn a_body_damaged_in_transit_is_refused_by_its_crc32_and_sent_again() {
         err.contains("BadDigest") && err.contains("checksum_crc32 mismatch"),
         "{err}"
     );
-    assert_eq!(server.keys("logs").len(), 1);
-    assert_bytes_eq(&collect_s3(&server, "api", "driver.log", "text"), &a);
+    // AWS S3 stores nothing from a request it refuses; s3s-fs writes the object before it checks
+    // the CRC32 and keeps the damaged bytes. logship did not write those bytes (the server said
+    // so), so it does not replace them: the retry takes the next index and is exact.
+    let keys = server.keys("logs");
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    let damaged = server.object("logs", &keys[0]).unwrap();
+    assert!(
+        keys[0].ends_with("_0.txt") && damaged.len() == a.len() && damaged != a,
+        "{keys:?}"
+    );
+    assert!(keys[1].ends_with("_1.txt"), "{keys:?}");
+    assert_bytes_eq(&server.object("logs", &keys[1]).unwrap(), &a);
 }
 
 #[test]
@@ -523,5 +535,73 @@ fn a_crash_mid_upload_then_restart_gives_identical_objects_and_no_extra_ones() {
                 .sum();
             assert_eq!(stored, a.len() + b.len(), "{point}:{n}: extra or missing objects");
         }
+    }
+}
+
+/// Issue 14, item 2: the S3 API never replaces an object that a chunk did not write. Runs of
+/// different files with the same name, to one bucket and prefix, all keep their objects; a
+/// chunk whose upload landed but whose acknowledgement a crash lost is recognised at its key
+/// on the retry (not stored twice).
+#[test]
+fn the_s3_api_never_replaces_an_object_from_another_run_and_a_retry_is_not_stored_twice() {
+    let server = S3Server::start(&["logs"]);
+    let run = |content: &[u8], crash: Option<&str>, s3: &str| {
+        let env = Env::new();
+        fs::write(env.path("app.log"), content).unwrap();
+        let args = api_config(&env, &server.endpoint, "", s3, "");
+        // Same tag, no time in the key: every run's first chunk asks for `same/app.log/0.txt`.
+        let cfg = env.dir.path().join("logship.toml");
+        let text = fs::read_to_string(&cfg).unwrap().replace(
+            "%{path}/%{tag}/%{time_slice}_%{index}.%{file_extension}",
+            "same/%{tag}/%{index}.%{file_extension}",
+        );
+        fs::write(&cfg, text).unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.envs(server.env());
+        if let Some(point) = crash {
+            cmd.env("LOGSHIP_CRASH_AT", point);
+            let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
+            assert!(
+                !d.wait_exit(T).success() && d.stderr().contains("crash point"),
+                "{}",
+                d.stderr()
+            );
+            cmd = Command::new(bin());
+            cmd.envs(server.env());
+        }
+        let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
+        assert!(d.wait_exit(T).success(), "{}", d.stderr());
+        d.stderr()
+    };
+    let a = lines("first-run", 0, 500);
+    let b = lines("second-run", 0, 700);
+    let c = lines("third-run", 0, 900);
+    let d = lines("multipart-run", 0, 80_000);
+    assert!(d.len() > 6 << 20);
+    run(&a, None, "");
+    let err = run(&b, None, "");
+    assert!(err.contains("did not write is at its key"), "{err}");
+    // Uploaded, then killed before the acknowledgement was recorded: the restart finds its own
+    // bytes at `same/app.log/2.txt` and does not store them again at 3.
+    run(&c, Some("delivered-before-ack:1"), "");
+    // The same through a multipart upload.
+    run(
+        &d,
+        Some("delivered-before-ack:1"),
+        "multipart_threshold = \"5MiB\"\npart_size = \"5MiB\"",
+    );
+    let keys = server.keys("logs");
+    assert_eq!(
+        keys,
+        [
+            "same/app.log/0.txt",
+            "same/app.log/1.txt",
+            "same/app.log/2.txt",
+            "same/app.log/3.txt"
+        ],
+        "one object per run"
+    );
+    for (key, want) in keys.iter().zip([&a, &b, &c, &d]) {
+        assert_bytes_eq(&server.object("logs", key).unwrap(), want);
     }
 }

@@ -219,9 +219,16 @@ fn output(t: &mut String, opts: &SidecarOptions, name: &str, dest: &Destination,
             let path = under.map(|u| join(prefix, u)).unwrap_or_else(|| prefix.clone());
             let _ = writeln!(t, "type = \"s3\"\npath = {}", q(&path));
             if under.is_some() {
+                // A presigned POST cannot look whether a key is taken: a random part keeps a
+                // restarted container's objects apart from the earlier run's.
+                let random = if opts.presigned_post_secret.is_some() {
+                    "_%{hex_random}"
+                } else {
+                    ""
+                };
                 let _ = writeln!(
                     t,
-                    "key_format = \"%{{path}}/%{{tag}}/%{{time_slice}}_%{{index}}.%{{file_extension}}\""
+                    "key_format = \"%{{path}}/%{{tag}}/%{{time_slice}}_%{{index}}{random}.%{{file_extension}}\""
                 );
             }
             let _ = writeln!(t, "\n[output.s3]\nbucket = {}\nstore_as = {}", q(bucket), q(store_as));

@@ -708,7 +708,7 @@ impl Config {
             .filter(|s| s.kind == SourceKind::SparkEvents)
             .flat_map(|s| self.routes(s))
             .collect();
-        for i in event_outputs {
+        for &i in &event_outputs {
             let o = &mut self.outputs[i];
             o.key_format = if o.path.is_empty() {
                 EVENTS_KEY_FORMAT.to_string()
@@ -716,6 +716,15 @@ impl Config {
                 format!("%{{path}}/{EVENTS_KEY_FORMAT}")
             };
             o.index_start = 1;
+        }
+        // A presigned POST cannot look whether a key is taken, so its default keys differ between
+        // runs (a restarted container, a re-run job) by a random part.
+        for (i, o) in self.outputs.iter_mut().enumerate() {
+            let defaulted =
+                o.key_format == default_key_format() || o.key_format == format!("%{{path}}/{}", default_key_format());
+            if o.kind == OutputKind::S3 && o.s3.presigned_post.is_some() && defaulted && !event_outputs.contains(&i) {
+                o.key_format = o.key_format.replace("%{index}", "%{index}_%{hex_random}");
+            }
         }
         for (i, o) in self.outputs.iter_mut().enumerate() {
             if o.name.is_empty() {
@@ -949,6 +958,19 @@ impl Config {
                     format!("output[{i}].key_format"),
                     format!(
                         "{:?} gives every chunk of a tag in a time slice the same key, each replacing the last; add %{{index}} (or %{{hex_random}} / %{{uuid_flush}})",
+                        o.key_format
+                    ),
+                ));
+            }
+            if o.kind == OutputKind::S3
+                && o.s3.presigned_post.is_some()
+                && !event_outputs.contains(&i)
+                && crate::sink::key::KeyTemplate::parse(&o.key_format).is_ok_and(|t| !t.is_unique_per_run())
+            {
+                return Err(invalid(
+                    format!("output[{i}].key_format"),
+                    format!(
+                        "{:?} gives a chunk of the next run (a restarted container, a re-run job) the key of one of this run's, and a presigned POST cannot look before it writes; add %{{hex_random}} or %{{uuid_flush}}",
                         o.key_format
                     ),
                 ));

@@ -576,6 +576,20 @@ impl Translator<'_> {
                 };
             }
         }
+        let random = out.key_format.contains("%{hex_random}") || out.key_format.contains("%{uuid_flush}");
+        if out.s3.presigned_post.is_some() && !event_log && !random {
+            // A presigned POST cannot look whether a key is taken (fluentd would overwrite a
+            // restarted container's objects): a random part keeps runs apart.
+            out.key_format = if out.key_format.contains("%{index}") {
+                out.key_format.replacen("%{index}", "%{index}_%{hex_random}", 1)
+            } else {
+                format!("{}_%{{hex_random}}", out.key_format)
+            };
+            self.warnings.push(format!(
+                "{}: s3_object_key_format: a presigned POST cannot see existing objects, so logship adds %{{hex_random}} to keep a later run from overwriting this one's objects ({})",
+                m.pos, out.key_format
+            ));
+        }
         if event_log {
             // EMR: path ".../sparklogs/eventlog_v2_<app>", key "%{path}/events_%{index}_<app>".
             // The event-log source names the objects itself below the prefix ".../sparklogs".

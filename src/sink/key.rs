@@ -145,6 +145,14 @@ impl KeyTemplate {
             .any(|p| matches!(p, Part::Index | Part::HexRandom | Part::UuidFlush))
     }
 
+    /// Whether chunks of different runs can never get the same key from it: it holds a random
+    /// part (drawn per chunk). What a destination that cannot be asked needs (a presigned POST).
+    pub fn is_unique_per_run(&self) -> bool {
+        self.parts
+            .iter()
+            .any(|p| matches!(p, Part::HexRandom | Part::UuidFlush))
+    }
+
     fn render_with(&self, v: &KeyValues<'_>, index: Option<u64>) -> String {
         let mut out = String::new();
         for p in &self.parts {

@@ -3,8 +3,10 @@
 //! Two ways in: a **presigned POST** read from a file (EMR on EKS; see `presigned_post`), or the
 //! **S3 API** with aws-config's default credential chain (environment, web identity / IRSA, EKS
 //! Pod Identity, IMDS): PutObject, or a multipart upload above `multipart_threshold` (streamed
-//! parts, aborted on failure). A retried chunk is uploaded again to the same key with the same
-//! bytes, so an upload that succeeded but was not acknowledged is simply replaced.
+//! parts, aborted on failure). A chunk of tailed data is written only where no object is
+//! (`If-None-Match: *`); a taken key moves `%{index}` on, unless it holds the chunk's own bytes
+//! from an attempt whose acknowledgement was lost. Event-log snapshots and markers replace their
+//! earlier versions on purpose.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -104,7 +106,13 @@ impl S3Sink {
                 )
                 .await
             }
-            Access::Api { client, bucket } => self.put(client, bucket, &chunk.key, &file, len, &content_type).await,
+            Access::Api { client, bucket } if chunk.no_replace => {
+                self.put_new(client, bucket, chunk, &file, len, &content_type).await
+            }
+            Access::Api { client, bucket } => self
+                .put(client, bucket, &chunk.key, &file, len, &content_type, false)
+                .await
+                .map(|_| ()),
         };
         if result.is_ok() {
             cleanup(&chunk.path, store_as);
@@ -133,6 +141,38 @@ impl S3Sink {
         }
     }
 
+    /// Writes a chunk that must not replace an object it did not write: each candidate key is
+    /// written only if free (If-None-Match), and a taken key moves `%{index}` on, as
+    /// fluent-plugin-s3's `check_object` does. A key holding this chunk's own bytes (an upload
+    /// whose acknowledgement a crash lost) counts as delivered.
+    async fn put_new(
+        &self,
+        client: &aws_sdk_s3::Client,
+        bucket: &str,
+        chunk: &SealedChunk,
+        file: &Path,
+        len: u64,
+        content_type: &str,
+    ) -> Result<(), DeliveryError> {
+        let mut last = String::new();
+        for key in chunk.candidate_keys() {
+            match self.put(client, bucket, &key, file, len, content_type, true).await? {
+                Placed::Done => return Ok(()),
+                Placed::Taken => {
+                    tracing::warn!(%key, "an object that this chunk did not write is at its key; trying the next index");
+                    last = key;
+                }
+            }
+        }
+        Err(DeliveryError::Permanent(format!(
+            "every key this chunk may take is held by other data (last tried: s3://{bucket}/{last}); the key format needs %{{index}}"
+        )))
+    }
+
+    /// Writes `file` at `key` with PutObject, or a multipart upload from `multipart_threshold`
+    /// on. With `no_replace`, only if the key is free: a taken key is [`Placed::Taken`], unless
+    /// it holds these very bytes (same length and CRC32, recorded in the object's metadata).
+    #[allow(clippy::too_many_arguments)]
     async fn put(
         &self,
         client: &aws_sdk_s3::Client,
@@ -141,12 +181,15 @@ impl S3Sink {
         file: &Path,
         len: u64,
         content_type: &str,
-    ) -> Result<(), DeliveryError> {
+        no_replace: bool,
+    ) -> Result<Placed, DeliveryError> {
         let s = &self.settings;
         if len >= s.multipart_threshold.bytes() {
-            return self.put_multipart(client, bucket, key, file, len, content_type).await;
+            return self
+                .put_multipart(client, bucket, key, file, len, content_type, no_replace)
+                .await;
         }
-        let crc32 = crc32_of(file, 0, len).await?;
+        let crc32 = encode_crc32(&crc32_of(file, 0, len).await?);
         let body = file_stream(file, 0, len);
         let req = client
             .put_object()
@@ -154,19 +197,54 @@ impl S3Sink {
             .key(key)
             .content_length(len as i64)
             .content_type(content_type)
-            .checksum_crc32(crc32)
+            .checksum_crc32(&crc32)
+            .metadata(CRC32_METADATA, &crc32)
+            .set_if_none_match(no_replace.then(|| "*".to_string()))
             .set_storage_class(s.storage_class.as_deref().map(Into::into))
             .set_server_side_encryption(s.sse.as_deref().map(Into::into))
             .set_ssekms_key_id(s.sse_kms_key_id.clone())
             .body(body);
-        req.customize()
-            .disable_payload_signing()
-            .send()
-            .await
-            .map_err(|e| classify("PutObject", bucket, key, e))?;
-        Ok(())
+        match req.customize().disable_payload_signing().send().await {
+            Ok(_) => Ok(Placed::Done),
+            Err(e) if no_replace && is_precondition_failed(&e) => self.existing(client, bucket, key, len, &crc32).await,
+            Err(e) => Err(classify("PutObject", bucket, key, e)),
+        }
     }
 
+    /// What is at a key that a conditional write found taken: this chunk's own earlier upload
+    /// ([`Placed::Done`]) or other data ([`Placed::Taken`]). Without the right to read (a
+    /// writer-only policy), the key counts as taken: the chunk may then be stored twice, but
+    /// never over someone else's object.
+    async fn existing(
+        &self,
+        client: &aws_sdk_s3::Client,
+        bucket: &str,
+        key: &str,
+        len: u64,
+        crc32: &str,
+    ) -> Result<Placed, DeliveryError> {
+        match client.head_object().bucket(bucket).key(key).send().await {
+            Ok(o) => {
+                let same_len = o.content_length() == Some(len as i64);
+                let same_crc = o.metadata().and_then(|m| m.get(CRC32_METADATA)).map(String::as_str) == Some(crc32);
+                Ok(if same_len && same_crc {
+                    Placed::Done
+                } else {
+                    Placed::Taken
+                })
+            }
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 403) => {
+                tracing::warn!(%key, "the key is taken and the credentials cannot read it (s3:GetObject) to see whether this chunk is already there; trying the next index");
+                Ok(Placed::Taken)
+            }
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Err(DeliveryError::Retryable(
+                format!("s3://{bucket}/{key} was taken, then deleted; trying again"),
+            )),
+            Err(e) => Err(classify("HeadObject", bucket, key, e)),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn put_multipart(
         &self,
         client: &aws_sdk_s3::Client,
@@ -175,13 +253,29 @@ impl S3Sink {
         file: &Path,
         len: u64,
         content_type: &str,
-    ) -> Result<(), DeliveryError> {
+        no_replace: bool,
+    ) -> Result<Placed, DeliveryError> {
         let s = &self.settings;
+        // The parts' CRC32s first: together they give the whole object's, which goes into its
+        // metadata at creation (how a later attempt recognises its own upload).
+        let part_size = s.part_size.bytes().max(5 << 20);
+        let mut parts = Vec::new();
+        let mut whole = crc32fast::Hasher::new();
+        let mut offset = 0u64;
+        while offset < len {
+            let size = part_size.min(len - offset);
+            let h = crc32_of(file, offset, size).await?;
+            whole.combine(&h);
+            parts.push((offset, size, encode_crc32(&h)));
+            offset += size;
+        }
+        let whole = encode_crc32(&whole);
         let create = client
             .create_multipart_upload()
             .bucket(bucket)
             .key(key)
             .content_type(content_type)
+            .metadata(CRC32_METADATA, &whole)
             .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32)
             .set_storage_class(s.storage_class.as_deref().map(Into::into))
             .set_server_side_encryption(s.sse.as_deref().map(Into::into))
@@ -194,24 +288,18 @@ impl S3Sink {
             .upload_id()
             .ok_or_else(|| DeliveryError::Retryable("CreateMultipartUpload returned no upload id".into()))?
             .to_string();
-        let parts = async {
-            let part_size = s.part_size.bytes().max(5 << 20);
+        let result = async {
             let mut done = Vec::new();
-            let mut offset = 0u64;
-            let mut number = 1;
-            while offset < len {
-                let size = part_size.min(len - offset);
-                let crc32 = crc32_of(file, offset, size).await?;
-                let body = file_stream(file, offset, size);
+            for (number, (offset, size, crc32)) in (1..).zip(&parts) {
                 let out = client
                     .upload_part()
                     .bucket(bucket)
                     .key(key)
                     .upload_id(&upload_id)
                     .part_number(number)
-                    .content_length(size as i64)
-                    .checksum_crc32(&crc32)
-                    .body(body)
+                    .content_length(*size as i64)
+                    .checksum_crc32(crc32)
+                    .body(file_stream(file, *offset, *size))
                     .customize()
                     .disable_payload_signing()
                     .send()
@@ -224,27 +312,31 @@ impl S3Sink {
                         .checksum_crc32(crc32)
                         .build(),
                 );
-                offset += size;
-                number += 1;
             }
-            client
+            let complete = client
                 .complete_multipart_upload()
                 .bucket(bucket)
                 .key(key)
                 .upload_id(&upload_id)
+                .set_if_none_match(no_replace.then(|| "*".to_string()))
                 .multipart_upload(
                     aws_sdk_s3::types::CompletedMultipartUpload::builder()
                         .set_parts(Some(done))
                         .build(),
                 )
                 .send()
-                .await
-                .map_err(|e| classify("CompleteMultipartUpload", bucket, key, e))?;
-            tracing::debug!(key, parts = number - 1, bytes = len, "multipart upload complete");
-            Ok::<(), DeliveryError>(())
+                .await;
+            match complete {
+                Ok(_) => {
+                    tracing::debug!(key, parts = parts.len(), bytes = len, "multipart upload complete");
+                    Ok(None)
+                }
+                Err(e) if no_replace && is_precondition_failed(&e) => Ok(Some(())),
+                Err(e) => Err(classify("CompleteMultipartUpload", bucket, key, e)),
+            }
         }
         .await;
-        if parts.is_err() {
+        if !matches!(result, Ok(None)) {
             let _ = client
                 .abort_multipart_upload()
                 .bucket(bucket)
@@ -253,8 +345,30 @@ impl S3Sink {
                 .send()
                 .await;
         }
-        parts
+        match result? {
+            None => Ok(Placed::Done),
+            Some(()) => self.existing(client, bucket, key, len, &whole).await,
+        }
     }
+}
+
+/// What became of one attempt to write a chunk at a key.
+enum Placed {
+    /// The chunk is there (now, or from an earlier attempt).
+    Done,
+    /// Other data is there.
+    Taken,
+}
+
+/// The user-metadata name (`x-amz-meta-logship-crc32`) under which every object carries the
+/// CRC32 of its bytes: ETags are not content hashes for multipart or SSE-KMS objects, and a
+/// HEAD returns the metadata whatever the checksum mode.
+const CRC32_METADATA: &str = "logship-crc32";
+
+/// Whether S3 refused a conditional write because the key exists (412; 409 means a concurrent
+/// conditional write, which a retry sorts out).
+fn is_precondition_failed<E>(e: &SdkError<E, HttpResponse>) -> bool {
+    e.raw_response().is_some_and(|r| r.status().as_u16() == 412)
 }
 
 /// The body of a PutObject or UploadPart: `len` bytes of `file` from `offset`, through
@@ -266,8 +380,7 @@ fn file_stream(file: &Path, offset: u64, len: u64) -> ByteStream {
     }))
 }
 
-/// The CRC32 of `len` bytes of `file` from `offset`, as S3's `x-amz-checksum-crc32` carries it
-/// (base64 of the big-endian value).
+/// The CRC32 of `len` bytes of `file` from `offset` (see [`encode_crc32`] for S3's form).
 ///
 /// Why compute it here rather than let the SDK do it: a body whose checksum the SDK computes
 /// itself is sent aws-chunked with the checksum in a trailer, and over a plain `http://` endpoint
@@ -277,8 +390,7 @@ fn file_stream(file: &Path, offset: u64, len: u64) -> ByteStream {
 /// and HTTPS alike, and S3 still checks every byte against the CRC32. Reading the range once more
 /// costs less than the chunked framing did: it comes from the page cache (through the same
 /// pooled [`FileBody`] reads as the upload), and CRC32 runs on PCLMULQDQ.
-async fn crc32_of(file: &Path, offset: u64, len: u64) -> Result<String, DeliveryError> {
-    use base64::Engine as _;
+async fn crc32_of(file: &Path, offset: u64, len: u64) -> Result<crc32fast::Hasher, DeliveryError> {
     use http_body::Body as _;
     let mut body = FileBody::new(file, offset, len);
     let mut hasher = crc32fast::Hasher::new();
@@ -289,7 +401,13 @@ async fn crc32_of(file: &Path, offset: u64, len: u64) -> Result<String, Delivery
             hasher.update(data);
         }
     }
-    Ok(base64::engine::general_purpose::STANDARD.encode(hasher.finalize().to_be_bytes()))
+    Ok(hasher)
+}
+
+/// A CRC32 as S3's `x-amz-checksum-crc32` carries it: base64 of the big-endian value.
+fn encode_crc32(h: &crc32fast::Hasher) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(h.clone().finalize().to_be_bytes())
 }
 
 /// Sorts an SDK error into retry classes, with the operation, bucket, key and S3's code (never
@@ -312,6 +430,8 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
         "SlowDown" | "InternalError" | "ServiceUnavailable" | "RequestTimeout" | "RequestTimeTooSkewed" | "ExpiredToken"
             // The body arrived damaged (our CRC32 or length did not match): send it again.
             | "BadDigest" | "IncompleteBody"
+            // Another conditional write to the key was in flight: look again.
+            | "ConditionalRequestConflict"
             // Credentials from IRSA / Pod Identity are refreshed by the SDK: worth another try.
             | "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch"
     );
