@@ -24,6 +24,14 @@ pub enum EngineError {
     /// The buffer directory is unusable.
     #[error(transparent)]
     Buffer(#[from] BufferError),
+    /// An output cannot start (no AWS region, no credentials at all).
+    #[error("output {output}: {source}")]
+    Output {
+        /// The output's name and destination.
+        output: String,
+        /// Why.
+        source: crate::sink::SetupError,
+    },
     /// The pipeline thread could not be started or died.
     #[error("pipeline thread failed: {0}")]
     Thread(String),
@@ -45,7 +53,11 @@ pub async fn run(config: Config) -> Result<Summary, EngineError> {
     let config = Arc::new(config);
     let mut sinks = Vec::new();
     for o in &config.outputs {
-        sinks.push(Sink::build(o).await);
+        let sink = Sink::build(o).await.map_err(|source| EngineError::Output {
+            output: format!("{} ({})", o.name, Sink::describe(o)),
+            source,
+        })?;
+        sinks.push(sink);
     }
     let keying = config
         .outputs

@@ -284,11 +284,37 @@ fn tune_malloc() {
     }
 }
 
+/// The most each AWS SDK crate may log (see [`init_logging`]).
+const SDK_LOG_CAPS: &[&str] = &[
+    "aws_config=error",
+    "aws_credential_types=error",
+    "aws_runtime=warn",
+    "aws_sigv4=warn",
+    "aws_sdk_s3=warn",
+    "aws_sdk_cloudwatchlogs=warn",
+    "aws_sdk_sts=warn",
+    "aws_sdk_sso=warn",
+    "aws_sdk_ssooidc=warn",
+    "aws_smithy_runtime=warn",
+    "aws_smithy_runtime_api=warn",
+    "aws_smithy_http_client=warn",
+    "aws_smithy_http=warn",
+    "aws_smithy_types=warn",
+];
+
 /// Logs go to stderr: text, or one JSON object per line with `LOGSHIP_LOG_FORMAT=json` (for log
 /// collectors that parse fields); the level filter is `LOGSHIP_LOG`.
+///
+/// The AWS SDK's own logs are capped whatever `LOGSHIP_LOG` says: at debug and trace they print
+/// the access key id (`Credentials`' `Debug`), signed requests and session tokens, and
+/// aws-config's profile provider logs assumed-role credentials at info. Its warnings (a region
+/// IMDS could not give) are multi-line dumps; logship says what is missing in its own words.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LOGSHIP_LOG")
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("LOGSHIP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    for cap in SDK_LOG_CAPS {
+        filter = filter.add_directive(cap.parse().expect("a valid directive"));
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -516,3 +516,42 @@ fn runs_of_same_named_files_into_one_directory_keep_every_file_and_a_retry_is_no
         assert_bytes_eq(&fs::read(dir.join(name)).unwrap(), want);
     }
 }
+
+/// Issue 14, item 13: an SDK output with no region, or with no credential source at all, is
+/// refused at start in one line that says what to set (it used to retry for ever with SDK
+/// dumps). Both outputs, both causes.
+#[test]
+fn an_sdk_output_without_a_region_or_any_credentials_fails_at_once_saying_what_to_set() {
+    let env = Env::new();
+    fs::write(env.path("app.log"), b"a line\n").unwrap();
+    let home = tempfile::tempdir().unwrap();
+    for to in ["s3://logs/p", "cloudwatch://group/stream"] {
+        for (region, expected) in [(None, "no AWS region"), (Some("eu-west-1"), "no AWS credentials")] {
+            let mut args = env.once_args("app.log", &["--buffer-dir", env.buffer.to_str().unwrap()]);
+            set_flag(&mut args, "--to", to);
+            let mut cmd = Command::new(bin());
+            cmd.env_clear()
+                .env("PATH", "/usr/bin:/bin")
+                .env("HOME", home.path())
+                // Deterministic here and in CI: IMDS is not asked (what a pod with IMDS blocked sees).
+                .env("AWS_EC2_METADATA_DISABLED", "true");
+            if let Some(r) = region {
+                cmd.env("AWS_REGION", r);
+            }
+            let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
+            assert_eq!(
+                d.wait_exit(Duration::from_secs(60)).code(),
+                Some(1),
+                "{to}: {}",
+                d.stderr()
+            );
+            let err = d.stderr();
+            assert_eq!(err.lines().count(), 1, "{to}: one line: {err}");
+            assert!(
+                err.contains(expected) && err.contains(to.split('/').nth(2).unwrap()),
+                "{to}: {err}"
+            );
+        }
+    }
+    assert!(!env.out.exists());
+}

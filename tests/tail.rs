@@ -338,3 +338,43 @@ fn a_directory_that_appears_late_is_found_and_followed() {
     env.signal_end();
     ok(d.wait_exit(T), &d);
 }
+
+/// Issue 14, item 5: a file renamed while logship was not running (rotation with nobody
+/// watching) still has its unread tail read on the next start, found beside its old path by
+/// device, inode and leading bytes, although the pattern matches only the live name.
+#[test]
+fn a_file_renamed_while_logship_was_down_has_its_unread_tail_read() {
+    let env = Env::new();
+    let p = env.path("app.log");
+    let first = lines("before", 0, 1000);
+    append(&p, &first);
+    let mut d = Daemon::spawn(&env.follow_args("app.log"), env.dir.path());
+    wait_until("first lines shipped", T, || collect(&env.out, "app.log") == first);
+    d.kill9();
+    // While logship is down: the writer adds lines, then the file is rotated away and a new
+    // one started.
+    let tail = lines("unread-tail", 0, 465);
+    append(&p, &tail);
+    fs::rename(&p, env.path("app.log.1")).unwrap();
+    let new = lines("new-file", 0, 300);
+    append(&p, &new);
+    let mut d = Daemon::spawn(&env.follow_args("app.log"), env.dir.path());
+    wait_until("everything shipped", T, || {
+        collect(&env.out, "app.log").len() >= first.len() + tail.len() + new.len()
+    });
+    env.signal_end();
+    ok(d.wait_exit(T), &d);
+    assert!(
+        d.stderr().contains("file moved while logship was not running"),
+        "{}",
+        d.stderr()
+    );
+    let got = collect(&env.out, "app.log");
+    let mut got_lines: Vec<&[u8]> = got.split_inclusive(|&b| b == b'\n').collect();
+    let all = [first.clone(), tail.clone(), new.clone()].concat();
+    let mut want: Vec<&[u8]> = all.split_inclusive(|&b| b == b'\n').collect();
+    got_lines.sort();
+    want.sort();
+    assert_eq!(got_lines.len(), want.len(), "no line lost or repeated");
+    assert!(got_lines == want);
+}

@@ -172,13 +172,13 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
 
 impl CloudWatchSink {
     /// Builds the output (loads the AWS configuration).
-    pub async fn new(settings: &CloudWatchSettings) -> CloudWatchSink {
-        let (shared, timeouts) = super::aws_config(settings.region.as_deref(), Duration::from_secs(60)).await;
+    pub async fn new(settings: &CloudWatchSettings) -> Result<CloudWatchSink, super::SetupError> {
+        let (shared, timeouts) = super::aws_config(settings.region.as_deref(), Duration::from_secs(60)).await?;
         let mut b = aws_sdk_cloudwatchlogs::config::Builder::from(&shared).timeout_config(timeouts);
         if let Some(e) = &settings.endpoint {
             b = b.endpoint_url(e);
         }
-        CloudWatchSink {
+        Ok(CloudWatchSink {
             client: aws_sdk_cloudwatchlogs::Client::from_conf(b.build()),
             settings: settings.clone(),
             ready: Mutex::new(HashSet::new()),
@@ -186,7 +186,7 @@ impl CloudWatchSink {
             rejected: AtomicU64::new(0),
             replaced: AtomicU64::new(0),
             empty: AtomicU64::new(0),
-        }
+        })
     }
 
     /// Where it delivers, for messages.

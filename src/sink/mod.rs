@@ -63,13 +63,55 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Why an SDK output cannot start: configuration that no retry can supply.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// No region in the configuration, the environment, the profile or IMDS.
+    #[error(
+        "no AWS region: set `region` in the output's table (quick mode: --region), or AWS_REGION in the environment"
+    )]
+    NoRegion,
+    /// No provider of the default chain had credentials.
+    #[error(
+        "no AWS credentials: the environment (AWS_ACCESS_KEY_ID), the profile files, web identity (IRSA: AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE), the container endpoint (EKS Pod Identity) and IMDS gave none; give the pod a service account with an IAM role (IRSA or EKS Pod Identity)"
+    )]
+    NoCredentials,
+    /// A credential source is configured wrongly (a profile that names no role, a malformed
+    /// variable).
+    #[error("the AWS credential configuration is invalid: {0}")]
+    BadCredentials(String),
+}
+
+/// Whether anything besides IMDS is set up to give credentials: keys, web identity (IRSA), the
+/// container endpoint (EKS Pod Identity), a profile or profile files.
+fn credential_source_configured() -> bool {
+    let set = |v: &str| std::env::var_os(v).is_some_and(|x| !x.is_empty());
+    let vars = [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_PROFILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_CONFIG_FILE",
+    ];
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    vars.iter().any(|v| set(v))
+        || home.is_some_and(|h| h.join(".aws/credentials").exists() || h.join(".aws/config").exists())
+}
+
 /// The AWS configuration of an SDK output: the default credential chain (env, web identity /
 /// IRSA, EKS Pod Identity, IMDS), `region` when given, and timeouts (10 s to connect,
 /// `attempt` per attempt). Each SDK builds its client from it.
+///
+/// A missing region, or a chain in which no provider has credentials at all, is refused here,
+/// at start, in one line: retrying cannot supply them. A provider that fails for a reason that
+/// may pass (STS unreachable, IMDS slow) is only logged; each delivery resolves again.
 pub(crate) async fn aws_config(
     region: Option<&str>,
     attempt: std::time::Duration,
-) -> (aws_config::SdkConfig, aws_config::timeout::TimeoutConfig) {
+) -> Result<(aws_config::SdkConfig, aws_config::timeout::TimeoutConfig), SetupError> {
+    use aws_credential_types::provider::{ProvideCredentials, error::CredentialsError};
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
     if let Some(r) = region {
         loader = loader.region(aws_config::Region::new(r.to_string()));
@@ -78,7 +120,27 @@ pub(crate) async fn aws_config(
         .connect_timeout(std::time::Duration::from_secs(10))
         .operation_attempt_timeout(attempt)
         .build();
-    (loader.load().await, timeouts)
+    let shared = loader.load().await;
+    if shared.region().is_none() {
+        return Err(SetupError::NoRegion);
+    }
+    let provider = shared.credentials_provider().ok_or(SetupError::NoCredentials)?;
+    match provider.provide_credentials().await {
+        Ok(_) => {}
+        Err(CredentialsError::CredentialsNotLoaded(_)) => return Err(SetupError::NoCredentials),
+        Err(e @ CredentialsError::InvalidConfiguration(_)) => {
+            return Err(SetupError::BadCredentials(error_chain(&e)));
+        }
+        // Only IMDS was left to ask, and it refused (disabled, or a hop limit the pod cannot
+        // pass): nothing configured can give credentials later either.
+        Err(e) if !credential_source_configured() && !matches!(e, CredentialsError::ProviderTimedOut(_)) => {
+            return Err(SetupError::NoCredentials);
+        }
+        Err(e) => {
+            tracing::warn!(error = %error_chain(&e), "cannot get AWS credentials yet; each delivery tries again")
+        }
+    }
+    Ok((shared, timeouts))
 }
 
 /// One configured output.
@@ -95,16 +157,17 @@ pub enum Sink {
 }
 
 impl Sink {
-    /// Builds the output described by `config` (S3 API mode loads the AWS configuration).
-    pub async fn build(config: &OutputConfig) -> Sink {
-        match config.kind {
+    /// Builds the output described by `config` (the SDK outputs load the AWS configuration,
+    /// and refuse to start without a region or any credentials).
+    pub async fn build(config: &OutputConfig) -> Result<Sink, SetupError> {
+        Ok(match config.kind {
             OutputKind::File => Sink::File(file::FileSink::new(config.dir.clone().unwrap_or_default())),
             OutputKind::Stdout => Sink::Stdout(stdout::StdoutSink),
-            OutputKind::S3 => Sink::S3(Box::new(s3::S3Sink::new(config).await)),
+            OutputKind::S3 => Sink::S3(Box::new(s3::S3Sink::new(config).await?)),
             OutputKind::Cloudwatch => {
-                Sink::CloudWatch(Box::new(cloudwatch::CloudWatchSink::new(&config.cloudwatch).await))
+                Sink::CloudWatch(Box::new(cloudwatch::CloudWatchSink::new(&config.cloudwatch).await?))
             }
-        }
+        })
     }
 
     /// The `%{file_extension}` of what an output writes.

@@ -39,7 +39,7 @@ pub struct S3Sink {
 
 impl S3Sink {
     /// Builds the output (loads AWS configuration for the API mode).
-    pub async fn new(config: &OutputConfig) -> S3Sink {
+    pub async fn new(config: &OutputConfig) -> Result<S3Sink, super::SetupError> {
         let settings = config.s3.clone();
         let access = match &settings.presigned_post {
             Some(file) => Access::Post {
@@ -52,7 +52,7 @@ impl S3Sink {
             },
             None => {
                 let (shared, timeouts) =
-                    super::aws_config(settings.region.as_deref(), settings.request_timeout.get()).await;
+                    super::aws_config(settings.region.as_deref(), settings.request_timeout.get()).await?;
                 let mut b = aws_sdk_s3::config::Builder::from(&shared)
                     .force_path_style(settings.force_path_style)
                     .timeout_config(timeouts);
@@ -65,7 +65,7 @@ impl S3Sink {
                 }
             }
         };
-        S3Sink { access, settings }
+        Ok(S3Sink { access, settings })
     }
 
     /// Where it delivers, for messages.

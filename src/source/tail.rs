@@ -322,6 +322,22 @@ impl TailSource {
                 }
             }
         }
+        if initial {
+            // Files renamed while logship was not running (rotation with nobody watching): a
+            // checkpointed file that no pattern matches any more is looked for beside its old
+            // path by identity and content, and its unread tail is read, as runtime rotation
+            // does with a file it still holds open.
+            for c in checkpoints.iter().filter(|c| c.source == self.config.name) {
+                if self.files.iter().any(|f| f.id == c.id) {
+                    continue;
+                }
+                if let Some(f) = moved_file(c, now) {
+                    tracing::info!(from = %c.path.display(), to = %f.path.display(), unread = f.last_size - f.pos, "file moved while logship was not running; reading its tail");
+                    self.stats.files_found += 1;
+                    self.files.push(f);
+                }
+            }
+        }
         for f in &mut self.files {
             if !seen.contains(&f.id) && f.gone_since.is_none() {
                 tracing::info!(path = %f.path.display(), "file is gone from its path; reading it to its end");
@@ -689,6 +705,53 @@ impl TailSource {
 }
 
 /// What kind of file `meta` describes, for messages.
+/// The file of checkpoint `c` if it is still in the directory of its last path under another
+/// name (same device, inode and leading bytes) with bytes after the checkpoint: opened at the
+/// checkpoint, already "gone" from its path, so it is read to its end and then let go.
+fn moved_file(c: &SourceCheckpoint, now: Instant) -> Option<TailedFile> {
+    use std::os::unix::fs::DirEntryExt;
+    let dir = c.path.parent()?;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        // The inode from the directory entry: no stat for the other names.
+        if entry.ino() != c.id.ino {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(file) = File::open(&path) else { continue };
+        let Ok(meta) = file.metadata() else { continue };
+        let size = meta.len();
+        let same = FileId::of(&meta) == c.id
+            && meta.is_file()
+            && c.pos < size
+            && (c.fp_len as u64) <= size
+            && fingerprint(&file, c.fp_len as u64).ok()
+                == Some(Fingerprint {
+                    len: c.fp_len,
+                    hash: c.fp,
+                });
+        if !same {
+            continue;
+        }
+        let fp = fingerprint(&file, size.min(FINGERPRINT_MAX)).ok()?;
+        return Some(TailedFile {
+            id: c.id,
+            path,
+            tag: c.tag.clone(),
+            file,
+            pos: c.pos,
+            lines: 0,
+            committed_pos: c.pos,
+            fp,
+            scan_hint: 0,
+            gone_since: Some(now),
+            last_growth: now,
+            last_size: size,
+            drain_size: None,
+        });
+    }
+    None
+}
+
 fn file_kind(meta: &std::fs::Metadata) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
     let t = meta.file_type();
