@@ -470,7 +470,15 @@ fn real_main(cli: Cli) -> Result<i32> {
                 appstatus: args.appstatus,
                 metrics_listen: args.metrics_listen,
             };
-            let c = build(&quick)?;
+            // Quick mode's errors are about flags: a usage error, exit 2, like clap's own.
+            let c = match build(&quick) {
+                Ok(c) => c,
+                Err(logship::config::ConfigError::Invalid { key, message, .. }) => {
+                    eprintln!("logship: error: {key}: {message}\n\nFor more information, try 'logship ship --help'.");
+                    return Ok(logship::summary::EXIT_USAGE);
+                }
+                Err(e) => return Err(e.into()),
+            };
             run_engine(c, temp)
         }
     }
@@ -559,7 +567,8 @@ fn install_self(dest: &std::path::Path) -> std::io::Result<()> {
 
 /// Parses and translates a fluentd config; what was ignored goes to the log.
 fn load_fluentd(path: &std::path::Path) -> Result<Config> {
-    let t = logship::fluentd::load(path).with_context(|| format!("cannot use fluentd config {}", path.display()))?;
+    // The error names the file (and the line and column, when it is inside it).
+    let t = logship::fluentd::load(path).context("cannot use the fluentd config")?;
     for w in &t.warnings {
         tracing::warn!("{w}");
     }

@@ -15,6 +15,8 @@ use crate::source::tail::TailStats;
 
 /// Exit code: everything was delivered.
 pub const EXIT_OK: i32 = 0;
+/// Exit code: a usage error (a bad flag or flag value, as clap reports its own).
+pub const EXIT_USAGE: i32 = 2;
 /// Exit code: some data is in a secondary directory instead of its output.
 pub const EXIT_SECONDARY: i32 = 3;
 /// Exit code: some data was not delivered anywhere (left in the buffer, or not read).

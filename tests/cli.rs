@@ -95,9 +95,41 @@ fn an_unsupported_destination_is_a_usage_error_naming_it() {
         .args(["ship", "--once", "/tmp/x", "--to", "ftp://host/x"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--to") && err.contains("ftp://host/x"), "{err}");
+}
+
+/// Issue 14 (smaller): quick mode's errors found after parsing name the flag the user typed,
+/// not the configuration key it became, and are usage errors (exit 2).
+#[test]
+fn quick_mode_errors_name_the_flag_and_are_usage_errors() {
+    for (extra, flag, wrong_name) in [
+        (&["--timekey", "0s"][..], "--timekey", "buffer.timekey"),
+        (
+            &["--key-format", "%{tag}.log"][..],
+            "--key-format",
+            "output[0].key_format",
+        ),
+        (
+            &["--heartbeat-timeout", "0s", "--follow"][..],
+            "--heartbeat-timeout",
+            "lifecycle.",
+        ),
+    ] {
+        let mut args = vec!["ship", "--to", "file:///tmp/logship-never-written", "/tmp/x.log"];
+        if !extra.contains(&"--follow") {
+            args.push("--once");
+        }
+        args.extend(extra);
+        let out = Command::new(bin()).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {err}");
+        assert!(
+            err.contains(&format!("error: {flag}: ")) && !err.contains(wrong_name),
+            "{flag}: {err}"
+        );
+    }
 }
 
 #[test]

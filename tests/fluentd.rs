@@ -384,6 +384,16 @@ fn malformed_configs_name_the_file_line_and_column() {
         e.contains("bad.conf:5:3") && e.contains("multiline_flush_interval"),
         "{e}"
     );
+    // A file that cannot be read is named once, with no made-up position (it said `:0:0`).
+    let d = tempfile::tempdir().unwrap();
+    let missing = d.path().join("missing.conf");
+    for cmd in [&["translate"][..], &["run", "--fluentd-config"][..]] {
+        let out = Command::new(bin()).args(cmd).arg(&missing).output().unwrap();
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{e}");
+        assert!(e.contains("missing.conf: cannot read: No such file"), "{e}");
+        assert!(!e.contains(":0:0") && e.matches("missing.conf").count() == 1, "{e}");
+    }
 }
 
 #[test]

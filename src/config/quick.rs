@@ -184,10 +184,50 @@ pub fn build(args: &QuickArgs) -> Result<Config, ConfigError> {
             ..Default::default()
         },
     };
-    config.interpolate_env()?;
-    config.normalize();
-    config.validate()?;
+    let checked = config.interpolate_env().and_then(|()| {
+        config.normalize();
+        config.validate()
+    });
+    checked.map_err(in_flags)?;
     Ok(config)
+}
+
+/// The quick-mode flag that sets a configuration key, so errors name what the user typed.
+fn flag_for(key: &str) -> Option<&'static str> {
+    Some(match (key, key.strip_prefix("output[0].")) {
+        (_, Some("key_format")) => "--key-format",
+        (_, Some("dir" | "path" | "s3.bucket")) => "--to",
+        (_, Some(k)) if k.starts_with("cloudwatch.") => "--to",
+        (_, Some(k)) if k.starts_with("secondary.") => "--secondary-dir",
+        (_, Some("s3.presigned_post")) => "--presigned-post",
+        (_, Some("s3.store_as")) => "--store-as",
+        (_, Some("s3.endpoint")) => "--endpoint",
+        (_, Some("s3.region")) => "--region",
+        ("buffer.timekey", _) => "--timekey",
+        ("buffer.chunk_limit", _) => "--chunk-limit",
+        ("buffer.dir", _) => "--buffer-dir",
+        ("buffer.flush_mode" | "buffer.flush_interval", _) => "--flush-mode",
+        ("lifecycle.heartbeat_file", _) => "--heartbeat-file",
+        ("lifecycle.heartbeat_timeout", _) => "--heartbeat-timeout",
+        ("lifecycle.heartbeat_appear_timeout", _) => "--heartbeat-appear-timeout",
+        ("lifecycle.signal_file", _) => "--signal-file",
+        ("lifecycle.drain_deadline", _) => "--drain-deadline",
+        ("metrics.listen", _) => "--metrics-listen",
+        (k, _) if k.starts_with("source[0].") => "PATHS",
+        _ => return None,
+    })
+}
+
+/// Rewrites a configuration error's key to the quick-mode flag that set it.
+fn in_flags(e: ConfigError) -> ConfigError {
+    match e {
+        ConfigError::Invalid { origin, key, message } => ConfigError::Invalid {
+            origin,
+            key: flag_for(&key).map(str::to_string).unwrap_or(key),
+            message,
+        },
+        other => other,
+    }
 }
 
 /// Where quick mode sends chunks.
