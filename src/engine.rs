@@ -1,6 +1,14 @@
 //! Wires one [`Config`] into a running process: the buffer, the pipeline thread, one delivery
 //! task per output, the file-system watcher and the lifecycle triggers; then drives the drain
 //! and returns the [`Summary`].
+//!
+//! SIGHUP reloads the configuration from where it came from ([`Reloader`]). The new one must
+//! parse, validate and keep the buffer directory, or it is logged and the running one stays.
+//! Then deliveries finish the attempt they are in (no new one starts), the pipeline commits
+//! and stops, and the engine starts again on the same buffer with the new configuration: what
+//! was read is in the buffer's committed state, nothing is read or delivered twice. A new
+//! configuration that cannot start (an output whose destination changed while it has chunks
+//! waiting, a metrics address in use) is logged, and the old one starts again.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -48,8 +56,48 @@ pub enum EngineError {
 /// How long deliveries may go on after SIGTERM or SIGINT arrived during a drain.
 const STOP_DELIVERY_BOUND: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Runs `config` until the drain completes (or its deadline passes).
-pub async fn run(config: Config) -> Result<Summary, EngineError> {
+/// Reads the configuration again from where it came from (a file, a fluentd file), checked
+/// as at start; the error says what is wrong with it.
+pub type Reloader = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
+
+/// How one configuration's run ended.
+enum Outcome {
+    /// The drain completed (or its deadline passed).
+    Finished(Summary),
+    /// SIGHUP brought a valid new configuration; everything was committed and stopped.
+    Reload(Box<Config>),
+}
+
+/// Runs `config` until the drain completes (or its deadline passes), reloading it on SIGHUP
+/// when `reload` says how.
+pub async fn run(config: Config, reload: Option<Reloader>) -> Result<Summary, EngineError> {
+    let mut signals = lifecycle::Signals::install();
+    let mut running = config;
+    let mut next: Option<Config> = None;
+    loop {
+        let trying_new = next.is_some();
+        let attempt = next.take().unwrap_or_else(|| running.clone());
+        match run_config(attempt.clone(), &mut signals, reload.as_deref(), trying_new).await {
+            Ok(Outcome::Finished(summary)) => return Ok(summary),
+            Ok(Outcome::Reload(new)) => {
+                running = attempt;
+                next = Some(*new);
+            }
+            Err(e) if trying_new => {
+                tracing::error!(error = %e, "the reloaded configuration cannot start; going back to the one that ran");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Runs one configuration until it finishes or a reload stops it.
+async fn run_config(
+    config: Config,
+    signals: &mut lifecycle::Signals,
+    reload: Option<&(dyn Fn() -> Result<Config, String> + Send + Sync)>,
+    reloaded: bool,
+) -> Result<Outcome, EngineError> {
     let config = Arc::new(config);
     let mut sinks = Vec::new();
     for o in &config.outputs {
@@ -91,7 +139,7 @@ pub async fn run(config: Config) -> Result<Summary, EngineError> {
     }
 
     let metrics = Arc::new(Metrics::new(config.outputs.iter().map(|o| o.name.clone())));
-    let _metrics_server = match &config.metrics.listen {
+    let metrics_server = match &config.metrics.listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
@@ -100,16 +148,17 @@ pub async fn run(config: Config) -> Result<Summary, EngineError> {
                     source,
                 })?;
             tracing::info!(%addr, "serving /metrics and /healthz");
-            Some(AbortOnDrop(tokio::spawn(crate::metrics::serve(
+            Some(AbortOnDrop(Some(tokio::spawn(crate::metrics::serve(
                 listener,
                 metrics.clone(),
                 config.metrics.stall_timeout.get(),
-            ))))
+            )))))
         }
         None => None,
     };
     let (ctl_tx, ctl_rx) = std::sync::mpsc::channel::<Control>();
     let (cancel_tx, cancel_rx) = watch::channel(false);
+    let (pause_tx, pause_rx) = watch::channel(false);
     let mut senders = Vec::new();
     let mut deliverers = Vec::new();
     for (i, (sink, out)) in sinks.into_iter().zip(&config.outputs).enumerate() {
@@ -120,7 +169,7 @@ pub async fn run(config: Config) -> Result<Summary, EngineError> {
             rx,
             ctl_tx.clone(),
             out.retry.clone(),
-            cancel_rx.clone(),
+            (cancel_rx.clone(), pause_rx.clone()),
             (metrics.clone(), i),
         )));
     }
@@ -134,7 +183,7 @@ pub async fn run(config: Config) -> Result<Summary, EngineError> {
     let _progress = config
         .lifecycle
         .once
-        .then(|| AbortOnDrop(tokio::spawn(progress(metrics.clone()))));
+        .then(|| AbortOnDrop(Some(tokio::spawn(progress(metrics.clone())))));
     pipeline.set_watcher(start_watcher(&config, ctl_tx.clone(), wake));
 
     let (done_tx, mut done_rx) = oneshot::channel::<Summary>();
@@ -144,8 +193,10 @@ pub async fn run(config: Config) -> Result<Summary, EngineError> {
             let _ = done_tx.send(pipeline.run());
         })
         .map_err(|e| EngineError::Thread(e.to_string()))?;
+    if reloaded {
+        tracing::info!("configuration reloaded; running with it");
+    }
 
-    let mut signals = lifecycle::Signals::install();
     let end = lifecycle::wait_for_end(&config.lifecycle);
     tokio::pin!(end);
     let deadline = tokio::time::sleep(std::time::Duration::from_secs(u32::MAX as u64));
@@ -156,6 +207,7 @@ pub async fn run(config: Config) -> Result<Summary, EngineError> {
         let _ = ctl_tx.send(Control::Drain(reason));
         deadline.reset(tokio::time::Instant::now() + config.lifecycle.drain_deadline());
     };
+    let mut reload_to = None;
     let summary = loop {
         tokio::select! {
             s = &mut done_rx => break s.ok(),
@@ -180,39 +232,86 @@ pub async fn run(config: Config) -> Result<Summary, EngineError> {
                     tracing::warn!(signal = name, within = ?bound, "received during the drain: reading stops; what was read is delivered (what is not delivered in time goes to the secondary directory), the rest is reported as not read");
                     let _ = ctl_tx.send(Control::StopReading);
                 }
+                lifecycle::SignalRequest::Reload(name) if draining => {
+                    tracing::info!(signal = name, "ignored during the drain (the configuration is not reloaded)");
+                }
+                lifecycle::SignalRequest::Reload(name) => match reload.map(|f| f()) {
+                    None => tracing::info!(signal = name, "nothing to reload: quick mode's settings are its flags"),
+                    Some(Err(e)) => tracing::error!(signal = name, error = %e, "the new configuration is invalid; the running one stays"),
+                    Some(Ok(new)) if new.buffer.dir != config.buffer.dir => tracing::error!(
+                        signal = name,
+                        running = %config.buffer.dir.display(),
+                        new = %new.buffer.dir.display(),
+                        "the new configuration moves the buffer directory, which a reload cannot do (restart logship); the running one stays"
+                    ),
+                    Some(Ok(new)) => {
+                        tracing::info!(signal = name, "reloading the configuration: deliveries finish the attempt they are in, then reading and delivery start again with it");
+                        reload_to = Some(new);
+                        break None;
+                    }
+                },
                 lifecycle::SignalRequest::Ignored(name) => {
-                    tracing::info!(signal = name, "ignored (SIGTERM or SIGINT drains; reloading the configuration is not supported)");
+                    tracing::info!(signal = name, "ignored (SIGTERM or SIGINT drains; SIGHUP reloads the configuration)");
                 }
             },
             _ = &mut deadline, if draining => {
                 let _ = cancel_tx.send(true);
                 let _ = ctl_tx.send(Control::Deadline);
-                break done_rx.await.ok();
+                break (&mut done_rx).await.ok();
             }
         }
     };
+    if let Some(new) = reload_to {
+        // No attempt is cut: each delivery task ends after the one it is in (its chunk is then
+        // delivered and acknowledged, or stays in the buffer); then the pipeline commits what
+        // it read and the acknowledgements, and stops.
+        let _ = pause_tx.send(true);
+        for d in deliverers {
+            let _ = d.await;
+        }
+        let _ = ctl_tx.send(Control::Halt);
+        let _ = (&mut done_rx).await;
+        drop(ctl_tx);
+        let _ = thread.join();
+        // The metrics address is bound again by the next run.
+        if let Some(m) = metrics_server {
+            m.stop().await;
+        }
+        return Ok(Outcome::Reload(Box::new(new)));
+    }
     let _ = cancel_tx.send(true);
     drop(ctl_tx);
     let _ = thread.join();
     for d in deliverers {
         d.abort();
     }
-    summary.ok_or_else(|| EngineError::Thread("pipeline thread ended without a result".into()))
+    drop(metrics_server);
+    summary
+        .map(Outcome::Finished)
+        .ok_or_else(|| EngineError::Thread("pipeline thread ended without a result".into()))
 }
 
-/// Delivers the chunks of one output in order, each with its retry schedule.
+/// Delivers the chunks of one output in order, each with its retry schedule. `cancel` (the
+/// drain deadline) ends it at once; `pause` (a reload) ends it after the attempt under way.
 async fn deliver_loop(
     sink: Sink,
     mut rx: mpsc::UnboundedReceiver<SealedChunk>,
     ctl: Sender<Control>,
     retry: RetryConfig,
-    mut cancel: watch::Receiver<bool>,
+    (mut cancel, mut pause): (watch::Receiver<bool>, watch::Receiver<bool>),
     (metrics, index): (Arc<Metrics>, usize),
 ) {
     let retries = &metrics.outputs[index].retries;
-    while let Some(chunk) = rx.recv().await {
+    loop {
+        let chunk = tokio::select! {
+            c = rx.recv() => match c {
+                Some(c) => c,
+                None => return,
+            },
+            _ = pause.wait_for(|p| *p) => return,
+        };
         let result = tokio::select! {
-            r = crate::sink::retry::deliver_with_retry(&sink, &chunk, &retry, retries) => r,
+            r = crate::sink::retry::deliver_with_retry(&sink, &chunk, &retry, retries, &pause) => r,
             _ = cancel.wait_for(|c| *c) => return,
         };
         let msg = match result {
@@ -220,6 +319,7 @@ async fn deliver_loop(
                 crate::crashpoint::hit("delivered-before-ack");
                 Control::Delivered(chunk.seq)
             }
+            Err(crate::sink::DeliveryError::Paused) => return,
             Err(e) => Control::Failed(chunk.seq, e.to_string()),
         };
         if ctl.send(msg).is_err() {
@@ -285,11 +385,23 @@ async fn progress(metrics: Arc<Metrics>) {
 }
 
 /// Aborts a task when dropped (the metrics listener ends with the run).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl AbortOnDrop {
+    /// Aborts the task and waits until it is gone (and with it, what it held: a listening socket).
+    async fn stop(mut self) {
+        if let Some(h) = self.0.take() {
+            h.abort();
+            let _ = h.await;
+        }
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(h) = &self.0 {
+            h.abort();
+        }
     }
 }
 

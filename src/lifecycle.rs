@@ -9,8 +9,9 @@
 //! - **Signal file**: its appearance means main has ended (written by `logship wrap`).
 //! - **SIGTERM / SIGINT**: native sidecars (Kubernetes ≥ 1.29) get SIGTERM after main exits. A
 //!   second one during the drain (or the first in `--once`, which drains from the start) stops
-//!   reading: what was read is delivered, the rest is reported as not read (exit 4). SIGHUP,
-//!   SIGUSR1 and SIGUSR2 are logged and otherwise ignored; none of them kills the process.
+//!   reading: what was read is delivered, the rest is reported as not read (exit 4). SIGHUP
+//!   reloads the configuration (see `engine`); SIGUSR1 and SIGUSR2 are logged and otherwise
+//!   ignored; none of them kills the process.
 //! - **Once**: ship what exists and stop (`ship --once`).
 //!
 //! Watchers poll at most once a second: cheap, and exact enough against a 15 s timeout.
@@ -152,7 +153,9 @@ pub async fn signal_file_appeared(path: &Path) -> EndReason {
 pub enum SignalRequest {
     /// SIGTERM or SIGINT: drain (and, during a drain, stop reading and deliver what was read).
     Stop(&'static str),
-    /// A signal that must not kill the process (SIGHUP, SIGUSR1, SIGUSR2): logged, no action.
+    /// SIGHUP: read the configuration again and carry on with it.
+    Reload(&'static str),
+    /// A signal that must not kill the process (SIGUSR1, SIGUSR2): logged, no action.
     Ignored(&'static str),
 }
 
@@ -170,7 +173,7 @@ impl Signals {
         let kinds = [
             (SignalKind::terminate(), SignalRequest::Stop("SIGTERM")),
             (SignalKind::interrupt(), SignalRequest::Stop("SIGINT")),
-            (SignalKind::hangup(), SignalRequest::Ignored("SIGHUP")),
+            (SignalKind::hangup(), SignalRequest::Reload("SIGHUP")),
             (SignalKind::user_defined1(), SignalRequest::Ignored("SIGUSR1")),
             (SignalKind::user_defined2(), SignalRequest::Ignored("SIGUSR2")),
         ];

@@ -382,21 +382,25 @@ fn real_main(cli: Cli) -> Result<i32> {
             fluentd_config,
             config_toml,
         } => {
-            let c = match (config, fluentd_config) {
-                _ if let Some(text) = &config_toml => Config::parse(text, "LOGSHIP_CONFIG_TOML")?,
-                (Some(c), _) => Config::load(&c)?,
-                (None, Some(f)) => load_fluentd(&f)?,
+            // SIGHUP reads the configuration again from the same place.
+            let reload: logship::engine::Reloader = match (config, fluentd_config) {
+                _ if let Some(text) = config_toml => {
+                    Box::new(move || Config::parse(&text, "LOGSHIP_CONFIG_TOML").map_err(|e| e.to_string()))
+                }
+                (Some(c), _) => Box::new(move || Config::load(&c).map_err(|e| e.to_string())),
+                (None, Some(f)) => Box::new(move || load_fluentd(&f).map_err(|e| error_chain(&e))),
                 (None, None) => match logship::fluentd::emr_config_path() {
                     Some(f) => {
                         tracing::info!(file = %f.display(), "running EMR's fluentd configuration (FLUENTD_CONF)");
-                        load_fluentd(&f)?
+                        Box::new(move || load_fluentd(&f).map_err(|e| error_chain(&e)))
                     }
                     None => anyhow::bail!(
                         "no configuration: give --config FILE or --fluentd-config FILE (or set FLUENTD_CONF to a file in /etc/fluent, as EMR does)"
                     ),
                 },
             };
-            run_engine(c, None)
+            let c = reload().map_err(anyhow::Error::msg)?;
+            run_engine(c, None, Some(reload))
         }
         Command::Wrap {
             heartbeat_file,
@@ -479,7 +483,7 @@ fn real_main(cli: Cli) -> Result<i32> {
                 }
                 Err(e) => return Err(e.into()),
             };
-            run_engine(c, temp)
+            run_engine(c, temp, None)
         }
     }
 }
@@ -575,13 +579,17 @@ fn load_fluentd(path: &std::path::Path) -> Result<Config> {
     Ok(t.config)
 }
 
-fn run_engine(config: Config, temp_buffer: Option<tempfile::TempDir>) -> Result<i32> {
+fn run_engine(
+    config: Config,
+    temp_buffer: Option<tempfile::TempDir>,
+    reload: Option<logship::engine::Reloader>,
+) -> Result<i32> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(4)
         .build()
         .context("cannot start the runtime")?;
-    let summary = rt.block_on(logship::engine::run(config))?;
+    let summary = rt.block_on(logship::engine::run(config, reload))?;
     eprint!("{}", summary.human());
     eprintln!("{}", summary.json());
     let code = summary.exit_code();

@@ -39,6 +39,9 @@ pub enum Control {
     /// Stop reading now (a second SIGTERM, or one during `--once`): deliver what was read; what
     /// was not is reported as not read.
     StopReading,
+    /// Stop for a reload: commit what was read and delivered, and return (no drain, nothing
+    /// sealed; the next run continues from the committed state).
+    Halt,
     /// A chunk was delivered.
     Delivered(u64),
     /// A chunk could not be delivered (retries exhausted or permanent error).
@@ -74,6 +77,8 @@ pub struct Pipeline {
     drain_reason: Option<String>,
     /// Reading was told to stop before the drain point.
     stop_reading: bool,
+    /// A reload asked the pipeline to commit and stop.
+    halt: bool,
     /// After a write error, reading and committing wait until this time (or until a delivery
     /// frees space, whichever comes first).
     write_backoff: Option<Instant>,
@@ -127,6 +132,7 @@ impl Pipeline {
             stuck: HashSet::new(),
             drain_reason: None,
             stop_reading: false,
+            halt: false,
             write_backoff: None,
             write_failing: false,
             batch: COMMIT_EVERY_BYTES,
@@ -212,6 +218,10 @@ impl Pipeline {
                 self.deadline();
                 break;
             }
+            if self.halt {
+                self.commit();
+                break;
+            }
             self.wake.pending.store(false, Ordering::SeqCst);
             let draining = self.drain_reason.is_some();
 
@@ -280,6 +290,7 @@ impl Pipeline {
                 }
                 self.stop_reading = true;
             }
+            Control::Halt => self.halt = true,
             Control::Delivered(seq) => self.delivered(seq),
             Control::Failed(seq, error) => self.failed(seq, &error),
         }

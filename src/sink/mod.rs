@@ -33,6 +33,10 @@ pub enum DeliveryError {
     /// the kubelet refreshes the Secret on its own schedule.
     #[error("{0}")]
     Credentials(String),
+    /// Not tried: the engine is stopping its deliveries to reload the configuration. The chunk
+    /// stays in the buffer and the next engine delivers it.
+    #[error("paused for a configuration reload")]
+    Paused,
 }
 
 impl DeliveryError {

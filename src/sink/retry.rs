@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
+use tokio::sync::watch;
 
 use super::{DeliveryError, Sink};
 use crate::buffer::SealedChunk;
@@ -19,26 +20,39 @@ const CREDENTIALS_MAX_WAIT: Duration = Duration::from_secs(15);
 /// refusing presigned POST) are retried without limit, re-reading the credentials each time;
 /// permanent errors return at once.
 /// Every failed attempt that is tried again counts in `retries`.
+///
+/// Once `pause` turns true, no new attempt starts and waits between attempts end early: the
+/// result is [`DeliveryError::Paused`]. An attempt under way is never cut (it would leave the
+/// destination not knowing whether it holds the chunk).
 pub async fn deliver_with_retry(
     sink: &Sink,
     chunk: &SealedChunk,
     config: &RetryConfig,
     retries: &AtomicU64,
+    pause: &watch::Receiver<bool>,
 ) -> Result<(), DeliveryError> {
     let mut wait = config.wait.get().max(Duration::from_millis(100));
     loop {
-        match deliver_with_backoff(sink, chunk, config, retries).await {
+        match deliver_with_backoff(sink, chunk, config, retries, pause).await {
             Err(e) if e.is_credentials() => {
                 retries.fetch_add(1, Ordering::Relaxed);
                 // Jittered (half to the full wait), so the executors of a job whose credentials
                 // expired together do not all come back in the same instant.
                 let jittered = wait.mul_f64(0.5 + fastrand::f64() / 2.0);
                 tracing::warn!(key = %chunk.key, seq = chunk.seq, error = %e, retry_in = ?jittered, "cannot upload with the current credentials; keeping the chunk and trying again");
-                tokio::time::sleep(jittered).await;
+                sleep_unless_paused(jittered, pause.clone()).await;
                 wait = (wait * 2).min(CREDENTIALS_MAX_WAIT);
             }
             other => return other,
         }
+    }
+}
+
+/// Sleeps `d`, or less if `pause` turns true.
+async fn sleep_unless_paused(d: Duration, mut pause: watch::Receiver<bool>) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = pause.wait_for(|p| *p) => {}
     }
 }
 
@@ -47,6 +61,7 @@ async fn deliver_with_backoff(
     chunk: &SealedChunk,
     config: &RetryConfig,
     retries: &AtomicU64,
+    pause: &watch::Receiver<bool>,
 ) -> Result<(), DeliveryError> {
     let mut backoff = ExponentialBuilder::new()
         .with_min_delay(config.wait.get())
@@ -58,9 +73,16 @@ async fn deliver_with_backoff(
         // (on here); without it every process would wait the same "random" times.
         backoff = backoff.with_jitter();
     }
-    let attempt = || sink.deliver(chunk);
+    let pause_for_sleep = pause.clone();
+    let attempt = || async {
+        if *pause.borrow() {
+            return Err(DeliveryError::Paused);
+        }
+        sink.deliver(chunk).await
+    };
     let run = attempt
         .retry(backoff)
+        .sleep(move |d| sleep_unless_paused(d, pause_for_sleep.clone()))
         .when(DeliveryError::is_retryable)
         .notify(|e: &DeliveryError, wait: Duration| {
             retries.fetch_add(1, Ordering::Relaxed);
