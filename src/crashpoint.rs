@@ -8,13 +8,15 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The named places a test can crash at.
+/// Every named place a test can crash at (a unit test checks that the code uses exactly these).
+/// `file-sink-*` and `cloudwatch-*` are reached only with that output.
 pub const POINTS: &[&str] = &[
     "chunk-written",
     "before-state-write",
     "after-state-write",
     "file-sink-before-rename",
     "delivered-before-ack",
+    "cloudwatch-batch-recorded",
 ];
 
 struct Spec {
@@ -43,5 +45,31 @@ pub fn hit(point: &str) {
     {
         eprintln!("logship: crash point {point} reached; aborting (test hook)");
         std::process::abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// `POINTS` names every `hit("…")` in the source, and nothing else: a point missing from the
+    /// list would never be crashed at by the tests that walk it.
+    #[test]
+    fn points_lists_exactly_the_points_the_code_uses() {
+        fn walk(dir: &std::path::Path, found: &mut std::collections::BTreeSet<String>) {
+            for e in std::fs::read_dir(dir).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, found);
+                } else if p.extension().is_some_and(|x| x == "rs") && !p.ends_with("crashpoint.rs") {
+                    let text = std::fs::read_to_string(&p).unwrap();
+                    for part in text.split("crashpoint::hit(\"").skip(1) {
+                        found.insert(part.split('"').next().unwrap().to_string());
+                    }
+                }
+            }
+        }
+        let mut found = std::collections::BTreeSet::new();
+        walk(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut found);
+        let listed: std::collections::BTreeSet<String> = super::POINTS.iter().map(|s| s.to_string()).collect();
+        assert_eq!(found, listed);
     }
 }

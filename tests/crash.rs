@@ -102,7 +102,8 @@ fn crash_at_each_commit_and_delivery_step_recovers_exactly() {
     assert!(big.len() > 17 << 20);
     let small = lines("small", 0, 20_000);
     for (mode, timekey) in [("immediate", "30s"), ("lazy", "1h")] {
-        for point in logship::crashpoint::POINTS {
+        // The directory output's points (tests/cloudwatch.rs crashes at CloudWatch's).
+        for point in logship::crashpoint::POINTS.iter().filter(|p| !p.starts_with("cloudwatch-")) {
             // Block writes: 16 MiB per commit / 256 KiB per write = 64 writes in the first batch.
             let counts: &[u64] = if *point == "chunk-written" {
                 &[1, 40, 70]

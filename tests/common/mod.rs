@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// The binary under test.
+/// The binary under test: the one cargo built, or `LOGSHIP_TEST_BIN` (to show that a new test
+/// fails on an older build: `LOGSHIP_TEST_BIN=/old/target/debug/logship cargo nextest run -E ...`).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_logship")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| std::env::var("LOGSHIP_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_logship").to_string()))
 }
 
 /// A scratch layout: input files, output directory, buffer directory, signal file.
