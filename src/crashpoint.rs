@@ -68,7 +68,10 @@ mod tests {
             }
         }
         let mut found = std::collections::BTreeSet::new();
-        walk(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut found);
+        walk(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut found,
+        );
         let listed: std::collections::BTreeSet<String> = super::POINTS.iter().map(|s| s.to_string()).collect();
         assert_eq!(found, listed);
     }

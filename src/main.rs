@@ -12,8 +12,22 @@ use logship::units::{ByteSize, HumanDuration};
 
 /// Ships Spark's logs from Kubernetes pods (or any host) to a directory, S3 or CloudWatch Logs:
 /// crash-safe, nothing lost at the end of a job, in a few MiB of memory.
+/// What `run` and `ship` exit with, and what signals do (shown by `--help`).
+const EXIT_AND_SIGNALS: &str = "\
+Exit codes (run, ship):
+  0  everything written before the drain point was delivered
+  1  fatal error: bad config, unusable buffer directory, an output that cannot start
+  2  usage error: a bad flag or flag value
+  3  some chunks are in a secondary directory instead of their output
+  4  some data was not delivered anywhere: left in the buffer, not read in time, missing from a
+     damaged chunk file, or a path that could not be shipped (each named in the summary)
+
+Signals: SIGTERM or SIGINT start the drain; during a drain the first stops reading (what was read
+is delivered within 60 s) and a second ends the run. SIGHUP reloads the configuration (run).
+SIGUSR1 and SIGUSR2 are ignored.";
+
 #[derive(Parser, Debug)]
-#[command(name = "logship", version, about, long_about = None)]
+#[command(name = "logship", version, about, long_about = None, after_help = EXIT_AND_SIGNALS)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,6 +38,7 @@ enum Command {
     /// Run until a lifecycle trigger, then drain and exit: from a native TOML config, from a
     /// fluentd config (EMR's fluent.conf), or, with neither, from /etc/fluent/$FLUENTD_CONF when
     /// that exists (EMR's image contract: the logship image replaces EMR's fluentd image as is).
+    #[command(after_help = EXIT_AND_SIGNALS)]
     Run {
         /// The native config file.
         #[arg(long, short, env = "LOGSHIP_CONFIG", conflicts_with = "fluentd_config")]
@@ -75,6 +90,7 @@ enum Command {
         max_size: ByteSize,
     },
     /// Quick mode: ship files to a destination without a config file.
+    #[command(after_help = EXIT_AND_SIGNALS)]
     Ship(Box<ShipArgs>),
     /// Run a command as the Spark container's entrypoint, speaking the sidecar's lifecycle
     /// contract for it: touch the heartbeat file every 2 s while it runs, forward signals to it,

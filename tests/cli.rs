@@ -587,3 +587,16 @@ fn an_sdk_output_without_a_region_or_any_credentials_fails_at_once_saying_what_t
     }
     assert!(!env.out.exists());
 }
+
+/// Issue 14: `--help` says what the exit codes and the signals mean, for `run` and `ship`.
+#[test]
+fn help_explains_exit_codes_and_signals() {
+    for cmd in ["run", "ship"] {
+        let out = Command::new(bin()).args([cmd, "--help"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{cmd}");
+        for want in ["Exit codes", "\n  3  ", "\n  4  ", "SIGHUP reloads", "SIGTERM"] {
+            assert!(text.contains(want), "{cmd} --help lacks {want:?}:\n{text}");
+        }
+    }
+}

@@ -103,7 +103,10 @@ fn crash_at_each_commit_and_delivery_step_recovers_exactly() {
     let small = lines("small", 0, 20_000);
     for (mode, timekey) in [("immediate", "30s"), ("lazy", "1h")] {
         // The directory output's points (tests/cloudwatch.rs crashes at CloudWatch's).
-        for point in logship::crashpoint::POINTS.iter().filter(|p| !p.starts_with("cloudwatch-")) {
+        for point in logship::crashpoint::POINTS
+            .iter()
+            .filter(|p| !p.starts_with("cloudwatch-"))
+        {
             // Block writes: 16 MiB per commit / 256 KiB per write = 64 writes in the first batch.
             let counts: &[u64] = if *point == "chunk-written" {
                 &[1, 40, 70]
