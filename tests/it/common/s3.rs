@@ -2,8 +2,6 @@
 //! s3s-fs (objects as files), with authentication on, listening on 127.0.0.1. It stops when
 //! dropped.
 
-#![allow(dead_code)] // each test binary uses part of this harness
-
 use std::path::{Path, PathBuf};
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -161,10 +159,8 @@ pub enum Fault {
     Stall,
     /// Forward to the real server, with one byte of the request body changed on the way (what a
     /// bad NIC or a buggy middlebox does; only a checksum the server checks catches it).
-    #[allow(dead_code)] // used by tests/s3.rs
     Corrupt,
     /// Answer 400 with CloudWatch's ThrottlingException (JSON protocol).
-    #[allow(dead_code)] // used by tests/cloudwatch.rs
     Throttle,
 }
 

@@ -1,11 +1,8 @@
 //! The S3 output against a real S3 server (s3s + s3s-fs, authentication on: the server checks
 //! SigV4 signatures and POST policies itself).
 
-mod common;
-#[path = "common/python.rs"]
-mod python;
-#[path = "common/s3.rs"]
-mod s3server;
+use crate::common::python;
+use crate::common::s3 as s3server;
 
 use std::fs;
 use std::io::Read;
@@ -13,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use s3server::{S3Server, kubelet_write};
 
 const T: Duration = Duration::from_secs(90);

@@ -4,14 +4,12 @@
 //! points (at least 20 times) and restarted on the same buffer directory. At the end, what the
 //! output holds for each file is byte-identical to the file.
 
-mod common;
-
 use std::fs;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const TOTAL_BYTES: u64 = 200 << 20;
 const KILLS: usize = 24;

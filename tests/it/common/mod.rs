@@ -1,6 +1,10 @@
 //! Test harness: runs the real `logship` binary as a process on real files, and reads what the
 //! directory output wrote. Waits are on conditions with generous timeouts, never fixed sleeps.
-#![allow(dead_code)]
+
+pub mod moto;
+pub mod python;
+pub mod s3;
+pub mod spark;
 
 use std::fs;
 use std::io::Write;

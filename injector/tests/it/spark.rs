@@ -4,8 +4,7 @@
 //! runs here and asks for executors) must hold the sidecar exactly as patched, with Spark's
 //! container the one the template chose (Spark adds its arguments and variables to it).
 
-mod common;
-#[path = "../../tests/common/python.rs"]
+#[path = "../../../tests/it/common/python.rs"]
 #[allow(dead_code)]
 mod python;
 
@@ -14,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 const IMAGE: &str = "registry.example/logship:1";

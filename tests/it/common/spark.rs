@@ -294,7 +294,7 @@ pub fn compare_shipped(original: &Path, shipped: &Path, whole: bool) -> Result<(
                 };
                 let got = std::fs::read(shipped.join(&name).join(n)).map_err(|_| format!("{name}/{n} not shipped"))?;
                 if got != expect {
-                    return Err(format!("{name}/{n}: {}", super::common::first_diff(&got, expect)));
+                    return Err(format!("{name}/{n}: {}", super::first_diff(&got, expect)));
                 }
             }
             continue;
@@ -312,7 +312,7 @@ pub fn compare_shipped(original: &Path, shipped: &Path, whole: bool) -> Result<(
             rechunked(shipped, app)?
         };
         if got != expect {
-            return Err(format!("{name}: {}", super::common::first_diff(&got, expect)));
+            return Err(format!("{name}: {}", super::first_diff(&got, expect)));
         }
     }
     Ok(())

@@ -1,13 +1,11 @@
 //! The metrics and health endpoint: counters match what was sent and delivered, and `/healthz`
 //! fails while the S3 server is unreachable with data queued, then recovers.
 
-mod common;
-#[path = "common/s3.rs"]
-mod s3;
+use crate::common::s3;
 
 use std::time::Duration;
 
-use common::{Daemon, Env, append, bin, http_get, lines, metric};
+use crate::common::{Daemon, Env, append, bin, http_get, lines, metric};
 use s3::{Fault, FaultProxy, S3Server};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -20,7 +18,7 @@ fn counters_match_what_was_sent_and_health_follows_the_output() {
     let file = env.path("app.log");
     let first = lines("m", 0, 1000);
     append(&file, &first);
-    let addr = format!("127.0.0.1:{}", common::free_port());
+    let addr = format!("127.0.0.1:{}", crate::common::free_port());
     let args = env.run_config(&format!(
         r#"
 [buffer]
@@ -123,7 +121,7 @@ fn a_backfill_prints_progress_lines_when_stderr_is_not_a_terminal() {
     let mut cmd = std::process::Command::new(bin());
     cmd.envs(server.env()).env("LOGSHIP_PROGRESS_EVERY", "300ms");
     let mut args = env.once_args("*.log", &["--endpoint", &proxy.endpoint, "--path-style"]);
-    common::set_flag(&mut args, "--to", "s3://logs/backfill");
+    crate::common::set_flag(&mut args, "--to", "s3://logs/backfill");
     let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
     assert_eq!(d.wait_exit(WAIT).code(), Some(0), "{}", d.stderr());
     let err = d.stderr();

@@ -3,9 +3,7 @@
 //! patching twice gives the same output, conflicts are clear errors, and the sidecar's config is
 //! one the daemon accepts.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 const IMAGE: &str = "registry.example/logship:1";

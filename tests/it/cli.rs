@@ -1,12 +1,10 @@
 //! The command line: `check`, `run --config`, and errors that name what is wrong.
 
-mod common;
-
 use std::fs;
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn check_prints_the_effective_config_with_defaults() {

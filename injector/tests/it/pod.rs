@@ -5,14 +5,12 @@
 //! runs `logship run` with only its spec's environment. The sidecar must ship every byte and
 //! exit 0 once the Spark process has ended: the injector and the daemon agree on the contract.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 const POD: &str = "spark-pi-driver";

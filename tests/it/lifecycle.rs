@@ -2,14 +2,12 @@
 //! that never appears. In each case the lines written before the end are delivered and logship
 //! exits 0.
 
-mod common;
-
 use std::fs;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::*;
+use crate::common::*;
 
 const T: Duration = Duration::from_secs(60);
 

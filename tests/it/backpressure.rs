@@ -1,12 +1,10 @@
 //! Invariant 5: when the buffer reaches its disk limit, reading pauses; nothing is dropped, and
 //! reading resumes once deliveries free space.
 
-mod common;
-
 use std::fs;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn chunk_bytes(buffer: &std::path::Path) -> u64 {
     fs::read_dir(buffer.join("chunks"))

@@ -1,13 +1,11 @@
 //! `logship wrap`: the child's exit code and the signals sent to it pass through; the heartbeat
 //! and the signal file behave as the daemon expects (a test runs both together).
 
-mod common;
-
 use std::fs;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Daemon, Env, bin, wait_until};
+use crate::common::{Daemon, Env, bin, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -119,7 +117,7 @@ fn the_daemon_follows_the_wrapped_container_and_drains_when_it_ends() {
     let mut sidecar = sidecar;
     assert_eq!(sidecar.wait_exit(WAIT).code(), Some(0), "{}", sidecar.stderr());
     assert!(sidecar.stderr().contains("signal file"), "{}", sidecar.stderr());
-    assert_eq!(common::collect(&env.out, "app.log"), b"first\nlast");
+    assert_eq!(crate::common::collect(&env.out, "app.log"), b"first\nlast");
 }
 
 #[test]

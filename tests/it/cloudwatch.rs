@@ -2,17 +2,12 @@
 //! lines arrive exactly once and in order, batch edges, long lines split and rejoined, group and
 //! stream creation, throttling and 500s from a fault proxy, a crash between batches, the drain.
 
-mod common;
-#[path = "common/moto.rs"]
-mod moto;
-#[path = "common/python.rs"]
-mod python;
-#[path = "common/s3.rs"]
-mod s3;
+use crate::common::moto;
+use crate::common::s3;
 
 use std::time::Duration;
 
-use common::{Daemon, Env, append, bin, lines};
+use crate::common::{Daemon, Env, append, bin, lines};
 use moto::Moto;
 
 const WAIT: Duration = Duration::from_secs(120);

@@ -6,16 +6,14 @@
 //! drains and exits 0 soon after the heartbeat timeout, and the S3 server holds exactly what was
 //! written. The metrics endpoint's counters match what was sent.
 
-mod common;
-#[path = "common/s3.rs"]
-mod s3;
+use crate::common::s3;
 
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, append, assert_bytes_eq, bin, http_get, lines, metric};
+use crate::common::{Daemon, append, assert_bytes_eq, bin, http_get, lines, metric};
 use s3::{S3Server, kubelet_write};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -85,7 +83,7 @@ fn a_pod_run_as_emr_runs_it_ships_everything_and_ends_with_the_heartbeat() {
     }
     kubelet_write(&secret, &server.presign("logs", "job-1/", "1h", "5GB"), 1);
     let heartbeat = comm.join("main-container-terminated");
-    let addr = format!("127.0.0.1:{}", common::free_port());
+    let addr = format!("127.0.0.1:{}", crate::common::free_port());
     let config = root.join("logship.toml");
     fs::write(
         &config,

@@ -6,19 +6,14 @@
 //!
 //! Run these alone with `cargo test --test spark_events` (they install pyspark on first use).
 
-mod common;
-#[path = "common/python.rs"]
-mod python;
-#[path = "common/s3.rs"]
-mod s3;
-#[path = "common/spark.rs"]
-mod spark;
+use crate::common::s3;
+use crate::common::spark;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Daemon, bin};
+use crate::common::{Daemon, bin};
 use s3::S3Server;
 use spark::{SparkApp, assert_same_history, compare_shipped, download, histories};
 

@@ -4,21 +4,15 @@
 //! presigned POST, and a container-log configuration in EMR's shape runs against moto and S3.
 //! Malformed configs give precise errors.
 
-mod common;
-#[path = "common/moto.rs"]
-#[allow(dead_code)]
-mod moto;
-#[path = "common/python.rs"]
-mod python;
-#[path = "common/s3.rs"]
-mod s3;
+use crate::common::moto;
+use crate::common::s3;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Daemon, append, assert_bytes_eq, bin, lines};
+use crate::common::{Daemon, append, assert_bytes_eq, bin, lines};
 use s3::S3Server;
 
 const WAIT: Duration = Duration::from_secs(90);

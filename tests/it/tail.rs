@@ -1,11 +1,9 @@
 //! Tailing edge cases, one test each, with the real binary on real files.
 
-mod common;
-
 use std::fs;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const T: Duration = Duration::from_secs(60);
 

@@ -3,13 +3,11 @@
 //! The buffer directory is a real tmpfs mounted in a private user and mount namespace
 //! (`unshare`, util-linux), so the tests need no root and leave nothing mounted.
 
-mod common;
-
 use std::fs;
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// A command that runs logship with a tmpfs mounted on `buffer` (`opts`, e.g. "size=1m" or "ro"),
 /// private (mode 700) as logship requires of a buffer directory.

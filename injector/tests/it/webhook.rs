@@ -4,14 +4,12 @@
 //! gives, a patched pod gets an empty patch, opt-in and opt-out hold, conflicts deny (or warn),
 //! health answers, and a replaced certificate is served without a restart.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::common::*;
 use base64::Engine;
-use common::*;
 use logship_inject::options::SidecarOptions;
 use logship_inject::webhook::{OnError, Webhook, WebhookConfig};
 use serde_json::{Value, json};

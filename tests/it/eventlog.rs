@@ -2,13 +2,11 @@
 //! and its History Server): rechunk and mirror, completion markers, torn tails, the application
 //! filter, EMR's appstatus-at-start.
 
-mod common;
-
 use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Daemon, Env, append, assert_bytes_eq, bin, lines};
+use crate::common::{Daemon, Env, append, assert_bytes_eq, bin, lines};
 
 const WAIT: Duration = Duration::from_secs(60);
 

@@ -1,0 +1,9 @@
+//! The injector's integration tests, one binary: templates, the webhook, pods run as processes,
+//! and real Spark asking for executor pods.
+
+mod common;
+
+mod pod;
+mod spark;
+mod template;
+mod webhook;

@@ -1,0 +1,20 @@
+//! The integration tests: one binary (one link of the AWS SDKs instead of one per area), one
+//! module per area, and the shared harness in `common`. Each test runs the real `logship` binary
+//! against real files and real servers.
+
+mod common;
+
+mod backpressure;
+mod cli;
+mod cloudwatch;
+mod crash;
+mod disk;
+mod eventlog;
+mod fluentd;
+mod lifecycle;
+mod metrics;
+mod pod;
+mod s3;
+mod spark_events;
+mod tail;
+mod wrap;
