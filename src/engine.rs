@@ -18,12 +18,12 @@ use notify::EventKind;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::buffer::{BufferError, ChunkLimits, ChunkStore, OutputKeying, SealedChunk};
+use crate::config::key::{KeyTemplate, default_time_slice_format};
 use crate::config::{Config, RetryConfig, WatchMode};
 use crate::lifecycle;
 use crate::metrics::Metrics;
 use crate::pipeline::{Control, Pipeline, WakeFlags};
 use crate::sink::Sink;
-use crate::sink::key::{KeyTemplate, default_time_slice_format};
 use crate::summary::Summary;
 
 /// Why the engine could not start.

@@ -6,7 +6,8 @@
 //! chunks, [`pipeline`] runs the loop and [`lifecycle`] decides when to drain and stop.
 
 pub mod buffer;
-pub mod config;
+/// The configuration model, its own crate (no AWS dependency) so the injector shares it.
+pub use logship_config as config;
 pub mod crashpoint;
 pub mod engine;
 pub mod fluentd;
@@ -18,5 +19,5 @@ pub mod presign;
 pub mod sink;
 pub mod source;
 pub mod summary;
-pub mod units;
+pub use logship_config::units;
 pub mod wrap;

@@ -12,6 +12,7 @@
 //! commit are re-read from the source), files the state does not know are removed, and every
 //! recovered chunk is sealed and delivered again under its recorded key.
 
+pub mod siblings;
 pub mod state;
 
 use std::collections::{HashMap, HashSet};
@@ -20,8 +21,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::config::Framing;
+use crate::config::key::{KeyTemplate, KeyValues};
 use crate::fsutil::{sync_parent, write_atomic};
-use crate::sink::key::{KeyTemplate, KeyValues};
 pub use state::{ChunkMeta, IndexCounter, KeyAlternatives, MarkerRecord, SourceCheckpoint, StateFile};
 
 /// Why the buffer could not do what was asked; every variant names the path involved.
@@ -328,7 +329,7 @@ impl ChunkStore {
             state_path,
             limits,
             outputs,
-            hostname: crate::sink::key::hostname(),
+            hostname: crate::config::key::hostname(),
             committed,
             state,
             open: HashMap::new(),
@@ -416,7 +417,7 @@ impl ChunkStore {
         }
         let seq = self.state.next_seq;
         let ok = &self.outputs[output];
-        let time_slice = crate::sink::key::format_time_slice(&ok.time_slice_format, timekey);
+        let time_slice = crate::config::key::format_time_slice(&ok.time_slice_format, timekey);
         // Per chunk, and different in every process: two runs that start in the same instant
         // must not draw the same %{hex_random} / %{uuid_flush}. Fixed in the key once drawn.
         let random = fastrand::u64(..);
@@ -644,7 +645,7 @@ impl ChunkStore {
         self.dirty.clear();
         for seq in std::mem::take(&mut self.to_delete) {
             let path = self.chunk_path(seq);
-            let _ = fs::remove_file(crate::sink::cloudwatch::progress_path(&path));
+            let _ = fs::remove_file(siblings::progress_path(&path));
             let _ = fs::remove_file(path);
         }
         self.ensure_reserve();

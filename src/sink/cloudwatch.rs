@@ -13,7 +13,7 @@
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -118,21 +118,6 @@ pub fn line_timestamp(line: &str) -> Option<i64> {
         ms += line[20..23].parse::<i64>().unwrap_or(0);
     }
     Some(ms)
-}
-
-/// The `.progress` file of a chunk: how many of its bytes are delivered.
-pub fn progress_path(chunk: &Path) -> PathBuf {
-    let mut p = chunk.as_os_str().to_owned();
-    p.push(".progress");
-    PathBuf::from(p)
-}
-
-/// The delivered prefix of a chunk (0 when none is recorded).
-pub fn read_progress(chunk: &Path) -> u64 {
-    std::fs::read_to_string(progress_path(chunk))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// Uploads chunks as CloudWatch Logs events.
@@ -288,7 +273,7 @@ impl CloudWatchSink {
     pub async fn deliver(&self, chunk: &SealedChunk) -> Result<(), DeliveryError> {
         let stream = self.stream_for(&chunk.tag);
         self.ensure(&stream).await?;
-        let start = read_progress(&chunk.path).min(chunk.len);
+        let start = crate::buffer::siblings::read_progress(&chunk.path).min(chunk.len);
         let io = |e: std::io::Error| DeliveryError::Retryable(format!("cannot read {}: {e}", chunk.path.display()));
         let mut file = std::fs::File::open(&chunk.path).map_err(io)?;
         file.seek(SeekFrom::Start(start)).map_err(io)?;
@@ -348,8 +333,12 @@ impl CloudWatchSink {
     }
 
     fn record(&self, chunk: &Path, offset: u64) -> Result<(), DeliveryError> {
-        crate::fsutil::write_atomic(&progress_path(chunk), offset.to_string().as_bytes(), true)
-            .map_err(|e| DeliveryError::Retryable(format!("cannot record progress of {}: {e}", chunk.display())))?;
+        crate::fsutil::write_atomic(
+            &crate::buffer::siblings::progress_path(chunk),
+            offset.to_string().as_bytes(),
+            true,
+        )
+        .map_err(|e| DeliveryError::Retryable(format!("cannot record progress of {}: {e}", chunk.display())))?;
         crate::crashpoint::hit("cloudwatch-batch-recorded");
         Ok(())
     }

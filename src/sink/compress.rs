@@ -14,8 +14,6 @@ use std::io::{self, BufWriter};
 use crate::fsutil::copy_stream;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 /// Default gzip level: 1. fluentd uses zlib's 6, which costs about four times the CPU (about
 /// 50 CPU-s per GiB of event-log JSON here, against 13) for objects about 10% smaller; a sidecar
 /// should not spend a core on that. `compression_level = 6` restores fluentd's choice.
@@ -23,48 +21,7 @@ pub const DEFAULT_GZIP_LEVEL: i32 = 1;
 /// Default zstd level: 1 (zstd's own default is 3: ~35% more CPU for a few percent smaller).
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 
-/// How objects are stored (fluent-plugin-s3's `store_as`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StoreAs {
-    /// The bytes as read.
-    #[default]
-    Text,
-    /// gzip (RFC 1952).
-    Gzip,
-    /// zstd.
-    Zstd,
-}
-
-impl StoreAs {
-    /// `%{file_extension}`, as fluent-plugin-s3 names them.
-    pub fn extension(self) -> &'static str {
-        match self {
-            StoreAs::Text => "txt",
-            StoreAs::Gzip => "gz",
-            StoreAs::Zstd => "zst",
-        }
-    }
-
-    /// The object's Content-Type.
-    pub fn content_type(self) -> &'static str {
-        match self {
-            StoreAs::Text => "text/plain",
-            StoreAs::Gzip => "application/x-gzip",
-            StoreAs::Zstd => "application/zstd",
-        }
-    }
-
-    /// Parses `text|gzip|zstd`.
-    pub fn parse(s: &str) -> Option<StoreAs> {
-        match s {
-            "text" | "txt" => Some(StoreAs::Text),
-            "gzip" | "gz" => Some(StoreAs::Gzip),
-            "zstd" | "zst" => Some(StoreAs::Zstd),
-            _ => None,
-        }
-    }
-}
+pub use crate::config::StoreAs;
 
 /// The file to upload for `chunk` and its length: the chunk itself, or its compressed sibling
 /// (made now unless a previous attempt left it complete).
@@ -108,10 +65,7 @@ pub fn cleanup(chunk: &Path, store_as: StoreAs) {
 }
 
 fn sibling(chunk: &Path, store_as: StoreAs) -> PathBuf {
-    let mut name = chunk.file_name().unwrap_or_default().to_os_string();
-    name.push(".");
-    name.push(store_as.extension());
-    chunk.with_file_name(name)
+    crate::buffer::siblings::compressed_path(chunk, store_as.extension())
 }
 
 #[cfg(test)]

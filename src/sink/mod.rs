@@ -9,7 +9,6 @@ pub mod cloudwatch;
 pub mod compress;
 pub mod file;
 pub mod file_body;
-pub mod key;
 pub mod presigned_post;
 pub mod retry;
 pub mod s3;

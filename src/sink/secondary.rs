@@ -27,8 +27,8 @@ pub fn write_secondary(chunk: &Path, dir: &Path, basename: &str, durable: bool) 
     fs::create_dir_all(dir).map_err(err)?;
     let mut src = fs::File::open(chunk).map_err(err)?;
     // Only what was not delivered yet (an output that delivers a chunk in parts records how far
-    // it got; see `sink::cloudwatch`).
-    let delivered = crate::sink::cloudwatch::read_progress(chunk);
+    // it got; see `buffer::siblings`).
+    let delivered = crate::buffer::siblings::read_progress(chunk);
     io::Seek::seek(&mut src, io::SeekFrom::Start(delivered)).map_err(err)?;
     for n in 0u64.. {
         let path = dir.join(format!("{basename}.{n}"));

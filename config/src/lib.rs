@@ -6,7 +6,12 @@
 //! errors carry the TOML line and column.
 
 pub mod env;
+pub mod key;
 pub mod quick;
+mod store_as;
+pub mod units;
+
+pub use store_as::StoreAs;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -387,7 +392,7 @@ pub struct S3Settings {
     /// Path-style addressing (`endpoint/bucket/key`) instead of virtual hosts.
     pub force_path_style: bool,
     /// What objects hold: `text`, `gzip` or `zstd` (fluent-plugin-s3's `store_as`).
-    pub store_as: crate::sink::compress::StoreAs,
+    pub store_as: crate::StoreAs,
     /// Compression level (gzip 0-9, default 1; zstd 1-22, default 1). Higher costs much more CPU
     /// for slightly smaller objects.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -854,7 +859,7 @@ impl Config {
             if o.kind == OutputKind::S3
                 && let Some(level) = o.s3.compression_level
             {
-                use crate::sink::compress::StoreAs;
+                use crate::StoreAs;
                 let range = match o.s3.store_as {
                     StoreAs::Gzip => Some(0..=9),
                     StoreAs::Zstd => Some(1..=22),
@@ -887,7 +892,7 @@ impl Config {
                     "S3 parts are at least 5MiB",
                 ));
             }
-            if let Err(e) = crate::sink::key::KeyTemplate::parse(&o.key_format) {
+            if let Err(e) = crate::key::KeyTemplate::parse(&o.key_format) {
                 return Err(invalid(format!("output[{i}].key_format"), e.to_string()));
             }
             if o.secondary.basename.contains('/') {
@@ -952,7 +957,7 @@ impl Config {
             let stores_objects = matches!(o.kind, OutputKind::File | OutputKind::S3);
             if stores_objects
                 && !event_outputs.contains(&i)
-                && crate::sink::key::KeyTemplate::parse(&o.key_format).is_ok_and(|t| !t.is_unique_per_chunk())
+                && crate::key::KeyTemplate::parse(&o.key_format).is_ok_and(|t| !t.is_unique_per_chunk())
             {
                 return Err(invalid(
                     format!("output[{i}].key_format"),
@@ -965,7 +970,7 @@ impl Config {
             if o.kind == OutputKind::S3
                 && o.s3.presigned_post.is_some()
                 && !event_outputs.contains(&i)
-                && crate::sink::key::KeyTemplate::parse(&o.key_format).is_ok_and(|t| !t.is_unique_per_run())
+                && crate::key::KeyTemplate::parse(&o.key_format).is_ok_and(|t| !t.is_unique_per_run())
             {
                 return Err(invalid(
                     format!("output[{i}].key_format"),
@@ -978,7 +983,7 @@ impl Config {
         }
         for &o in &event_outputs {
             let out = &self.outputs[o];
-            if out.kind == OutputKind::S3 && out.s3.store_as != crate::sink::compress::StoreAs::Text {
+            if out.kind == OutputKind::S3 && out.s3.store_as != crate::StoreAs::Text {
                 return Err(invalid(
                     format!("output[{o}].s3.store_as"),
                     "must be \"text\" for event logs: the History Server reads objects by their Spark file names (Spark's own codec, if any, is kept)",

@@ -48,7 +48,7 @@ pub struct QuickArgs {
     /// S3: a presigned POST file.
     pub presigned_post: Option<PathBuf>,
     /// S3: text, gzip or zstd.
-    pub store_as: crate::sink::compress::StoreAs,
+    pub store_as: crate::StoreAs,
     /// S3: endpoint URL.
     pub endpoint: Option<String>,
     /// S3: region.
