@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use logship::config::contract;
 
 use logship::config::quick::{QuickArgs, build};
 use logship::config::{Config, FlushMode};
@@ -41,14 +42,14 @@ enum Command {
     #[command(after_help = EXIT_AND_SIGNALS)]
     Run {
         /// The native config file.
-        #[arg(long, short, env = "LOGSHIP_CONFIG", conflicts_with = "fluentd_config")]
+        #[arg(long, short, env = contract::LOGSHIP_CONFIG, conflicts_with = "fluentd_config")]
         config: Option<PathBuf>,
         /// A fluentd configuration to translate and run (see `logship translate`).
         #[arg(long)]
         fluentd_config: Option<PathBuf>,
         /// The native config as TOML text (for a pod spec that carries its config in an
         /// environment variable, as `logship-inject template` writes it).
-        #[arg(long, env = "LOGSHIP_CONFIG_TOML", hide_env_values = true, conflicts_with_all = ["config", "fluentd_config"])]
+        #[arg(long, env = contract::LOGSHIP_CONFIG_TOML, hide_env_values = true, conflicts_with_all = ["config", "fluentd_config"])]
         config_toml: Option<String>,
     },
     /// Translate a fluentd configuration (as EMR on EKS generates it) into logship's native TOML
@@ -61,7 +62,7 @@ enum Command {
     /// presigned POST file (bucket, key prefix, conditions, time left; never the signature).
     Check {
         /// The config file.
-        #[arg(long, short, env = "LOGSHIP_CONFIG", required_unless_present = "presigned_post")]
+        #[arg(long, short, env = contract::LOGSHIP_CONFIG, required_unless_present = "presigned_post")]
         config: Option<PathBuf>,
         /// A presigned POST file to explain.
         #[arg(long)]
@@ -97,7 +98,7 @@ enum Command {
     /// and when it ends write the signal file (with its exit code) and exit with its code.
     Wrap {
         /// The heartbeat file to touch (EMR: /var/log/fluentd/main-container-terminated).
-        #[arg(long, env = "SIDECAR_SIGNAL_FILE")]
+        #[arg(long, env = contract::SIDECAR_SIGNAL_FILE)]
         heartbeat_file: Option<PathBuf>,
         /// The file to write with the exit code when the command ends.
         #[arg(long)]
@@ -185,7 +186,7 @@ struct ShipArgs {
     #[arg(long, default_value = "lazy", value_parser = parse_flush_mode)]
     flush_mode: FlushMode,
     /// EMR heartbeat file: drain when it is not modified for --heartbeat-timeout or is deleted.
-    #[arg(long, env = "SIDECAR_SIGNAL_FILE")]
+    #[arg(long, env = contract::SIDECAR_SIGNAL_FILE)]
     heartbeat_file: Option<PathBuf>,
     /// How long without a heartbeat means the main container has ended.
     #[arg(long, default_value = "15s")]
@@ -401,7 +402,7 @@ fn real_main(cli: Cli) -> Result<i32> {
             // SIGHUP reads the configuration again from the same place.
             let reload: logship::engine::Reloader = match (config, fluentd_config) {
                 _ if let Some(text) = config_toml => {
-                    Box::new(move || Config::parse(&text, "LOGSHIP_CONFIG_TOML").map_err(|e| e.to_string()))
+                    Box::new(move || Config::parse(&text, contract::LOGSHIP_CONFIG_TOML).map_err(|e| e.to_string()))
                 }
                 (Some(c), _) => Box::new(move || Config::load(&c).map_err(|e| e.to_string())),
                 (None, Some(f)) => Box::new(move || load_fluentd(&f).map_err(|e| error_chain(&e))),

@@ -5,6 +5,8 @@
 //! as one [`Config`], so there is one engine and one set of rules. Unknown keys are errors, and
 //! errors carry the TOML line and column.
 
+pub mod contract;
+pub mod destination;
 pub mod env;
 pub mod key;
 pub mod quick;
@@ -616,13 +618,121 @@ impl LifecycleConfig {
 }
 
 impl SourceConfig {
+    /// A source of `kind` reading `paths`, every other setting at its default: what a
+    /// `[[source]]` table that gives only these keys reads as.
+    pub fn new(name: &str, kind: SourceKind, paths: Vec<String>) -> SourceConfig {
+        SourceConfig {
+            name: name.to_string(),
+            kind,
+            paths,
+            read_from: ReadFrom::default(),
+            refresh_interval: default_refresh_interval(),
+            format: Framing::default(),
+            max_line_size: None,
+            watch: WatchMode::default(),
+            poll_interval: default_poll_interval(),
+            rotate_wait: default_rotate_wait(),
+            tag: None,
+            outputs: Vec::new(),
+            spark: None,
+        }
+    }
+
     /// The effective maximum line length (see `max_line_size`).
     pub fn max_line(&self) -> u64 {
         self.max_line_size.map_or(16 << 20, ByteSize::bytes)
     }
 }
 
+impl OutputConfig {
+    /// An output of `kind`, every other setting at its default: what an `[[output]]` table that
+    /// gives only these keys reads as.
+    pub fn new(name: &str, kind: OutputKind) -> OutputConfig {
+        OutputConfig {
+            name: name.to_string(),
+            kind,
+            dir: None,
+            key_format: default_key_format(),
+            path: String::new(),
+            time_slice_format: String::new(),
+            index_start: 0,
+            retry: RetryConfig::default(),
+            secondary: SecondaryConfig::default(),
+            s3: S3Settings::default(),
+            cloudwatch: CloudWatchSettings::default(),
+        }
+    }
+}
+
 impl Config {
+    /// A configuration of these sources and outputs, every table at its default.
+    pub fn new(sources: Vec<SourceConfig>, outputs: Vec<OutputConfig>) -> Config {
+        Config {
+            buffer: BufferConfig::default(),
+            sources,
+            outputs,
+            lifecycle: LifecycleConfig::default(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+
+    /// This configuration as TOML, leaving out every value that equals its default, so the text
+    /// says only what was chosen (the injector writes the sidecar's config this way). Parsing
+    /// the text gives this configuration back.
+    pub fn to_minimal_toml(&self) -> String {
+        fn value<T: Serialize>(v: &T) -> toml::Table {
+            match toml::Table::try_from(v) {
+                Ok(t) => t,
+                Err(e) => unreachable!("a configuration always serialises: {e}"),
+            }
+        }
+        /// Removes from `t` what equals the same key in `default`; tables are pruned inside,
+        /// and dropped when nothing is left of them.
+        fn prune(t: &mut toml::Table, default: &toml::Table) {
+            t.retain(|k, v| match (v, default.get(k)) {
+                (toml::Value::Table(inner), Some(toml::Value::Table(d))) => {
+                    prune(inner, d);
+                    !inner.is_empty()
+                }
+                (v, Some(d)) => v != d,
+                (_, None) => true,
+            });
+        }
+        let mut root = value(self);
+        let defaults = value(&Config::new(Vec::new(), Vec::new()));
+        for table in ["buffer", "lifecycle", "metrics"] {
+            if let (Some(toml::Value::Table(t)), Some(toml::Value::Table(d))) =
+                (root.get_mut(table), defaults.get(table))
+            {
+                prune(t, d);
+            }
+        }
+        root.retain(|_, v| !matches!(v, toml::Value::Table(t) if t.is_empty()));
+        // Each source and output against a default one of its kind (its required keys stay).
+        let per_item = |key: &str, root: &mut toml::Table, default_of: &dyn Fn(usize) -> toml::Table| {
+            if let Some(toml::Value::Array(items)) = root.get_mut(key) {
+                for (i, item) in items.iter_mut().enumerate() {
+                    if let toml::Value::Table(t) = item {
+                        let mut d = default_of(i);
+                        for required in ["name", "type", "paths"] {
+                            d.remove(required);
+                        }
+                        prune(t, &d);
+                    }
+                }
+            }
+        };
+        per_item("source", &mut root, &|i| {
+            let s = &self.sources[i];
+            value(&SourceConfig::new(&s.name, s.kind, s.paths.clone()))
+        });
+        per_item("output", &mut root, &|i| {
+            let o = &self.outputs[i];
+            value(&OutputConfig::new(&o.name, o.kind))
+        });
+        toml::to_string(&root).unwrap_or_default()
+    }
+
     /// Reads and validates a TOML config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -684,7 +794,9 @@ impl Config {
             if s.kind == SourceKind::SparkEvents {
                 let spark = s.spark.get_or_insert_with(Default::default);
                 if spark.app_id.is_none() {
-                    spark.app_id = std::env::var("SPARK_APPLICATION_ID").ok().filter(|v| !v.is_empty());
+                    spark.app_id = std::env::var(contract::SPARK_APPLICATION_ID)
+                        .ok()
+                        .filter(|v| !v.is_empty());
                 }
             }
         }
@@ -1039,6 +1151,11 @@ dir = "/tmp/out"
         );
         // The effective config prints and parses back to the same thing.
         let again = Config::parse(&c.to_toml(), "printed").unwrap();
+        // The minimal form says only what differs from the defaults, and reads back the same.
+        let minimal = c.to_minimal_toml();
+        let back = Config::parse(&minimal, "minimal").unwrap();
+        assert_eq!(back.to_toml(), c.to_toml(), "{minimal}");
+        assert!(minimal.len() < c.to_toml().len() / 2, "{minimal}");
         assert_eq!(again.to_toml(), c.to_toml());
     }
 

@@ -8,6 +8,7 @@ use super::{
     LifecycleConfig, OutputConfig, OutputKind, RetryConfig, S3Settings, SecondaryConfig, SourceConfig, SourceKind,
     SparkEventsConfig, WatchMode,
 };
+use crate::destination::Destination;
 use crate::units::{ByteSize, HumanDuration};
 
 /// The quick-mode arguments that shape the config.
@@ -67,7 +68,7 @@ pub struct QuickArgs {
 
 /// Builds the native config for quick mode.
 pub fn build(args: &QuickArgs) -> Result<Config, ConfigError> {
-    let dest = parse_destination(&args.to)?;
+    let dest = Destination::parse(&args.to).map_err(|e| super::invalid("--to", e.to_string()))?;
     let mut s3 = S3Settings::default();
     let mut cloudwatch = CloudWatchSettings::default();
     let (kind, dir, path) = match dest {
@@ -228,65 +229,6 @@ fn in_flags(e: ConfigError) -> ConfigError {
         },
         other => other,
     }
-}
-
-/// Where quick mode sends chunks.
-enum Destination {
-    File(PathBuf),
-    Stdout,
-    S3 { bucket: String, prefix: String },
-    CloudWatch { group: String, stream: String },
-}
-
-/// Parses `--to`: `file:///dir` (or `file://relative/dir`), `s3://BUCKET[/PREFIX]`,
-/// `cloudwatch://GROUP[/STREAM]` (stream default `%{tag}`), `stdout` / `-`.
-fn parse_destination(to: &str) -> Result<Destination, ConfigError> {
-    if to == "-" || to == "stdout" || to == "stdout://" {
-        return Ok(Destination::Stdout);
-    }
-    if let Some(rest) = to.strip_prefix("file://") {
-        if rest.is_empty() {
-            return Err(super::invalid(
-                "--to",
-                "file:// needs a directory, e.g. file:///tmp/out or file://./out",
-            ));
-        }
-        return Ok(Destination::File(PathBuf::from(rest)));
-    }
-    if let Some(rest) = to.strip_prefix("s3://") {
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
-            return Err(super::invalid(
-                "--to",
-                "s3:// needs a bucket, e.g. s3://my-bucket/spark-logs",
-            ));
-        }
-        return Ok(Destination::S3 {
-            bucket: bucket.to_string(),
-            prefix: prefix.trim_end_matches('/').to_string(),
-        });
-    }
-    if let Some(rest) = to.strip_prefix("cloudwatch://") {
-        let (group, stream) = rest.split_once('/').unwrap_or((rest, ""));
-        let group = group.replace("%2F", "/").replace("%2f", "/");
-        if group.is_empty() {
-            return Err(super::invalid(
-                "--to",
-                "cloudwatch:// needs a log group, e.g. cloudwatch://spark-logs/%{tag} (write '/' in a group name as %2F)",
-            ));
-        }
-        return Ok(Destination::CloudWatch {
-            group,
-            stream: stream.to_string(),
-        });
-    }
-    let scheme = to.split("://").next().unwrap_or(to);
-    Err(super::invalid(
-        "--to",
-        format!(
-            "unsupported destination {to:?} (scheme {scheme:?}); supported: file:///DIR, s3://BUCKET/PREFIX, cloudwatch://GROUP/STREAM, stdout"
-        ),
-    ))
 }
 
 #[cfg(test)]

@@ -3,6 +3,10 @@
 //! Spark container's `command`. What is there already is reused when it fits and an error when
 //! it does not; patching a patched pod gives the same pod.
 
+use logship_config::contract::{
+    K8S_SPARK_EVENT_LOG_DIR, K8S_SPARK_LOG_URL_STDERR, K8S_SPARK_LOG_URL_STDOUT, LOGSHIP_CONFIG, LOGSHIP_CONFIG_TOML,
+    LOGSHIP_SIGNAL_FILE, SIDECAR_SIGNAL_FILE, SPARK_APPLICATION_ID, SPARK_CONTAINER_ID,
+};
 use std::path::Path;
 
 use serde_json::{Map, Value, json};
@@ -109,7 +113,7 @@ pub fn inject(pod: &mut Value, role: Role, opts: &SidecarOptions, target: Target
     // The heartbeat file: what the Spark container already uses, else ours.
     let heartbeat = match opts.termination {
         Termination::Native => None,
-        Termination::Heartbeat | Termination::Wrap => Some(match env_value(spark, "SIDECAR_SIGNAL_FILE")? {
+        Termination::Heartbeat | Termination::Wrap => Some(match env_value(spark, SIDECAR_SIGNAL_FILE)? {
             Some(v) => v,
             None => opts.heartbeat_file.display().to_string(),
         }),
@@ -158,18 +162,18 @@ pub fn inject(pod: &mut Value, role: Role, opts: &SidecarOptions, target: Target
     let spark_env = child_array(spark, "env", &format!("container {spark_name}: env"))?;
     add_env(
         spark_env,
-        json!({"name": "SPARK_CONTAINER_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+        json!({"name": SPARK_CONTAINER_ID, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
     );
     add_env(
         spark_env,
-        json!({"name": "K8S_SPARK_LOG_URL_STDOUT", "value": format!("{log_dir}/$(SPARK_CONTAINER_ID)/stdout")}),
+        json!({"name": K8S_SPARK_LOG_URL_STDOUT, "value": format!("{log_dir}/$({SPARK_CONTAINER_ID})/stdout")}),
     );
     add_env(
         spark_env,
-        json!({"name": "K8S_SPARK_LOG_URL_STDERR", "value": format!("{log_dir}/$(SPARK_CONTAINER_ID)/stderr")}),
+        json!({"name": K8S_SPARK_LOG_URL_STDERR, "value": format!("{log_dir}/$({SPARK_CONTAINER_ID})/stderr")}),
     );
     if let Some(hb) = &heartbeat {
-        add_env(spark_env, json!({"name": "SIDECAR_SIGNAL_FILE", "value": hb}));
+        add_env(spark_env, json!({"name": SIDECAR_SIGNAL_FILE, "value": hb}));
     }
 
     let signal_file = heartbeat
@@ -222,29 +226,29 @@ pub fn inject(pod: &mut Value, role: Role, opts: &SidecarOptions, target: Target
 
     // The sidecar.
     let mut env = vec![
-        json!({"name": "SPARK_CONTAINER_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+        json!({"name": SPARK_CONTAINER_ID, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
         json!({"name": "SPARK_ROLE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['spark-role']"}}}),
-        json!({"name": "SPARK_APPLICATION_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['spark-app-selector']"}}}),
+        json!({"name": SPARK_APPLICATION_ID, "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['spark-app-selector']"}}}),
     ];
     if role == Role::Driver {
-        env.push(json!({"name": "K8S_SPARK_EVENT_LOG_DIR", "value": dir(&opts.event_log_dir)}));
+        env.push(json!({"name": K8S_SPARK_EVENT_LOG_DIR, "value": dir(&opts.event_log_dir)}));
     }
-    env.push(json!({"name": "K8S_SPARK_LOG_URL_STDOUT", "value": format!("{log_dir}/$(SPARK_CONTAINER_ID)/stdout")}));
-    env.push(json!({"name": "K8S_SPARK_LOG_URL_STDERR", "value": format!("{log_dir}/$(SPARK_CONTAINER_ID)/stderr")}));
+    env.push(json!({"name": K8S_SPARK_LOG_URL_STDOUT, "value": format!("{log_dir}/$({SPARK_CONTAINER_ID})/stdout")}));
+    env.push(json!({"name": K8S_SPARK_LOG_URL_STDERR, "value": format!("{log_dir}/$({SPARK_CONTAINER_ID})/stderr")}));
     if let Some(hb) = &heartbeat {
-        env.push(json!({"name": "SIDECAR_SIGNAL_FILE", "value": hb}));
+        env.push(json!({"name": SIDECAR_SIGNAL_FILE, "value": hb}));
     }
     if opts.termination == Termination::Wrap
         && let Some(sf) = &signal_file
     {
-        env.push(json!({"name": "LOGSHIP_SIGNAL_FILE", "value": sf}));
+        env.push(json!({"name": LOGSHIP_SIGNAL_FILE, "value": sf}));
     }
     if let Some(r) = &opts.region {
         env.push(json!({"name": "AWS_REGION", "value": r}));
     }
     match &opts.config_map {
-        Some(_) => env.push(json!({"name": "LOGSHIP_CONFIG", "value": paths::CONFIG_FILE})),
-        None => env.push(json!({"name": "LOGSHIP_CONFIG_TOML", "value": config})),
+        Some(_) => env.push(json!({"name": LOGSHIP_CONFIG, "value": paths::CONFIG_FILE})),
+        None => env.push(json!({"name": LOGSHIP_CONFIG_TOML, "value": config})),
     }
     let mut sidecar = Map::new();
     sidecar.insert("name".into(), json!(opts.name));

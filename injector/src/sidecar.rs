@@ -1,9 +1,18 @@
-//! The sidecar's own configuration: logship's native TOML for one role. It names pod-specific
+//! The sidecar's own configuration: logship's native config for one role, built from the
+//! daemon's own types (`logship-config`) and written as TOML by them. It names pod-specific
 //! values through environment variables (`${SPARK_APPLICATION_ID}`, `${SIDECAR_SIGNAL_FILE}`),
 //! which the pod spec fills in from the downward API, so one config serves every pod of a role
 //! and can live in a ConfigMap.
 
-use std::fmt::Write;
+use logship_config::contract::{
+    K8S_SPARK_EVENT_LOG_DIR, LOGSHIP_SIGNAL_FILE, SIDECAR_SIGNAL_FILE, SPARK_APPLICATION_ID,
+};
+pub use logship_config::destination::{Destination, DestinationError};
+use logship_config::units::HumanDuration;
+use logship_config::{
+    AppStatusMode, Config, EventLogMode, OutputConfig, OutputKind, SourceConfig, SourceKind, SparkEventsConfig,
+    StoreAs, TimestampRule,
+};
 
 use crate::options::{EventLogLayout, Role, SidecarOptions, Termination, paths};
 
@@ -25,82 +34,37 @@ pub enum SidecarError {
     Option(String),
 }
 
-/// Where a stream of logs goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Destination {
-    /// S3 objects under `prefix`.
-    S3 {
-        /// The bucket.
-        bucket: String,
-        /// The key prefix, without leading or trailing `/`.
-        prefix: String,
-    },
-    /// CloudWatch Logs: one stream per file under `stream_prefix`.
-    CloudWatch {
-        /// The log group.
-        group: String,
-        /// Prepended to each stream name.
-        stream_prefix: String,
-    },
-    /// Files in a directory (a mounted volume; also for trying the sidecar out).
-    File {
-        /// The directory.
-        dir: String,
-    },
+/// Parses a destination flag for a pod: the daemon's `--to` grammar, where a directory must
+/// be absolute (a mounted volume) and logship's own stdout is no place for a pod's logs.
+pub fn parse_destination(flag: &'static str, value: &str) -> Result<Destination, SidecarError> {
+    let err = |message: String| SidecarError::Destination {
+        flag,
+        value: value.to_string(),
+        message,
+    };
+    let expected = || err("expected s3://BUCKET/PREFIX, cloudwatch://GROUP/STREAM-PREFIX or file:///DIR".into());
+    let d = Destination::parse(value).map_err(|e| match e {
+        DestinationError::Unsupported { .. } => expected(),
+        e => err(e.to_string()),
+    })?;
+    match &d {
+        Destination::File(dir) if !dir.is_absolute() => {
+            Err(err("a file destination in a pod must be absolute (file:///DIR)".into()))
+        }
+        Destination::Stdout => Err(expected()),
+        _ => Ok(d),
+    }
 }
 
-impl Destination {
-    /// Parses `s3://BUCKET/PREFIX`, `cloudwatch://GROUP/STREAM-PREFIX` or `file:///DIR`.
-    pub fn parse(flag: &'static str, value: &str) -> Result<Destination, SidecarError> {
-        let err = |message: &str| SidecarError::Destination {
-            flag,
-            value: value.to_string(),
-            message: message.to_string(),
-        };
-        if let Some(rest) = value.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() {
-                return Err(err("no bucket (s3://BUCKET/PREFIX)"));
-            }
-            Ok(Destination::S3 {
-                bucket: bucket.to_string(),
-                prefix: prefix.trim_matches('/').to_string(),
-            })
-        } else if let Some(rest) = value.strip_prefix("cloudwatch://") {
-            let (group, stream) = rest.split_once('/').unwrap_or((rest, ""));
-            if group.is_empty() {
-                return Err(err("no log group (cloudwatch://GROUP/STREAM-PREFIX)"));
-            }
-            Ok(Destination::CloudWatch {
-                group: group.replace("%2F", "/").replace("%2f", "/"),
-                stream_prefix: stream.trim_matches('/').to_string(),
-            })
-        } else if let Some(dir) = value.strip_prefix("file://") {
-            if !dir.starts_with('/') {
-                return Err(err("a file destination in a pod must be absolute (file:///DIR)"));
-            }
-            Ok(Destination::File {
-                dir: dir.trim_end_matches('/').to_string(),
-            })
-        } else {
-            Err(err(
-                "expected s3://BUCKET/PREFIX, cloudwatch://GROUP/STREAM-PREFIX or file:///DIR",
-            ))
-        }
-    }
-
-    /// The event-log destination under this one (`<dest>/event-logs`), when it can hold files.
-    fn event_logs_under(&self) -> Option<Destination> {
-        match self {
-            Destination::S3 { bucket, prefix } => Some(Destination::S3 {
-                bucket: bucket.clone(),
-                prefix: join(prefix, "event-logs"),
-            }),
-            Destination::File { dir } => Some(Destination::File {
-                dir: format!("{dir}/event-logs"),
-            }),
-            Destination::CloudWatch { .. } => None,
-        }
+/// The event-log destination under `d` (`<d>/event-logs`), when it can hold files.
+fn event_logs_under(d: &Destination) -> Option<Destination> {
+    match d {
+        Destination::S3 { bucket, prefix } => Some(Destination::S3 {
+            bucket: bucket.clone(),
+            prefix: join(prefix, "event-logs"),
+        }),
+        Destination::File(dir) => Some(Destination::File(dir.join("event-logs"))),
+        Destination::CloudWatch { .. } | Destination::Stdout => None,
     }
 }
 
@@ -112,16 +76,16 @@ fn join(a: &str, b: &str) -> String {
     }
 }
 
-/// A TOML basic string (JSON's escapes are TOML's).
-fn q(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_default()
+/// `${NAME}`: a variable of the sidecar's environment, as the daemon expands it.
+fn var(name: &str) -> String {
+    format!("${{{name}}}")
 }
 
 /// The event-log destination of a driver: `--events-to`, else under `--to`; `None` when event
 /// logs cannot be shipped (CloudWatch only), which `configure` reports.
 pub fn events_destination(opts: &SidecarOptions) -> Result<Option<Destination>, SidecarError> {
     if let Some(e) = &opts.events_to {
-        let d = Destination::parse("--events-to", e)?;
+        let d = parse_destination("--events-to", e)?;
         if matches!(d, Destination::CloudWatch { .. }) {
             return Err(SidecarError::Option(
                 "--events-to: the History Server reads event logs from files or S3, not CloudWatch".into(),
@@ -129,12 +93,28 @@ pub fn events_destination(opts: &SidecarOptions) -> Result<Option<Destination>, 
         }
         return Ok(Some(d));
     }
-    Ok(Destination::parse("--to", &opts.to)?.event_logs_under())
+    Ok(event_logs_under(&parse_destination("--to", &opts.to)?))
+}
+
+/// The sidecar's native config for `role`, as TOML, and notes for the user (what is not shipped).
+pub fn config_toml(opts: &SidecarOptions, role: Role) -> Result<(String, Vec<String>), SidecarError> {
+    let (config, notes) = config_for(opts, role)?;
+    let mut t = format!(
+        "# logship sidecar config for the Spark {} (made by logship-inject {}).\n# ${{NAME}} is an environment variable of the sidecar container.\n",
+        role.label(),
+        env!("CARGO_PKG_VERSION")
+    );
+    if opts.termination == Termination::Native {
+        t.push_str("# A native sidecar: the kubelet sends SIGTERM once the Spark container has ended;\n# the drain must fit in the pod's terminationGracePeriodSeconds (30 s by default).\n");
+    }
+    t.push('\n');
+    t.push_str(&config.to_minimal_toml());
+    Ok((t, notes))
 }
 
 /// The sidecar's native config for `role`, and notes for the user (what is not shipped).
-pub fn config_toml(opts: &SidecarOptions, role: Role) -> Result<(String, Vec<String>), SidecarError> {
-    let logs = Destination::parse("--to", &opts.to)?;
+pub fn config_for(opts: &SidecarOptions, role: Role) -> Result<(Config, Vec<String>), SidecarError> {
+    let logs = parse_destination("--to", &opts.to)?;
     let mut notes = Vec::new();
     let events = match role {
         Role::Driver => {
@@ -146,78 +126,71 @@ pub fn config_toml(opts: &SidecarOptions, role: Role) -> Result<(String, Vec<Str
         }
         Role::Executor => None,
     };
-    if !matches!(opts.store_as.as_str(), "text" | "gzip" | "zstd") {
-        return Err(SidecarError::Option(format!(
-            "--store-as {:?}: expected text, gzip or zstd",
-            opts.store_as
-        )));
-    }
-    let buffer = opts.buffer_dir.display().to_string();
-    let container_logs = opts.container_log_dir.display().to_string();
-    let mut t = String::new();
-    let _ = writeln!(
-        t,
-        "# logship sidecar config for the Spark {} (made by logship-inject {}).",
-        role.label(),
-        env!("CARGO_PKG_VERSION")
-    );
-    let _ = writeln!(t, "# ${{NAME}} is an environment variable of the sidecar container.\n");
-    let _ = writeln!(t, "[buffer]\ndir = {}\n", q(&format!("{buffer}/buffer")));
-    if events.is_some() {
-        let _ = writeln!(
-            t,
-            "[[source]]\nname = \"event-logs\"\ntype = \"spark_events\"\npaths = [\"${{K8S_SPARK_EVENT_LOG_DIR}}\"]\noutputs = [\"event-logs\"]\n"
-        );
-        let mode = match opts.event_logs {
-            EventLogLayout::Single => "rechunk",
-            EventLogLayout::Rolling | EventLogLayout::RollingZstd => "mirror",
-        };
-        let _ = writeln!(t, "[source.spark]\nmode = {}\nappstatus = \"at_end\"\n", q(mode));
-    }
-    let _ = writeln!(
-        t,
-        "[[source]]\nname = \"container-logs\"\ntype = \"tail\"\npaths = [{}, {}]\noutputs = [\"container-logs\"]\n",
-        q(&format!("{container_logs}/*/stdout")),
-        q(&format!("{container_logs}/*/stderr")),
-    );
+    let store_as = match opts.store_as.as_str() {
+        "text" | "gzip" | "zstd" => StoreAs::parse(&opts.store_as).unwrap_or_default(),
+        other => {
+            return Err(SidecarError::Option(format!(
+                "--store-as {other:?}: expected text, gzip or zstd"
+            )));
+        }
+    };
+    let mut config = Config::new(Vec::new(), Vec::new());
+    config.buffer.dir = opts.buffer_dir.join("buffer");
     if let Some(events) = &events {
-        output(&mut t, opts, "event-logs", events, None, "text");
+        let mut s = SourceConfig::new(
+            "event-logs",
+            SourceKind::SparkEvents,
+            vec![var(K8S_SPARK_EVENT_LOG_DIR)],
+        );
+        s.outputs = vec!["event-logs".into()];
+        s.spark = Some(SparkEventsConfig {
+            mode: match opts.event_logs {
+                EventLogLayout::Single => EventLogMode::Rechunk,
+                EventLogLayout::Rolling | EventLogLayout::RollingZstd => EventLogMode::Mirror,
+            },
+            appstatus: AppStatusMode::AtEnd,
+            ..Default::default()
+        });
+        config.sources.push(s);
+        config
+            .outputs
+            .push(output(opts, "event-logs", events, None, StoreAs::Text));
     }
-    output(
-        &mut t,
-        opts,
+    let logs_dir = opts.container_log_dir.display();
+    let mut s = SourceConfig::new(
         "container-logs",
-        &logs,
-        Some("containers/${SPARK_APPLICATION_ID}"),
-        &opts.store_as,
+        SourceKind::Tail,
+        vec![format!("{logs_dir}/*/stdout"), format!("{logs_dir}/*/stderr")],
     );
-    let _ = writeln!(t, "[lifecycle]");
+    s.outputs = vec!["container-logs".into()];
+    config.sources.push(s);
+    let under = format!("containers/{}", var(SPARK_APPLICATION_ID));
+    config
+        .outputs
+        .push(output(opts, "container-logs", &logs, Some(&under), store_as));
     match opts.termination {
-        Termination::Heartbeat => {
-            let _ = writeln!(t, "heartbeat_file = \"${{SIDECAR_SIGNAL_FILE}}\"");
-        }
+        Termination::Heartbeat => config.lifecycle.heartbeat_file = Some(var(SIDECAR_SIGNAL_FILE).into()),
         Termination::Wrap => {
-            let _ = writeln!(t, "heartbeat_file = \"${{SIDECAR_SIGNAL_FILE}}\"");
-            let _ = writeln!(t, "signal_file = \"${{LOGSHIP_SIGNAL_FILE}}\"");
+            config.lifecycle.heartbeat_file = Some(var(SIDECAR_SIGNAL_FILE).into());
+            config.lifecycle.signal_file = Some(var(LOGSHIP_SIGNAL_FILE).into());
         }
-        Termination::Native => {
-            let _ = writeln!(
-                t,
-                "# A native sidecar: the kubelet sends SIGTERM once the Spark container has ended;\n# the drain must fit in the pod's terminationGracePeriodSeconds (30 s by default)."
-            );
-            let _ = writeln!(t, "drain_deadline = \"25s\"");
-        }
+        Termination::Native => config.lifecycle.drain_deadline = Some(HumanDuration::secs(25)),
     }
-    Ok((t, notes))
+    Ok((config, notes))
 }
 
-/// One `[[output]]` table.
-fn output(t: &mut String, opts: &SidecarOptions, name: &str, dest: &Destination, under: Option<&str>, store_as: &str) {
-    let _ = writeln!(t, "[[output]]\nname = {}", q(name));
+/// One output, for container logs `under` a prefix or for event logs (`under` is `None`).
+fn output(
+    opts: &SidecarOptions,
+    name: &str,
+    dest: &Destination,
+    under: Option<&str>,
+    store_as: StoreAs,
+) -> OutputConfig {
     match dest {
         Destination::S3 { bucket, prefix } => {
-            let path = under.map(|u| join(prefix, u)).unwrap_or_else(|| prefix.clone());
-            let _ = writeln!(t, "type = \"s3\"\npath = {}", q(&path));
+            let mut o = OutputConfig::new(name, OutputKind::S3);
+            o.path = under.map(|u| join(prefix, u)).unwrap_or_else(|| prefix.clone());
             if under.is_some() {
                 // A presigned POST cannot look whether a key is taken: a random part keeps a
                 // restarted container's objects apart from the earlier run's.
@@ -226,49 +199,41 @@ fn output(t: &mut String, opts: &SidecarOptions, name: &str, dest: &Destination,
                 } else {
                     ""
                 };
-                let _ = writeln!(
-                    t,
-                    "key_format = \"%{{path}}/%{{tag}}/%{{time_slice}}_%{{index}}{random}.%{{file_extension}}\""
-                );
+                o.key_format = format!("%{{path}}/%{{tag}}/%{{time_slice}}_%{{index}}{random}.%{{file_extension}}");
             }
-            let _ = writeln!(t, "\n[output.s3]\nbucket = {}\nstore_as = {}", q(bucket), q(store_as));
+            o.s3.bucket = Some(bucket.clone());
+            o.s3.store_as = store_as;
             if opts.presigned_post_secret.is_some() {
-                let _ = writeln!(t, "presigned_post = {}", q(paths::PRESIGNED_POST_FILE));
+                o.s3.presigned_post = Some(paths::PRESIGNED_POST_FILE.into());
             }
-            if let Some(r) = &opts.region {
-                let _ = writeln!(t, "region = {}", q(r));
-            }
+            o.s3.region = opts.region.clone();
             if let Some(e) = &opts.endpoint {
-                let _ = writeln!(t, "endpoint = {}\nforce_path_style = true", q(e));
+                o.s3.endpoint = Some(e.clone());
+                o.s3.force_path_style = true;
             }
+            o
         }
-        Destination::File { dir } => {
-            let _ = writeln!(t, "type = \"file\"\ndir = {}", q(dir));
+        Destination::File(dir) => {
+            let mut o = OutputConfig::new(name, OutputKind::File);
+            o.dir = Some(dir.clone());
             if let Some(u) = under {
-                let _ = writeln!(
-                    t,
-                    "path = {}\nkey_format = \"%{{path}}/%{{tag}}/%{{time_slice}}_%{{index}}.%{{file_extension}}\"",
-                    q(u)
-                );
+                o.path = u.to_string();
+                o.key_format = "%{path}/%{tag}/%{time_slice}_%{index}.%{file_extension}".into();
             }
+            o
         }
-        Destination::CloudWatch { group, stream_prefix } => {
-            let stream = join(stream_prefix, "${SPARK_APPLICATION_ID}/%{tag}");
-            let _ = writeln!(
-                t,
-                "type = \"cloudwatch\"\n\n[output.cloudwatch]\nlog_group = {}\nlog_stream = {}\ntimestamp = \"log4j\"",
-                q(group),
-                q(&stream)
-            );
-            if let Some(r) = &opts.region {
-                let _ = writeln!(t, "region = {}", q(r));
-            }
-            if let Some(e) = &opts.endpoint {
-                let _ = writeln!(t, "endpoint = {}", q(e));
-            }
+        Destination::CloudWatch { group, stream } => {
+            let mut o = OutputConfig::new(name, OutputKind::Cloudwatch);
+            o.cloudwatch.log_group = group.clone();
+            o.cloudwatch.log_stream = join(stream, &format!("{}/%{{tag}}", var(SPARK_APPLICATION_ID)));
+            o.cloudwatch.timestamp = TimestampRule::Log4j;
+            o.cloudwatch.region = opts.region.clone();
+            o.cloudwatch.endpoint = opts.endpoint.clone();
+            o
         }
+        // `parse_destination` refuses it for pods.
+        Destination::Stdout => OutputConfig::new(name, OutputKind::Stdout),
     }
-    let _ = writeln!(t);
 }
 
 #[cfg(test)]
@@ -278,22 +243,23 @@ mod tests {
     #[test]
     fn destinations_parse_and_bad_ones_say_why() {
         assert_eq!(
-            Destination::parse("--to", "s3://b/x/y/").unwrap(),
+            parse_destination("--to", "s3://b/x/y/").unwrap(),
             Destination::S3 {
                 bucket: "b".into(),
                 prefix: "x/y".into()
             }
         );
         assert_eq!(
-            Destination::parse("--to", "cloudwatch://%2Femr%2Fspark/jobs").unwrap(),
+            parse_destination("--to", "cloudwatch://%2Femr%2Fspark/jobs").unwrap(),
             Destination::CloudWatch {
                 group: "/emr/spark".into(),
-                stream_prefix: "jobs".into()
+                stream: "jobs".into()
             }
         );
-        let e = Destination::parse("--to", "http://x").unwrap_err().to_string();
+        let e = parse_destination("--to", "http://x").unwrap_err().to_string();
         assert!(e.starts_with("--to \"http://x\": expected s3://"), "{e}");
-        let e = Destination::parse("--to", "file://rel").unwrap_err().to_string();
+        let e = parse_destination("--to", "file://rel").unwrap_err().to_string();
         assert!(e.contains("absolute"), "{e}");
+        assert!(parse_destination("--to", "stdout").is_err());
     }
 }

@@ -92,7 +92,7 @@ pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 /// Variables that may be missing without an error (they become empty, with a warning): the
 /// sidecar's environment often lacks the application id, and the event-log source then finds it
 /// in the directory.
-const MAY_BE_MISSING: &[&str] = &["SPARK_APPLICATION_ID"];
+const MAY_BE_MISSING: &[&str] = &[crate::config::contract::SPARK_APPLICATION_ID];
 
 /// Parses a configuration file (and what it includes) into a root element named `ROOT`.
 pub fn parse_file(path: &Path, env: EnvLookup) -> Result<Element, ParseError> {

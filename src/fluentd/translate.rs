@@ -292,7 +292,7 @@ pub fn translate(root: &Element, env: &dyn Fn(&str) -> Option<String>) -> Result
     }
     let buffer = t.buffer.clone().unwrap_or_default();
     let lifecycle = LifecycleConfig {
-        heartbeat_file: (t.env)("SIDECAR_SIGNAL_FILE").map(PathBuf::from),
+        heartbeat_file: (t.env)(crate::config::contract::SIDECAR_SIGNAL_FILE).map(PathBuf::from),
         ..LifecycleConfig::default()
     };
     let mut config = Config {
