@@ -11,8 +11,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 /// Counters of one output.
 #[derive(Debug, Default)]
 pub struct OutputMetrics {
@@ -222,61 +220,55 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` and `/healthz` until the task is dropped. One small request at a time per
-/// connection; anything else is a 404.
+/// Serves `/metrics` (Prometheus text) and `/healthz` (200, or 503 when chunks wait and nothing
+/// was delivered for `stall`) over HTTP/1.1 with hyper, until the task is aborted. A connection
+/// gets 5 s to send its request head and 30 s in all; one request per connection.
 pub async fn serve(listener: tokio::net::TcpListener, metrics: std::sync::Arc<Metrics>, stall: Duration) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
-            continue;
+        let sock = match listener.accept().await {
+            Ok((sock, _)) => sock,
+            Err(e) => {
+                // Out of descriptors, for instance: wait instead of spinning on the error.
+                tracing::debug!(error = %e, "metrics listener cannot accept");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let mut got = 0;
-            // Read the request head (bounded: 4 KiB, 5 s).
-            let read = async {
-                loop {
-                    let n = sock.read(&mut buf[got..]).await.ok()?;
-                    if n == 0 {
-                        return None;
-                    }
-                    got += n;
-                    if buf[..got].windows(4).any(|w| w == b"\r\n\r\n") || got == buf.len() {
-                        return Some(());
-                    }
-                }
-            };
-            if tokio::time::timeout(Duration::from_secs(5), read)
-                .await
-                .ok()
-                .flatten()
-                .is_none()
-            {
-                return;
-            }
-            let head = String::from_utf8_lossy(&buf[..got]);
-            let path = head.split_whitespace().nth(1).unwrap_or("/");
-            let now = now_ms();
-            let (status, ctype, body) = match path {
-                "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render(now)),
-                "/healthz" => {
-                    let (ok, text) = metrics.health(stall, now);
-                    (
-                        if ok { "200 OK" } else { "503 Service Unavailable" },
-                        "text/plain",
-                        text,
-                    )
-                }
-                _ => ("404 Not Found", "text/plain", "try /metrics or /healthz\n".to_string()),
-            };
-            let reply = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(reply.as_bytes()).await;
-            let _ = sock.shutdown().await;
+            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let reply = respond(&metrics, req.uri().path(), stall);
+                async move { Ok::<_, std::convert::Infallible>(reply) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(sock), service);
+            let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
         });
     }
+}
+
+/// The reply to a request for `path`.
+fn respond(metrics: &Metrics, path: &str, stall: Duration) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    let now = now_ms();
+    let (status, ctype, body) = match path {
+        "/metrics" => (200, "text/plain; version=0.0.4", metrics.render(now)),
+        "/healthz" => {
+            let (ok, text) = metrics.health(stall, now);
+            (if ok { 200 } else { 503 }, "text/plain", text)
+        }
+        _ => (404, "text/plain", "try /metrics or /healthz\n".to_string()),
+    };
+    let mut reply = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+    *reply.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    reply.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(ctype),
+    );
+    reply
 }
 
 #[cfg(test)]
