@@ -24,6 +24,7 @@ use crate::lifecycle;
 use crate::metrics::Metrics;
 use crate::pipeline::{Control, Pipeline, WakeFlags};
 use crate::sink::Sink;
+use crate::sink::retry::Deliveries;
 use crate::summary::Summary;
 
 /// Why the engine could not start.
@@ -157,8 +158,7 @@ async fn run_config(
         None => None,
     };
     let (ctl_tx, ctl_rx) = std::sync::mpsc::channel::<Control>();
-    let (cancel_tx, cancel_rx) = watch::channel(false);
-    let (pause_tx, pause_rx) = watch::channel(false);
+    let (deliveries_tx, deliveries_rx) = watch::channel(Deliveries::Run);
     let mut senders = Vec::new();
     let mut deliverers = Vec::new();
     for (i, (sink, out)) in sinks.into_iter().zip(&config.outputs).enumerate() {
@@ -169,7 +169,7 @@ async fn run_config(
             rx,
             ctl_tx.clone(),
             out.retry.clone(),
-            (cancel_rx.clone(), pause_rx.clone()),
+            deliveries_rx.clone(),
             (metrics.clone(), i),
         )));
     }
@@ -199,40 +199,15 @@ async fn run_config(
 
     let end = lifecycle::wait_for_end(&config.lifecycle);
     tokio::pin!(end);
-    let deadline = tokio::time::sleep(std::time::Duration::from_secs(u32::MAX as u64));
-    tokio::pin!(deadline);
-    let mut draining = false;
-    let mut stops = 0;
-    let start_drain = |reason: String, deadline: std::pin::Pin<&mut tokio::time::Sleep>| {
-        let _ = ctl_tx.send(Control::Drain(reason));
-        deadline.reset(tokio::time::Instant::now() + config.lifecycle.drain_deadline());
-    };
+    let mut shutdown = Shutdown::new(ctl_tx.clone(), deliveries_tx, config.lifecycle.drain_deadline());
     let mut reload_to = None;
     let summary = loop {
         tokio::select! {
             s = &mut done_rx => break s.ok(),
-            reason = &mut end, if !draining => {
-                draining = true;
-                start_drain(reason.to_string(), deadline.as_mut());
-            }
+            reason = &mut end, if !shutdown.is_draining() => shutdown.drain(reason),
             request = signals.recv() => match request {
-                lifecycle::SignalRequest::Stop(name) if !draining => {
-                    draining = true;
-                    start_drain(lifecycle::EndReason::Signal(name).to_string(), deadline.as_mut());
-                }
-                lifecycle::SignalRequest::Stop(name) => {
-                    // First: stop reading, and deliver what was read within a short bound (a
-                    // backfill's 24 h deadline is no answer to SIGTERM). Again: end now.
-                    stops += 1;
-                    let now = tokio::time::Instant::now();
-                    let bound = if stops == 1 { STOP_DELIVERY_BOUND } else { std::time::Duration::ZERO };
-                    if deadline.deadline() > now + bound {
-                        deadline.as_mut().reset(now + bound);
-                    }
-                    tracing::warn!(signal = name, within = ?bound, "received during the drain: reading stops; what was read is delivered (what is not delivered in time goes to the secondary directory), the rest is reported as not read");
-                    let _ = ctl_tx.send(Control::StopReading);
-                }
-                lifecycle::SignalRequest::Reload(name) if draining => {
+                lifecycle::SignalRequest::Stop(name) => shutdown.stop_signal(name),
+                lifecycle::SignalRequest::Reload(name) if shutdown.is_draining() => {
                     tracing::info!(signal = name, "ignored during the drain (the configuration is not reloaded)");
                 }
                 lifecycle::SignalRequest::Reload(name) => match reload.map(|f| f()) {
@@ -254,9 +229,8 @@ async fn run_config(
                     tracing::info!(signal = name, "ignored (SIGTERM or SIGINT drains; SIGHUP reloads the configuration)");
                 }
             },
-            _ = &mut deadline, if draining => {
-                let _ = cancel_tx.send(true);
-                let _ = ctl_tx.send(Control::Deadline);
+            () = shutdown.deadline(), if shutdown.is_draining() => {
+                shutdown.cancel();
                 break (&mut done_rx).await.ok();
             }
         }
@@ -265,13 +239,13 @@ async fn run_config(
         // No attempt is cut: each delivery task ends after the one it is in (its chunk is then
         // delivered and acknowledged, or stays in the buffer); then the pipeline commits what
         // it read and the acknowledgements, and stops.
-        let _ = pause_tx.send(true);
+        shutdown.pause();
         for d in deliverers {
             let _ = d.await;
         }
         let _ = ctl_tx.send(Control::Halt);
         let _ = (&mut done_rx).await;
-        drop(ctl_tx);
+        drop((ctl_tx, shutdown));
         let _ = thread.join();
         // The metrics address is bound again by the next run.
         if let Some(m) = metrics_server {
@@ -279,8 +253,8 @@ async fn run_config(
         }
         return Ok(Outcome::Reload(Box::new(new)));
     }
-    let _ = cancel_tx.send(true);
-    drop(ctl_tx);
+    shutdown.cancel();
+    drop((ctl_tx, shutdown));
     let _ = thread.join();
     for d in deliverers {
         d.abort();
@@ -291,28 +265,117 @@ async fn run_config(
         .ok_or_else(|| EngineError::Thread("pipeline thread ended without a result".into()))
 }
 
-/// Delivers the chunks of one output in order, each with its retry schedule. `cancel` (the
-/// drain deadline) ends it at once; `pause` (a reload) ends it after the attempt under way.
+/// How a run ends, in one place (as tokio's mini-redis hands a `Shutdown` down): why the drain
+/// started, by when it must be done, and what the delivery tasks may still do. Every trigger
+/// (the lifecycle, signals, the deadline, a reload) goes through it.
+struct Shutdown {
+    /// Why the drain started; `None` while running.
+    reason: Option<lifecycle::EndReason>,
+    /// SIGTERM/SIGINT received during the drain.
+    stops: u32,
+    /// When deliveries stop and what is left goes to the secondary directories.
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// The drain deadline of the configuration.
+    drain_deadline: std::time::Duration,
+    /// What the delivery tasks are told.
+    deliveries: watch::Sender<Deliveries>,
+    /// The pipeline thread.
+    pipeline: Sender<Control>,
+}
+
+impl Shutdown {
+    fn new(
+        pipeline: Sender<Control>,
+        deliveries: watch::Sender<Deliveries>,
+        drain_deadline: std::time::Duration,
+    ) -> Shutdown {
+        Shutdown {
+            reason: None,
+            stops: 0,
+            deadline: Box::pin(tokio::time::sleep(std::time::Duration::from_secs(u32::MAX as u64))),
+            drain_deadline,
+            deliveries,
+            pipeline,
+        }
+    }
+
+    fn is_draining(&self) -> bool {
+        self.reason.is_some()
+    }
+
+    /// Starts the drain (once): the pipeline reads to the drain point and delivers; the clock
+    /// of the drain deadline starts.
+    fn drain(&mut self, reason: lifecycle::EndReason) {
+        if self.reason.is_none() {
+            let _ = self.pipeline.send(Control::Drain(reason.clone()));
+            self.reason = Some(reason);
+            self.deadline
+                .as_mut()
+                .reset(tokio::time::Instant::now() + self.drain_deadline);
+        }
+    }
+
+    /// SIGTERM or SIGINT. Running: drain. Draining: stop reading, and deliver what was read
+    /// within a short bound (a backfill's 24 h deadline is no answer to SIGTERM); again: end now.
+    fn stop_signal(&mut self, name: &'static str) {
+        if !self.is_draining() {
+            return self.drain(lifecycle::EndReason::Signal(name));
+        }
+        self.stops += 1;
+        let now = tokio::time::Instant::now();
+        let bound = if self.stops == 1 {
+            STOP_DELIVERY_BOUND
+        } else {
+            std::time::Duration::ZERO
+        };
+        if self.deadline.deadline() > now + bound {
+            self.deadline.as_mut().reset(now + bound);
+        }
+        tracing::warn!(signal = name, within = ?bound, "received during the drain: reading stops; what was read is delivered (what is not delivered in time goes to the secondary directory), the rest is reported as not read");
+        let _ = self.pipeline.send(Control::StopReading);
+    }
+
+    /// Resolves when the drain deadline passes.
+    async fn deadline(&mut self) {
+        self.deadline.as_mut().await
+    }
+
+    /// The deadline: deliveries stop at once, the pipeline puts what is left aside.
+    fn cancel(&self) {
+        let _ = self.deliveries.send(Deliveries::Cancel);
+        let _ = self.pipeline.send(Control::Deadline);
+    }
+
+    /// A reload: deliveries end after the attempt they are in.
+    fn pause(&self) {
+        let _ = self.deliveries.send(Deliveries::Pause);
+    }
+}
+
+/// Delivers the chunks of one output in order, each with its retry schedule, while
+/// `deliveries` says `Run`: `Cancel` (the drain deadline) ends it at once, `Pause` (a reload)
+/// after the attempt under way.
 async fn deliver_loop(
     sink: Sink,
     mut rx: mpsc::UnboundedReceiver<SealedChunk>,
     ctl: Sender<Control>,
     retry: RetryConfig,
-    (mut cancel, mut pause): (watch::Receiver<bool>, watch::Receiver<bool>),
+    deliveries: watch::Receiver<Deliveries>,
     (metrics, index): (Arc<Metrics>, usize),
 ) {
     let retries = &metrics.outputs[index].retries;
+    let (mut stop, mut cancel) = (deliveries.clone(), deliveries.clone());
     loop {
         let chunk = tokio::select! {
             c = rx.recv() => match c {
                 Some(c) => c,
                 None => return,
             },
-            _ = pause.wait_for(|p| *p) => return,
+            _ = stop.wait_for(|d| *d != Deliveries::Run) => return,
         };
         let result = tokio::select! {
-            r = crate::sink::retry::deliver_with_retry(&sink, &chunk, &retry, retries, &pause) => r,
-            _ = cancel.wait_for(|c| *c) => return,
+            r = crate::sink::retry::deliver_with_retry(&sink, &chunk, &retry, retries, &deliveries) => r,
+            _ = cancel.wait_for(|d| *d == Deliveries::Cancel) => return,
         };
         let msg = match result {
             Ok(()) => {

@@ -37,6 +37,10 @@ pub enum EndReason {
     Signal(&'static str),
     /// `--once`: everything that exists was to be shipped.
     Once,
+    /// A stop during a drain that had not started (reading stops at once).
+    StopRequested,
+    /// Nothing can send the pipeline messages any more (the engine is gone).
+    ControlClosed,
 }
 
 impl fmt::Display for EndReason {
@@ -48,6 +52,8 @@ impl fmt::Display for EndReason {
             EndReason::SignalFile(p) => write!(f, "signal file {} appeared", p.display()),
             EndReason::Signal(s) => write!(f, "received {s}"),
             EndReason::Once => write!(f, "--once: shipped what exists"),
+            EndReason::StopRequested => write!(f, "stop requested"),
+            EndReason::ControlClosed => write!(f, "control channel closed"),
         }
     }
 }

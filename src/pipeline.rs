@@ -22,6 +22,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::buffer::{ChunkStore, SealedChunk};
 use crate::config::{Config, FlushMode};
+use crate::lifecycle::EndReason;
 use crate::metrics::Metrics;
 use crate::sink::secondary::write_secondary;
 use crate::source::Source;
@@ -33,7 +34,7 @@ pub enum Control {
     /// Files may have changed (a file-system event).
     Wake,
     /// Start the drain.
-    Drain(String),
+    Drain(EndReason),
     /// The drain deadline passed: stop, and put what is left in the secondary directories.
     Deadline,
     /// Stop reading now (a second SIGTERM, or one during `--once`): deliver what was read; what
@@ -74,7 +75,7 @@ pub struct Pipeline {
     in_flight: HashSet<u64>,
     /// Chunks that could not even be written to the secondary: kept, not re-dispatched.
     stuck: HashSet<u64>,
-    drain_reason: Option<String>,
+    drain_reason: Option<EndReason>,
     /// Reading was told to stop before the drain point.
     stop_reading: bool,
     /// A reload asked the pipeline to commit and stop.
@@ -261,7 +262,7 @@ impl Pipeline {
                 Ok(m) => deadline_hit |= self.handle(m),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
-                    deadline_hit |= self.handle(Control::Drain("control channel closed".into()));
+                    deadline_hit |= self.handle(Control::Drain(EndReason::ControlClosed));
                 }
             }
         }
@@ -286,7 +287,7 @@ impl Pipeline {
             Control::Deadline => return true,
             Control::StopReading => {
                 if self.drain_reason.is_none() {
-                    self.handle(Control::Drain("stop requested".into()));
+                    self.handle(Control::Drain(EndReason::StopRequested));
                 }
                 self.stop_reading = true;
             }
@@ -601,7 +602,7 @@ impl Pipeline {
         }
         self.summary.buffer_dir = self.store.dir().to_path_buf();
         self.summary.damaged_chunks = self.store.damaged().to_vec();
-        self.summary.drain_reason = self.drain_reason.take();
+        self.summary.drain_reason = self.drain_reason.take().map(|r| r.to_string());
         self.summary
     }
 }
