@@ -18,7 +18,7 @@ use notify::EventKind;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::buffer::{BufferError, ChunkLimits, ChunkStore, OutputKeying, SealedChunk};
-use crate::config::key::{KeyTemplate, default_time_slice_format};
+use crate::config::key::default_time_slice_format;
 use crate::config::{Config, RetryConfig, WatchMode};
 use crate::lifecycle;
 use crate::metrics::Metrics;
@@ -113,7 +113,7 @@ async fn run_config(
         .iter()
         .map(|o| OutputKeying {
             name: o.name.clone(),
-            template: KeyTemplate::parse(&o.key_format).expect("validated"),
+            template: o.key_format.clone(),
             path: o.path.clone(),
             time_slice_format: if o.time_slice_format.is_empty() {
                 default_time_slice_format(config.buffer.timekey.get().as_secs()).to_string()

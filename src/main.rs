@@ -523,7 +523,7 @@ fn check_presigned_posts(config: &Config, origin: &std::path::Path, now: std::ti
             continue;
         }
         // The literal start of every key this output writes.
-        let key = o.key_format.replace("%{path}", &o.path).replace("${path}", &o.path);
+        let key = o.key_format.to_string().replace("%{path}", &o.path);
         let cut = [key.find("%{"), key.find("${")]
             .into_iter()
             .flatten()

@@ -39,7 +39,7 @@ enum Part {
 /// A parsed key format such as `%{path}/events_%{index}_spark-123`.
 ///
 /// ```
-/// use logship::sink::key::{KeyTemplate, KeyValues};
+/// use logship_config::key::{KeyTemplate, KeyValues};
 /// let t = KeyTemplate::parse("%{path}/events_%{index}_spark-1").unwrap();
 /// let v = KeyValues { path: "logs/eventlog_v2_spark-1", ..Default::default() };
 /// assert_eq!(t.render(&v, 1), "logs/eventlog_v2_spark-1/events_1_spark-1");
@@ -182,6 +182,67 @@ impl KeyTemplate {
     }
 }
 
+impl KeyTemplate {
+    /// A format built into logship (a default, or what the injector writes); a mistake in one
+    /// is a bug, caught by the unit tests that use it.
+    pub fn builtin(format: &str) -> KeyTemplate {
+        match KeyTemplate::parse(format) {
+            Ok(t) => t,
+            Err(e) => panic!("built-in key format {format:?}: {e}"),
+        }
+    }
+
+    /// This format below `%{path}/` (what an output with a `path` uses by default).
+    pub fn under_path(&self) -> KeyTemplate {
+        let mut parts = vec![Part::Path, Part::Lit("/".into())];
+        parts.extend(self.parts.iter().cloned());
+        KeyTemplate {
+            parts: merge_literals(parts),
+        }
+    }
+
+    /// This format with `_%{hex_random}` after its first `%{index}` (or at its end without
+    /// one): keys that differ between runs, for a destination that cannot be asked.
+    pub fn with_random_part(&self) -> KeyTemplate {
+        let mut parts = self.parts.clone();
+        let at = parts
+            .iter()
+            .position(|p| *p == Part::Index)
+            .map_or(parts.len(), |i| i + 1);
+        parts.splice(at..at, [Part::Lit("_".into()), Part::HexRandom]);
+        KeyTemplate {
+            parts: merge_literals(parts),
+        }
+    }
+}
+
+/// Joins neighbouring literals, so equal formats compare equal however they were built.
+fn merge_literals(parts: Vec<Part>) -> Vec<Part> {
+    let mut out: Vec<Part> = Vec::with_capacity(parts.len());
+    for p in parts {
+        match (out.last_mut(), p) {
+            (Some(Part::Lit(a)), Part::Lit(b)) => a.push_str(&b),
+            (_, p) => out.push(p),
+        }
+    }
+    out
+}
+
+impl serde::Serialize for KeyTemplate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Parsed when the configuration is read, so an unknown placeholder is an error at its line
+/// and column, and nothing parses it again.
+impl<'de> serde::Deserialize<'de> for KeyTemplate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        KeyTemplate::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 impl fmt::Display for KeyTemplate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for p in &self.parts {
@@ -250,6 +311,31 @@ pub fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn built_formats_equal_parsed_ones_and_round_trip_through_serde() {
+        let d = KeyTemplate::builtin("%{tag}/%{time_slice}_%{index}.%{file_extension}");
+        assert_eq!(
+            d.under_path(),
+            KeyTemplate::parse("%{path}/%{tag}/%{time_slice}_%{index}.%{file_extension}").unwrap()
+        );
+        assert_eq!(
+            d.with_random_part(),
+            KeyTemplate::parse("%{tag}/%{time_slice}_%{index}_%{hex_random}.%{file_extension}").unwrap()
+        );
+        assert_eq!(
+            KeyTemplate::builtin("x/%{tag}").with_random_part().to_string(),
+            "x/%{tag}_%{hex_random}"
+        );
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct T {
+            k: KeyTemplate,
+        }
+        let t: T = toml::from_str("k = \"%{path}/a_%{index}\"").unwrap();
+        assert_eq!(toml::to_string(&t).unwrap(), "k = \"%{path}/a_%{index}\"\n");
+        let e = toml::from_str::<T>("\n\nk = \"%{nope}\"").err().unwrap().to_string();
+        assert!(e.contains("line 3") && e.contains("unknown placeholder %{nope}"), "{e}");
+    }
 
     fn values() -> KeyValues<'static> {
         KeyValues {

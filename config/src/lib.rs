@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::key::KeyTemplate;
 use crate::units::{ByteSize, HumanDuration};
 
 /// Why a configuration was refused.
@@ -348,7 +349,7 @@ pub struct OutputConfig {
     /// `%{time_slice}`, `%{index}`, `%{file_extension}`, `%{hex_random}`, `%{uuid_flush}`,
     /// `%{hostname}`.
     #[serde(default = "default_key_format")]
-    pub key_format: String,
+    pub key_format: KeyTemplate,
     /// Value of `%{path}`.
     #[serde(default)]
     pub path: String,
@@ -445,8 +446,8 @@ impl Default for S3Settings {
 pub const EVENTS_KEY_FORMAT: &str = "eventlog_v2_%{tag}/events_%{index}_%{tag}";
 
 /// The default object key layout: one directory per tag, time slice and index in the name.
-pub fn default_key_format() -> String {
-    "%{tag}/%{time_slice}_%{index}.%{file_extension}".to_string()
+pub fn default_key_format() -> KeyTemplate {
+    KeyTemplate::builtin("%{tag}/%{time_slice}_%{index}.%{file_extension}")
 }
 
 /// Kinds of output.
@@ -827,20 +828,16 @@ impl Config {
             .collect();
         for &i in &event_outputs {
             let o = &mut self.outputs[i];
-            o.key_format = if o.path.is_empty() {
-                EVENTS_KEY_FORMAT.to_string()
-            } else {
-                format!("%{{path}}/{EVENTS_KEY_FORMAT}")
-            };
+            let events = KeyTemplate::builtin(EVENTS_KEY_FORMAT);
+            o.key_format = if o.path.is_empty() { events } else { events.under_path() };
             o.index_start = 1;
         }
         // A presigned POST cannot look whether a key is taken, so its default keys differ between
         // runs (a restarted container, a re-run job) by a random part.
         for (i, o) in self.outputs.iter_mut().enumerate() {
-            let defaulted =
-                o.key_format == default_key_format() || o.key_format == format!("%{{path}}/{}", default_key_format());
+            let defaulted = o.key_format == default_key_format() || o.key_format == default_key_format().under_path();
             if o.kind == OutputKind::S3 && o.s3.presigned_post.is_some() && defaulted && !event_outputs.contains(&i) {
-                o.key_format = o.key_format.replace("%{index}", "%{index}_%{hex_random}");
+                o.key_format = o.key_format.with_random_part();
             }
         }
         for (i, o) in self.outputs.iter_mut().enumerate() {
@@ -1004,9 +1001,6 @@ impl Config {
                     "S3 parts are at least 5MiB",
                 ));
             }
-            if let Err(e) = crate::key::KeyTemplate::parse(&o.key_format) {
-                return Err(invalid(format!("output[{i}].key_format"), e.to_string()));
-            }
             if o.secondary.basename.contains('/') {
                 return Err(invalid(
                     format!("output[{i}].secondary.basename"),
@@ -1067,28 +1061,25 @@ impl Config {
         }
         for (i, o) in self.outputs.iter().enumerate() {
             let stores_objects = matches!(o.kind, OutputKind::File | OutputKind::S3);
-            if stores_objects
-                && !event_outputs.contains(&i)
-                && crate::key::KeyTemplate::parse(&o.key_format).is_ok_and(|t| !t.is_unique_per_chunk())
-            {
+            if stores_objects && !event_outputs.contains(&i) && !o.key_format.is_unique_per_chunk() {
                 return Err(invalid(
                     format!("output[{i}].key_format"),
                     format!(
                         "{:?} gives every chunk of a tag in a time slice the same key, each replacing the last; add %{{index}} (or %{{hex_random}} / %{{uuid_flush}})",
-                        o.key_format
+                        o.key_format.to_string()
                     ),
                 ));
             }
             if o.kind == OutputKind::S3
                 && o.s3.presigned_post.is_some()
                 && !event_outputs.contains(&i)
-                && crate::key::KeyTemplate::parse(&o.key_format).is_ok_and(|t| !t.is_unique_per_run())
+                && !o.key_format.is_unique_per_run()
             {
                 return Err(invalid(
                     format!("output[{i}].key_format"),
                     format!(
                         "{:?} gives a chunk of the next run (a restarted container, a re-run job) the key of one of this run's, and a presigned POST cannot look before it writes; add %{{hex_random}} or %{{uuid_flush}}",
-                        o.key_format
+                        o.key_format.to_string()
                     ),
                 ));
             }
@@ -1227,7 +1218,7 @@ s3 = { bucket = "b" }
         unsafe { std::env::set_var("LOGSHIP_TEST_JOB", "job-1") };
         let c = Config::parse(events, "x").unwrap();
         assert_eq!(
-            c.outputs[0].key_format,
+            c.outputs[0].key_format.to_string(),
             "%{path}/eventlog_v2_%{tag}/events_%{index}_%{tag}"
         );
         assert_eq!(c.outputs[0].path, "logs/job-1");

@@ -99,13 +99,11 @@ pub fn build(args: &QuickArgs) -> Result<Config, ConfigError> {
             "only applies to --to s3://BUCKET/PREFIX",
         ));
     }
-    let key_format = args.key_format.clone().unwrap_or_else(|| {
-        if path.is_empty() {
-            super::default_key_format()
-        } else {
-            format!("%{{path}}/{}", super::default_key_format())
-        }
-    });
+    let key_format = match &args.key_format {
+        Some(f) => crate::key::KeyTemplate::parse(f).map_err(|e| super::invalid("--key-format", e.to_string()))?,
+        None if path.is_empty() => super::default_key_format(),
+        None => super::default_key_format().under_path(),
+    };
     let output = OutputConfig {
         name: "out".to_string(),
         kind,
@@ -278,7 +276,7 @@ mod tests {
         assert_eq!(c.outputs[0].s3.bucket.as_deref(), Some("bkt"));
         assert_eq!(c.outputs[0].path, "spark/logs");
         assert_eq!(
-            c.outputs[0].key_format,
+            c.outputs[0].key_format.to_string(),
             "%{path}/%{tag}/%{time_slice}_%{index}.%{file_extension}"
         );
         let c = build(&args("cloudwatch://%2Faws%2Femr/vc/jobs/j/%{tag}")).unwrap();

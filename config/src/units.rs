@@ -24,7 +24,7 @@ pub enum UnitError {
 /// A byte count written with a unit in configs and on the command line.
 ///
 /// ```
-/// use logship::units::ByteSize;
+/// use logship_config::units::ByteSize;
 /// assert_eq!("32MB".parse::<ByteSize>().unwrap().bytes(), 32 * 1024 * 1024);
 /// assert_eq!(ByteSize(1 << 20).to_string(), "1MiB");
 /// ```
@@ -110,7 +110,7 @@ impl<'de> Deserialize<'de> for ByteSize {
 /// A duration written with a unit in configs and on the command line.
 ///
 /// ```
-/// use logship::units::HumanDuration;
+/// use logship_config::units::HumanDuration;
 /// use std::time::Duration;
 /// assert_eq!("2m".parse::<HumanDuration>().unwrap().get(), Duration::from_secs(120));
 /// assert_eq!("30".parse::<HumanDuration>().unwrap().get(), Duration::from_secs(30));

@@ -8,6 +8,7 @@ use logship_config::contract::{
     K8S_SPARK_EVENT_LOG_DIR, LOGSHIP_SIGNAL_FILE, SIDECAR_SIGNAL_FILE, SPARK_APPLICATION_ID,
 };
 pub use logship_config::destination::{Destination, DestinationError};
+use logship_config::key::KeyTemplate;
 use logship_config::units::HumanDuration;
 use logship_config::{
     AppStatusMode, Config, EventLogMode, OutputConfig, OutputKind, SourceConfig, SourceKind, SparkEventsConfig,
@@ -199,7 +200,9 @@ fn output(
                 } else {
                     ""
                 };
-                o.key_format = format!("%{{path}}/%{{tag}}/%{{time_slice}}_%{{index}}{random}.%{{file_extension}}");
+                o.key_format = KeyTemplate::builtin(&format!(
+                    "%{{path}}/%{{tag}}/%{{time_slice}}_%{{index}}{random}.%{{file_extension}}"
+                ));
             }
             o.s3.bucket = Some(bucket.clone());
             o.s3.store_as = store_as;
@@ -218,7 +221,7 @@ fn output(
             o.dir = Some(dir.clone());
             if let Some(u) = under {
                 o.path = u.to_string();
-                o.key_format = "%{path}/%{tag}/%{time_slice}_%{index}.%{file_extension}".into();
+                o.key_format = KeyTemplate::builtin("%{path}/%{tag}/%{time_slice}_%{index}.%{file_extension}");
             }
             o
         }

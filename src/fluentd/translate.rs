@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use super::parse::{Element, Pos};
+use crate::config::key::KeyTemplate;
 use crate::config::{
     AppStatusMode, BufferConfig, CloudWatchSettings, Config, EventLogMode, FlushMode, Framing, LifecycleConfig,
     OutputConfig, OutputKind, ReadFrom, RetryConfig, S3Settings, SecondaryConfig, SourceConfig, SourceKind,
@@ -546,9 +547,9 @@ impl Translator<'_> {
             })?;
         }
         out.path = m.get("path").unwrap_or("").to_string();
-        out.key_format = m
-            .get("s3_object_key_format")
-            .unwrap_or("%{path}%{time_slice}_%{index}.%{file_extension}")
+        let key_param = m.param("s3_object_key_format");
+        let mut key = key_param
+            .map_or("%{path}%{time_slice}_%{index}.%{file_extension}", |p| p.value.as_str())
             .to_string();
         if let Some(f) = m.get("time_slice_format") {
             out.time_slice_format = f.to_string();
@@ -567,29 +568,33 @@ impl Translator<'_> {
                 l.pos
             ));
             // One object per chunk, never overwriting an earlier one.
-            if !out.key_format.contains("%{index}") {
-                out.key_format = match out.key_format.rsplit_once('.') {
+            if !key.contains("%{index}") {
+                key = match key.rsplit_once('.') {
                     Some((stem, ext)) if !stem.ends_with('}') || stem.contains('/') => {
                         format!("{stem}.%{{index}}.{ext}")
                     }
-                    _ => format!("{}.%{{index}}", out.key_format),
+                    _ => format!("{key}.%{{index}}"),
                 };
             }
         }
-        let random = out.key_format.contains("%{hex_random}") || out.key_format.contains("%{uuid_flush}");
+        let random = key.contains("%{hex_random}") || key.contains("%{uuid_flush}");
         if out.s3.presigned_post.is_some() && !event_log && !random {
             // A presigned POST cannot look whether a key is taken (fluentd would overwrite a
             // restarted container's objects): a random part keeps runs apart.
-            out.key_format = if out.key_format.contains("%{index}") {
-                out.key_format.replacen("%{index}", "%{index}_%{hex_random}", 1)
+            key = if key.contains("%{index}") {
+                key.replacen("%{index}", "%{index}_%{hex_random}", 1)
             } else {
-                format!("{}_%{{hex_random}}", out.key_format)
+                format!("{key}_%{{hex_random}}")
             };
             self.warnings.push(format!(
-                "{}: s3_object_key_format: a presigned POST cannot see existing objects, so logship adds %{{hex_random}} to keep a later run from overwriting this one's objects ({})",
-                m.pos, out.key_format
+                "{}: s3_object_key_format: a presigned POST cannot see existing objects, so logship adds %{{hex_random}} to keep a later run from overwriting this one's objects ({key})",
+                m.pos
             ));
         }
+        out.key_format = KeyTemplate::parse(&key).map_err(|e| TranslateError {
+            pos: key_param.map_or_else(|| m.pos.clone(), |p| p.pos.clone()),
+            message: format!("s3_object_key_format {key:?}: {e}"),
+        })?;
         if event_log {
             // EMR: path ".../sparklogs/eventlog_v2_<app>", key "%{path}/events_%{index}_<app>".
             // The event-log source names the objects itself below the prefix ".../sparklogs".
