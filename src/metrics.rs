@@ -16,9 +16,9 @@ use std::time::Duration;
 pub struct OutputMetrics {
     /// Output name.
     pub name: String,
-    /// Chunks delivered.
+    /// Chunks delivered (acknowledged by the destination) since start.
     pub chunks_delivered: AtomicU64,
-    /// Bytes delivered.
+    /// Bytes delivered since start, as read (before compression).
     pub bytes_delivered: AtomicU64,
     /// Delivery attempts that failed and were retried.
     pub retries: AtomicU64,
@@ -35,11 +35,11 @@ pub struct OutputMetrics {
 pub struct FileMetrics {
     /// The source reading it.
     pub source: String,
-    /// Its path.
+    /// Its path, the `path` label (the file is followed by identity; this is where it was last seen).
     pub path: String,
     /// Bytes read into chunks (or uploaded, for a mirrored event log).
     pub bytes_read: u64,
-    /// Lines read.
+    /// Lines read from it since start (newlines; a split long line counts once).
     pub lines_read: u64,
     /// Its size at the last look.
     pub size: u64,

@@ -26,7 +26,7 @@ pub enum PresignError {
 /// What to sign.
 #[derive(Debug, Clone)]
 pub struct PresignRequest {
-    /// The bucket.
+    /// The bucket the POST may write to (the form's `bucket` field and the URL).
     pub bucket: String,
     /// Keys must start with this.
     pub key_prefix: String,

@@ -42,9 +42,9 @@ pub struct OutputSummary {
     pub name: String,
     /// Where it delivers (no secrets).
     pub destination: String,
-    /// Chunks delivered.
+    /// Chunks delivered in this run (a recovered chunk counts in the run that delivers it).
     pub chunks_delivered: u64,
-    /// Bytes delivered.
+    /// Bytes delivered in this run, as read (before compression).
     pub bytes_delivered: u64,
     /// The key of the last chunk delivered.
     pub last_key: Option<String>,

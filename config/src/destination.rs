@@ -12,7 +12,7 @@ pub enum Destination {
     Stdout,
     /// S3 objects under `prefix` (`s3://BUCKET/PREFIX`).
     S3 {
-        /// The bucket.
+        /// The bucket (the S3 output's `s3.bucket`).
         bucket: String,
         /// The key prefix, without leading or trailing `/` (empty for the bucket's root).
         prefix: String,
@@ -37,7 +37,7 @@ pub enum DestinationError {
     Unsupported {
         /// What was given.
         to: String,
-        /// Its scheme.
+        /// Its scheme, so the message can say which part was not understood.
         scheme: String,
     },
     /// `file://` without a directory.

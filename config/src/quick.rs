@@ -5,8 +5,7 @@ use std::path::PathBuf;
 
 use super::{
     AppStatusMode, BufferConfig, CloudWatchSettings, Config, ConfigError, EventLogMode, FlushMode, Framing,
-    LifecycleConfig, OutputConfig, OutputKind, RetryConfig, S3Settings, SecondaryConfig, SourceConfig, SourceKind,
-    SparkEventsConfig, WatchMode,
+    LifecycleConfig, OutputConfig, OutputKind, S3Settings, SourceConfig, SourceKind, SparkEventsConfig, WatchMode,
 };
 use crate::destination::Destination;
 use crate::units::{ByteSize, HumanDuration};
@@ -26,15 +25,15 @@ pub struct QuickArgs {
     pub timekey: HumanDuration,
     /// Chunk size limit.
     pub chunk_limit: ByteSize,
-    /// Heartbeat file.
+    /// `--heartbeat-file`: EMR's heartbeat; main has ended when it goes stale.
     pub heartbeat_file: Option<PathBuf>,
-    /// Heartbeat timeout.
+    /// `--heartbeat-timeout`: how old the heartbeat may get before main counts as ended.
     pub heartbeat_timeout: HumanDuration,
     /// How long the heartbeat file may take to appear.
     pub heartbeat_appear_timeout: HumanDuration,
-    /// Signal file.
+    /// `--signal-file`: its appearance ends the run (written by `logship wrap`).
     pub signal_file: Option<PathBuf>,
-    /// Drain deadline.
+    /// `--drain-deadline`; unset, the mode's default (60 s following, 24 h with `--once`).
     pub drain_deadline: Option<HumanDuration>,
     /// Object key format.
     pub key_format: Option<String>,
@@ -44,7 +43,7 @@ pub struct QuickArgs {
     pub raw: bool,
     /// Poll instead of inotify.
     pub poll: bool,
-    /// Flush mode.
+    /// `--flush-mode`: when chunks are sealed for delivery (lazy, interval, immediate).
     pub flush_mode: FlushMode,
     /// S3: a presigned POST file.
     pub presigned_post: Option<PathBuf>,
@@ -52,7 +51,7 @@ pub struct QuickArgs {
     pub store_as: crate::StoreAs,
     /// S3: endpoint URL.
     pub endpoint: Option<String>,
-    /// S3: region.
+    /// S3 and CloudWatch: `--region`, when the AWS configuration has none.
     pub region: Option<String>,
     /// S3: path-style addressing.
     pub path_style: bool,
@@ -104,22 +103,13 @@ pub fn build(args: &QuickArgs) -> Result<Config, ConfigError> {
         None if path.is_empty() => super::default_key_format(),
         None => super::default_key_format().under_path(),
     };
-    let output = OutputConfig {
-        name: "out".to_string(),
-        kind,
-        dir,
-        key_format,
-        path,
-        time_slice_format: String::new(),
-        index_start: 0,
-        retry: RetryConfig::default(),
-        secondary: SecondaryConfig {
-            directory: args.secondary_dir.clone().unwrap_or_default(),
-            basename: String::new(),
-        },
-        s3,
-        cloudwatch,
-    };
+    let mut output = OutputConfig::new("out", kind);
+    output.dir = dir;
+    output.key_format = key_format;
+    output.path = path;
+    output.secondary.directory = args.secondary_dir.clone().unwrap_or_default();
+    output.s3 = s3;
+    output.cloudwatch = cloudwatch;
     let (name, kind, paths, spark) = match (&args.spark_events, args.paths.is_empty()) {
         (Some(dir), true) => (
             "spark-events",
@@ -140,25 +130,11 @@ pub fn build(args: &QuickArgs) -> Result<Config, ConfigError> {
         }
         (None, true) => return Err(super::invalid("PATHS", "give files to ship, or --spark-events DIR")),
     };
-    let source = SourceConfig {
-        name: name.to_string(),
-        kind,
-        paths,
-        read_from: Default::default(),
-        refresh_interval: if args.once {
-            HumanDuration::secs(3600)
-        } else {
-            HumanDuration::secs(5)
-        },
-        format: if args.raw { Framing::Raw } else { Framing::Lines },
-        max_line_size: None,
-        watch: if args.poll { WatchMode::Poll } else { WatchMode::Notify },
-        poll_interval: HumanDuration::secs(1),
-        rotate_wait: HumanDuration::secs(5),
-        tag: None,
-        outputs: Vec::new(),
-        spark,
-    };
+    let mut source = SourceConfig::new(name, kind, paths);
+    source.refresh_interval = HumanDuration::secs(if args.once { 3600 } else { 5 });
+    source.format = if args.raw { Framing::Raw } else { Framing::Lines };
+    source.watch = if args.poll { WatchMode::Poll } else { WatchMode::Notify };
+    source.spark = spark;
     let mut config = Config {
         buffer: BufferConfig {
             dir: args.buffer_dir.clone(),

@@ -88,7 +88,7 @@ pub struct OutputKeying {
     pub path: String,
     /// strftime format of `%{time_slice}`.
     pub time_slice_format: String,
-    /// `%{file_extension}`.
+    /// `%{file_extension}` for the output's codec (`txt`, `gz`, `zst`).
     pub file_extension: String,
     /// First `%{index}` of each prefix.
     pub index_start: u64,
@@ -131,7 +131,7 @@ pub struct SealedChunk {
     pub seq: u64,
     /// Index of the output it is for.
     pub output: usize,
-    /// Its tag.
+    /// Its tag: the key's `%{tag}`, and the CloudWatch stream's.
     pub tag: String,
     /// Its object key.
     pub key: String,

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 /// Where something is in the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pos {
-    /// The file.
+    /// The file (an `@include` can make it another than the one given).
     pub file: PathBuf,
     /// 1-based line.
     pub line: usize,

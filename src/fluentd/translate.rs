@@ -8,9 +8,8 @@ use std::path::{Path, PathBuf};
 use super::parse::{Element, Pos};
 use crate::config::key::KeyTemplate;
 use crate::config::{
-    AppStatusMode, BufferConfig, CloudWatchSettings, Config, EventLogMode, FlushMode, Framing, LifecycleConfig,
-    OutputConfig, OutputKind, ReadFrom, RetryConfig, S3Settings, SecondaryConfig, SourceConfig, SourceKind,
-    SparkEventsConfig, WatchMode,
+    AppStatusMode, BufferConfig, Config, EventLogMode, FlushMode, LifecycleConfig, OutputConfig, OutputKind, ReadFrom,
+    SourceConfig, SourceKind, SparkEventsConfig,
 };
 use crate::sink::compress::StoreAs;
 use crate::units::{ByteSize, HumanDuration};
@@ -176,8 +175,9 @@ struct Src<'a> {
     label: Option<String>,
 }
 
-/// Translates the parsed configuration; `buffer_root` is where logship keeps its buffer when the
-/// config names none (a fluentd buffer path's directory is used when there is one).
+/// Translates the parsed configuration; `env` answers `#{ENV[...]}` and the pod contract's
+/// variables (the heartbeat file). logship's buffer goes next to the first fluentd buffer path
+/// (`<dir>/logship`), or the default when the config names none.
 pub fn translate(root: &Element, env: &dyn Fn(&str) -> Option<String>) -> Result<Translation, TranslateError> {
     let mut warnings = Vec::new();
     // Flatten <worker N> (logship runs one pipeline) and collect sources, labels and matches.
@@ -385,25 +385,17 @@ impl Translator<'_> {
         // also finds rolling and compressed logs that these paths cannot match.
         let event_log = paths.iter().any(|p| p.ends_with(".inprogress"));
         let output = self.output(m, event_log)?;
-        let mut src = SourceConfig {
-            name: if s.tag.is_empty() {
-                format!("source-{i}")
-            } else {
-                s.tag.clone()
-            },
-            kind: SourceKind::Tail,
-            paths: paths.clone(),
-            read_from,
-            refresh_interval: refresh,
-            format: Framing::Lines,
-            max_line_size: None,
-            watch: WatchMode::Notify,
-            poll_interval: HumanDuration::secs(1),
-            rotate_wait: duration_param(el, "rotate_wait")?.unwrap_or(HumanDuration::secs(5)),
-            tag: (!s.tag.is_empty()).then(|| s.tag.clone()),
-            outputs: vec![output],
-            spark: None,
+        let name = if s.tag.is_empty() {
+            format!("source-{i}")
+        } else {
+            s.tag.clone()
         };
+        let mut src = SourceConfig::new(&name, SourceKind::Tail, paths.clone());
+        src.read_from = read_from;
+        src.refresh_interval = refresh;
+        src.rotate_wait = duration_param(el, "rotate_wait")?.unwrap_or(src.rotate_wait);
+        src.tag = (!s.tag.is_empty()).then(|| s.tag.clone());
+        src.outputs = vec![output];
         if event_log {
             let first = Path::new(&paths[0]);
             let dir = first.parent().unwrap_or(Path::new("/")).to_string_lossy().into_owned();
@@ -438,19 +430,7 @@ impl Translator<'_> {
             if kind.is_empty() { "output" } else { kind },
             self.outputs.len()
         );
-        let mut out = OutputConfig {
-            name: name.clone(),
-            kind: OutputKind::Stdout,
-            dir: None,
-            key_format: crate::config::default_key_format(),
-            path: String::new(),
-            time_slice_format: String::new(),
-            index_start: 0,
-            retry: RetryConfig::default(),
-            secondary: SecondaryConfig::default(),
-            s3: S3Settings::default(),
-            cloudwatch: CloudWatchSettings::default(),
-        };
+        let mut out = OutputConfig::new(&name, OutputKind::Stdout);
         match kind {
             "s3" => self.s3(m, &mut out, event_log)?,
             "cloudwatch_logs" => self.cloudwatch(m, &mut out)?,

@@ -75,14 +75,14 @@ pub enum Condition {
     Eq {
         /// Field name, lower case, without `$`.
         field: String,
-        /// The value.
+        /// The value the field must have.
         value: String,
     },
     /// The field must start with the prefix (empty: anything).
     StartsWith {
         /// Field name, lower case, without `$`.
         field: String,
-        /// The prefix.
+        /// The prefix every key must start with (the POST's reach in the bucket).
         prefix: String,
     },
     /// The file's size must be within [min, max].
@@ -99,7 +99,7 @@ pub enum Condition {
 pub struct Policy {
     /// When it stops being accepted.
     pub expiration: chrono::DateTime<chrono::Utc>,
-    /// Its conditions.
+    /// Its conditions, checked before each upload so a refusal is explained without sending the body.
     pub conditions: Vec<Condition>,
 }
 

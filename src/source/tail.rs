@@ -695,7 +695,8 @@ impl TailSource {
         Ok(())
     }
 
-    /// Whether a file-system poll should happen now (files may have grown without an event).
+    /// How often followed files are looked at for growth: `poll_interval` with `watch = "poll"`,
+    /// else a 5 s safety poll behind inotify (files may grow without an event, e.g. over NFS).
     pub fn poll_interval(&self) -> Duration {
         match self.config.watch {
             crate::config::WatchMode::Poll => self.config.poll_interval.get(),
@@ -704,7 +705,6 @@ impl TailSource {
     }
 }
 
-/// What kind of file `meta` describes, for messages.
 /// The file of checkpoint `c` if it is still in the directory of its last path under another
 /// name (same device, inode and leading bytes) with bytes after the checkpoint: opened at the
 /// checkpoint, already "gone" from its path, so it is read to its end and then let go.
@@ -752,6 +752,7 @@ fn moved_file(c: &SourceCheckpoint, now: Instant) -> Option<TailedFile> {
     None
 }
 
+/// What kind of file `meta` describes, for messages.
 fn file_kind(meta: &std::fs::Metadata) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
     let t = meta.file_type();
