@@ -67,7 +67,7 @@ const MIN_BATCH_BYTES: u64 = 64 << 10;
 pub struct Pipeline {
     config: Arc<Config>,
     store: ChunkStore,
-    sources: Vec<Source>,
+    sources: Vec<Box<dyn Source>>,
     outputs: Vec<UnboundedSender<SealedChunk>>,
     rx: Receiver<Control>,
     wake: Arc<WakeFlags>,
@@ -118,7 +118,7 @@ impl Pipeline {
         let sources = config
             .sources
             .iter()
-            .map(|s| Source::new(s.clone(), config.routes(s)))
+            .map(|s| crate::source::build(s.clone(), config.routes(s)))
             .collect();
         let summary = Summary::new(&config);
         Pipeline {

@@ -12,82 +12,104 @@ use crate::config::{SourceConfig, SourceKind};
 use eventlog::EventLogSource;
 use tail::{TailError, TailSource, TailStats};
 
-/// One configured source; the pipeline thread drives it.
-#[allow(clippy::large_enum_variant)] // one per configured source, never moved after start
-pub enum Source {
-    /// Files by path and identity.
-    Tail(TailSource),
-    /// Spark event-log directories.
-    SparkEvents(EventLogSource),
+/// A source the pipeline thread drives: it finds its files, reads them into the buffer, and
+/// reports where it is (checkpoints) and what it could not do. Implemented by [`TailSource`]
+/// and [`EventLogSource`]; a new kind of source implements it and gets a `SourceKind`.
+pub trait Source: Send {
+    /// Its configuration.
+    fn config(&self) -> &SourceConfig;
+
+    /// The outputs it feeds (indices into the configuration's outputs).
+    fn routes(&self) -> &[usize];
+
+    /// Directories to watch with inotify, and whether recursively.
+    fn watch_dirs(&self) -> Vec<(PathBuf, bool)>;
+
+    /// When the next scan for new files is due (`None`: now).
+    fn next_scan(&self) -> Option<Instant>;
+
+    /// When a rotated file's wait ends, so the pipeline wakes to let it go.
+    fn next_rotate_deadline(&self) -> Option<Instant>;
+
+    /// How often to look at files for growth without an event.
+    fn poll_interval(&self) -> Duration;
+
+    /// Looks for new files, resuming known ones from `checkpoints`.
+    fn scan(&mut self, checkpoints: &[SourceCheckpoint], now: Instant);
+
+    /// Reads new data into `store`, up to `budget` bytes; returns the bytes read. `drain`: read to the drain point, unterminated last lines included.
+    fn read(
+        &mut self,
+        store: &mut ChunkStore,
+        budget: u64,
+        drain: bool,
+        now: Instant,
+        now_ms: i64,
+    ) -> Result<u64, TailError>;
+
+    /// Read positions to commit with the chunks (not yet committed).
+    fn checkpoints(&self) -> Vec<SourceCheckpoint>;
+
+    /// After a commit: what was read is now durable.
+    fn committed(&mut self);
+
+    /// After a rollback: back to the committed positions, to read that data again.
+    fn rewind(&mut self);
+
+    /// Records the drain point: the drain reads up to each file's size now.
+    fn mark_drain_point(&mut self);
+
+    /// Bytes before the drain point not read, per file (for the summary and exit code).
+    fn unread(&self) -> Vec<(PathBuf, u64)>;
+
+    /// What it was asked to ship but could not, and why (see `TailSource::not_shipped`).
+    fn not_shipped(&self, once: bool) -> Vec<tail::NotShipped>;
+
+    /// The files it follows, for the metrics endpoint.
+    fn files(&self) -> Vec<crate::metrics::FileMetrics>;
+
+    /// Its counters, for the summary.
+    fn stats(&self) -> TailStats;
 }
 
-impl Source {
-    /// The source described by `config`, feeding the outputs `routes`.
-    pub fn new(config: SourceConfig, routes: Vec<usize>) -> Source {
-        match config.kind {
-            SourceKind::Tail => Source::Tail(TailSource::new(config, routes)),
-            SourceKind::SparkEvents => Source::SparkEvents(EventLogSource::new(config, routes)),
-        }
+/// The source described by `config`, feeding the outputs `routes`.
+pub fn build(config: SourceConfig, routes: Vec<usize>) -> Box<dyn Source> {
+    match config.kind {
+        SourceKind::Tail => Box::new(TailSource::new(config, routes)),
+        SourceKind::SparkEvents => Box::new(EventLogSource::new(config, routes)),
+    }
+}
+
+impl Source for TailSource {
+    fn config(&self) -> &SourceConfig {
+        &self.config
     }
 
-    /// Its configuration.
-    pub fn config(&self) -> &SourceConfig {
-        match self {
-            Source::Tail(t) => &t.config,
-            Source::SparkEvents(e) => &e.config,
-        }
+    fn routes(&self) -> &[usize] {
+        &self.routes
     }
 
-    /// The outputs it feeds.
-    pub fn routes(&self) -> &[usize] {
-        match self {
-            Source::Tail(t) => &t.routes,
-            Source::SparkEvents(e) => &e.routes,
-        }
+    fn watch_dirs(&self) -> Vec<(PathBuf, bool)> {
+        TailSource::watch_dirs(self)
     }
 
-    /// Directories to watch, and whether recursively.
-    pub fn watch_dirs(&self) -> Vec<(PathBuf, bool)> {
-        match self {
-            Source::Tail(t) => t.watch_dirs(),
-            Source::SparkEvents(e) => e.watch_dirs(),
-        }
+    fn next_scan(&self) -> Option<Instant> {
+        TailSource::next_scan(self)
     }
 
-    /// When the next scan for new files is due.
-    pub fn next_scan(&self) -> Option<Instant> {
-        match self {
-            Source::Tail(t) => t.next_scan(),
-            Source::SparkEvents(e) => e.next_scan(),
-        }
+    fn next_rotate_deadline(&self) -> Option<Instant> {
+        TailSource::next_rotate_deadline(self)
     }
 
-    /// When a rotated file's wait ends.
-    pub fn next_rotate_deadline(&self) -> Option<Instant> {
-        match self {
-            Source::Tail(t) => t.next_rotate_deadline(),
-            Source::SparkEvents(e) => e.next_rotate_deadline(),
-        }
+    fn poll_interval(&self) -> Duration {
+        TailSource::poll_interval(self)
     }
 
-    /// How often to look at files without an event.
-    pub fn poll_interval(&self) -> Duration {
-        match self {
-            Source::Tail(t) => t.poll_interval(),
-            Source::SparkEvents(e) => e.poll_interval(),
-        }
+    fn scan(&mut self, checkpoints: &[SourceCheckpoint], now: Instant) {
+        TailSource::scan(self, checkpoints, now)
     }
 
-    /// Looks for new files.
-    pub fn scan(&mut self, checkpoints: &[SourceCheckpoint], now: Instant) {
-        match self {
-            Source::Tail(t) => t.scan(checkpoints, now),
-            Source::SparkEvents(e) => e.scan(checkpoints, now),
-        }
-    }
-
-    /// Reads new data into `store`; returns the bytes read.
-    pub fn read(
+    fn read(
         &mut self,
         store: &mut ChunkStore,
         budget: u64,
@@ -95,73 +117,111 @@ impl Source {
         now: Instant,
         now_ms: i64,
     ) -> Result<u64, TailError> {
-        match self {
-            Source::Tail(t) => t.read(store, budget, drain, now, now_ms),
-            Source::SparkEvents(e) => e.read(store, budget, drain, now, now_ms),
-        }
+        TailSource::read(self, store, budget, drain, now, now_ms)
     }
 
-    /// Current (uncommitted) checkpoints.
-    pub fn checkpoints(&self) -> Vec<SourceCheckpoint> {
-        match self {
-            Source::Tail(t) => t.checkpoints().collect(),
-            Source::SparkEvents(e) => e.checkpoints(),
-        }
+    fn checkpoints(&self) -> Vec<SourceCheckpoint> {
+        TailSource::checkpoints(self).collect()
     }
 
-    /// After a commit.
-    pub fn committed(&mut self) {
-        match self {
-            Source::Tail(t) => t.committed(),
-            Source::SparkEvents(e) => e.committed(),
-        }
+    fn committed(&mut self) {
+        TailSource::committed(self)
     }
 
-    /// After a rollback.
-    pub fn rewind(&mut self) {
-        match self {
-            Source::Tail(t) => t.rewind(),
-            Source::SparkEvents(e) => e.rewind(),
-        }
+    fn rewind(&mut self) {
+        TailSource::rewind(self)
     }
 
-    /// Records the drain point.
-    pub fn mark_drain_point(&mut self) {
-        match self {
-            Source::Tail(t) => t.mark_drain_point(),
-            Source::SparkEvents(e) => e.mark_drain_point(),
-        }
+    fn mark_drain_point(&mut self) {
+        TailSource::mark_drain_point(self)
     }
 
-    /// Bytes not read, per file.
-    pub fn unread(&self) -> Vec<(PathBuf, u64)> {
-        match self {
-            Source::Tail(t) => t.unread(),
-            Source::SparkEvents(e) => e.unread(),
-        }
+    fn unread(&self) -> Vec<(PathBuf, u64)> {
+        TailSource::unread(self)
     }
 
-    /// What it was asked to ship but could not, and why (see `TailSource::not_shipped`).
-    pub fn not_shipped(&self, once: bool) -> Vec<tail::NotShipped> {
-        match self {
-            Source::Tail(t) => t.not_shipped(once),
-            Source::SparkEvents(e) => e.not_shipped(once),
-        }
+    fn not_shipped(&self, once: bool) -> Vec<tail::NotShipped> {
+        TailSource::not_shipped(self, once)
     }
 
-    /// The files it follows, for the metrics endpoint.
-    pub fn files(&self) -> Vec<crate::metrics::FileMetrics> {
-        match self {
-            Source::Tail(t) => t.file_metrics(),
-            Source::SparkEvents(e) => e.file_metrics(),
-        }
+    fn files(&self) -> Vec<crate::metrics::FileMetrics> {
+        self.file_metrics()
     }
 
-    /// Counters.
-    pub fn stats(&self) -> TailStats {
-        match self {
-            Source::Tail(t) => t.stats.clone(),
-            Source::SparkEvents(e) => e.stats(),
-        }
+    fn stats(&self) -> TailStats {
+        self.stats.clone()
+    }
+}
+
+impl Source for EventLogSource {
+    fn config(&self) -> &SourceConfig {
+        &self.config
+    }
+
+    fn routes(&self) -> &[usize] {
+        &self.routes
+    }
+
+    fn watch_dirs(&self) -> Vec<(PathBuf, bool)> {
+        EventLogSource::watch_dirs(self)
+    }
+
+    fn next_scan(&self) -> Option<Instant> {
+        EventLogSource::next_scan(self)
+    }
+
+    fn next_rotate_deadline(&self) -> Option<Instant> {
+        EventLogSource::next_rotate_deadline(self)
+    }
+
+    fn poll_interval(&self) -> Duration {
+        EventLogSource::poll_interval(self)
+    }
+
+    fn scan(&mut self, checkpoints: &[SourceCheckpoint], now: Instant) {
+        EventLogSource::scan(self, checkpoints, now)
+    }
+
+    fn read(
+        &mut self,
+        store: &mut ChunkStore,
+        budget: u64,
+        drain: bool,
+        now: Instant,
+        now_ms: i64,
+    ) -> Result<u64, TailError> {
+        EventLogSource::read(self, store, budget, drain, now, now_ms)
+    }
+
+    fn checkpoints(&self) -> Vec<SourceCheckpoint> {
+        EventLogSource::checkpoints(self)
+    }
+
+    fn committed(&mut self) {
+        EventLogSource::committed(self)
+    }
+
+    fn rewind(&mut self) {
+        EventLogSource::rewind(self)
+    }
+
+    fn mark_drain_point(&mut self) {
+        EventLogSource::mark_drain_point(self)
+    }
+
+    fn unread(&self) -> Vec<(PathBuf, u64)> {
+        EventLogSource::unread(self)
+    }
+
+    fn not_shipped(&self, once: bool) -> Vec<tail::NotShipped> {
+        EventLogSource::not_shipped(self, once)
+    }
+
+    fn files(&self) -> Vec<crate::metrics::FileMetrics> {
+        self.file_metrics()
+    }
+
+    fn stats(&self) -> TailStats {
+        EventLogSource::stats(self)
     }
 }
