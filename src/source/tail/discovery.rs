@@ -1,0 +1,266 @@
+//! Finding the files: glob patterns, new files opened at their checkpoint, renames followed,
+//! files gone from their paths, and files moved while logship was not running.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::identity::{FINGERPRINT_MAX, Fingerprint, fingerprint};
+use super::{TailSource, TailedFile};
+use crate::buffer::SourceCheckpoint;
+use crate::config::ReadFrom;
+use crate::fsutil::FileId;
+
+/// Whether a path component (or pattern) holds glob syntax.
+pub(super) fn is_glob(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+/// The literal leading directories of a glob (`/var/log/*/stdout` → `/var/log`), and whether
+/// matches may lie deeper than one level below it.
+pub fn glob_base(pattern: &str) -> (PathBuf, bool) {
+    let path = Path::new(pattern);
+    let mut base = PathBuf::new();
+    let comps: Vec<_> = path.components().collect();
+    for (i, c) in comps.iter().enumerate() {
+        let s = c.as_os_str().to_string_lossy();
+        if is_glob(&s) {
+            let deep = comps.len() - i > 1 || s.contains("**");
+            return (base, deep);
+        }
+        if i == comps.len() - 1 {
+            // A plain path: its directory is the base.
+            return (base, false);
+        }
+        base.push(c.as_os_str());
+    }
+    (base, false)
+}
+
+impl TailSource {
+    /// Looks for files matching the patterns: new ones are opened (resuming from `checkpoints`
+    /// when the fingerprint matches), known ones get their current path, missing ones are marked
+    /// gone.
+    pub fn scan(&mut self, checkpoints: &[SourceCheckpoint], now: Instant) {
+        let initial = !self.scanned_once;
+        self.scanned_once = true;
+        self.last_scan = Some(now);
+        let mut seen = Vec::new();
+        // Rebuilt at every scan: what is skipped is what is there now.
+        let before = std::mem::take(&mut self.skipped);
+        for pi in 0..self.patterns.len() {
+            let entries = match glob::glob(&self.patterns[pi].glob) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(pattern = %self.patterns[pi].glob, error = %e, "bad glob pattern");
+                    continue;
+                }
+            };
+            let literal = self.patterns[pi].literal;
+            for path in entries.flatten() {
+                let meta = match std::fs::metadata(&path) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        self.skipped.insert(path, format!("cannot use it: {e}"));
+                        continue;
+                    }
+                };
+                if self.tagger.as_ref().is_some_and(|t| t(&path).is_none()) {
+                    continue;
+                }
+                if !meta.is_file() {
+                    // A directory that a glob happens to match is not what was asked for; one
+                    // named on its own is. Anything else (a FIFO, a socket, a device) would
+                    // block or never end: named, never read.
+                    if !meta.is_dir() || literal {
+                        self.skipped
+                            .insert(path, format!("not a regular file ({})", file_kind(&meta)));
+                    }
+                    continue;
+                }
+                self.patterns[pi].matched = true;
+                let id = FileId::of(&meta);
+                if seen.contains(&id) {
+                    continue;
+                }
+                seen.push(id);
+                if let Some(f) = self.files.iter_mut().find(|f| f.id == id) {
+                    if f.path != path {
+                        tracing::info!(from = %f.path.display(), to = %path.display(), "file renamed; following it");
+                        f.path = path;
+                    }
+                    f.gone_since = None;
+                    continue;
+                }
+                let base = self.patterns[pi].base.clone();
+                match self.open_file(&path, &base, checkpoints, initial, now) {
+                    Ok(Some(f)) => {
+                        self.skipped.remove(&f.path);
+                        seen.push(f.id);
+                        tracing::info!(path = %f.path.display(), pos = f.pos, tag = %f.tag, "following file");
+                        self.stats.files_found += 1;
+                        self.files.push(f);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        if !before.contains_key(&path) {
+                            tracing::warn!(path = %path.display(), error = %e, "cannot open file; will retry");
+                        }
+                        self.skipped.insert(path, format!("cannot open it: {e}"));
+                    }
+                }
+            }
+        }
+        if initial {
+            // Files renamed while logship was not running (rotation with nobody watching): a
+            // checkpointed file that no pattern matches any more is looked for beside its old
+            // path by identity and content, and its unread tail is read, as runtime rotation
+            // does with a file it still holds open.
+            for c in checkpoints.iter().filter(|c| c.source == self.config.name) {
+                if self.files.iter().any(|f| f.id == c.id) {
+                    continue;
+                }
+                if let Some(f) = moved_file(c, now) {
+                    tracing::info!(from = %c.path.display(), to = %f.path.display(), unread = f.last_size - f.pos, "file moved while logship was not running; reading its tail");
+                    self.stats.files_found += 1;
+                    self.files.push(f);
+                }
+            }
+        }
+        for f in &mut self.files {
+            if !seen.contains(&f.id) && f.gone_since.is_none() {
+                tracing::info!(path = %f.path.display(), "file is gone from its path; reading it to its end");
+                f.gone_since = Some(now);
+            }
+        }
+    }
+
+    pub(super) fn open_file(
+        &self,
+        path: &Path,
+        base: &Path,
+        checkpoints: &[SourceCheckpoint],
+        initial: bool,
+        now: Instant,
+    ) -> std::io::Result<Option<TailedFile>> {
+        let file = File::open(path)?;
+        let meta = file.metadata()?;
+        let id = FileId::of(&meta);
+        if self.files.iter().any(|f| f.id == id) {
+            return Ok(None);
+        }
+        let size = meta.len();
+        let resume = checkpoints.iter().find(|c| c.id == id && c.source == self.config.name).and_then(|c| {
+            let same = c.pos <= size
+                && (c.fp_len as u64) <= size
+                && fingerprint(&file, c.fp_len as u64).ok() == Some(Fingerprint { len: c.fp_len, hash: c.fp });
+            if !same {
+                tracing::info!(path = %path.display(), "checkpoint does not match the file's content (new file with a reused inode, or rewritten); reading from the start");
+            }
+            same.then(|| (c.pos, c.tag.clone()))
+        });
+        let (pos, tag) = match resume {
+            Some((pos, tag)) => (pos, tag),
+            None => {
+                let pos = if initial && self.config.read_from == ReadFrom::End {
+                    size
+                } else {
+                    0
+                };
+                (pos, self.tag_for(path, base))
+            }
+        };
+        let fp = fingerprint(&file, size.min(FINGERPRINT_MAX))?;
+        Ok(Some(TailedFile {
+            id,
+            path: path.to_path_buf(),
+            tag,
+            file,
+            pos,
+            lines: 0,
+            committed_pos: pos,
+            fp,
+            scan_hint: 0,
+            gone_since: None,
+            last_growth: now,
+            last_size: size,
+            drain_size: None,
+        }))
+    }
+
+    fn tag_for(&self, path: &Path, base: &Path) -> String {
+        if let Some(t) = &self.config.tag {
+            return t.clone();
+        }
+        if let Some(tag) = self.tagger.as_ref().and_then(|t| t(path)) {
+            return tag;
+        }
+        let rel = path.strip_prefix(base).unwrap_or(path);
+        let s = rel.to_string_lossy().trim_start_matches('/').to_string();
+        if s.is_empty() { self.config.name.clone() } else { s }
+    }
+}
+
+/// The file of checkpoint `c` if it is still in the directory of its last path under another
+/// name (same device, inode and leading bytes) with bytes after the checkpoint: opened at the
+/// checkpoint, already "gone" from its path, so it is read to its end and then let go.
+fn moved_file(c: &SourceCheckpoint, now: Instant) -> Option<TailedFile> {
+    use std::os::unix::fs::DirEntryExt;
+    let dir = c.path.parent()?;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        // The inode from the directory entry: no stat for the other names.
+        if entry.ino() != c.id.ino {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(file) = File::open(&path) else { continue };
+        let Ok(meta) = file.metadata() else { continue };
+        let size = meta.len();
+        let same = FileId::of(&meta) == c.id
+            && meta.is_file()
+            && c.pos < size
+            && (c.fp_len as u64) <= size
+            && fingerprint(&file, c.fp_len as u64).ok()
+                == Some(Fingerprint {
+                    len: c.fp_len,
+                    hash: c.fp,
+                });
+        if !same {
+            continue;
+        }
+        let fp = fingerprint(&file, size.min(FINGERPRINT_MAX)).ok()?;
+        return Some(TailedFile {
+            id: c.id,
+            path,
+            tag: c.tag.clone(),
+            file,
+            pos: c.pos,
+            lines: 0,
+            committed_pos: c.pos,
+            fp,
+            scan_hint: 0,
+            gone_since: Some(now),
+            last_growth: now,
+            last_size: size,
+            drain_size: None,
+        });
+    }
+    None
+}
+
+/// What kind of file `meta` describes, for messages.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else {
+        "not a file"
+    }
+}

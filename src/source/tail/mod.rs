@@ -1,0 +1,304 @@
+//! Following files by path and identity.
+//!
+//! A [`TailSource`] finds files matching its globs and follows each one by device and inode, so
+//! a rename (rotation, Spark's `.inprogress` → final name) keeps its position, and a new file at
+//! an old path is a new file. A followed file that disappears from its paths (renamed away,
+//! deleted) keeps being read through its open descriptor until it has been quiet for
+//! `rotate_wait`, then it is closed. A file that shrinks, or whose first bytes change (copytruncate
+//! followed by new writes), is read again from the start.
+//!
+//! Reading copies large blocks into the buffer and cuts at the last newline found with one
+//! backward search (`memrchr`); the bytes after it (a partial line) are read again next time, so a
+//! chunk never ends inside a line. Lines longer than the block are found with a forward scan and
+//! streamed into one chunk; lines longer than `max_line_size` are split (and counted). At drain,
+//! an unterminated last line is delivered as it is.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::buffer::{BufferError, SourceCheckpoint};
+use crate::config::SourceConfig;
+use crate::fsutil::FileId;
+
+mod discovery;
+mod identity;
+mod reading;
+
+pub use discovery::glob_base;
+use discovery::is_glob;
+use identity::Fingerprint;
+
+/// Largest block read at once. Bounds the memory a source uses.
+pub const READ_BLOCK: usize = 256 * 1024;
+
+/// What went wrong reading a file; the pipeline logs it and carries on.
+#[derive(Debug, thiserror::Error)]
+pub enum TailError {
+    /// Appending to the buffer failed (the pipeline rolls back and retries later).
+    #[error(transparent)]
+    Buffer(#[from] BufferError),
+    /// Reading the file failed.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Counters of one source, for the summary and metrics.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct TailStats {
+    /// Bytes copied into chunks.
+    pub bytes_read: u64,
+    /// Files that shrank or were rewritten and were read again from the start.
+    pub truncations: u64,
+    /// Lines longer than `max_line_size` that were split.
+    pub lines_split: u64,
+    /// Unterminated last lines delivered as they were (at drain or after rotation).
+    pub partial_lines_flushed: u64,
+    /// Files discovered.
+    pub files_found: u64,
+}
+
+/// One followed file.
+#[derive(Debug)]
+pub struct TailedFile {
+    /// Device and inode.
+    pub id: FileId,
+    /// Where it was last seen.
+    pub path: PathBuf,
+    /// Tag of its records.
+    pub tag: String,
+    file: File,
+    /// Bytes before this are in chunks.
+    pub pos: u64,
+    /// Newlines read from it in this run (for metrics).
+    pub lines: u64,
+    committed_pos: u64,
+    fp: Fingerprint,
+    /// Bytes after `pos` already known to hold no newline (saves rescanning a growing long line).
+    scan_hint: u64,
+    /// When it stopped matching any path (renamed away or deleted).
+    gone_since: Option<Instant>,
+    /// When it last grew (or was found).
+    last_growth: Instant,
+    /// Size at the last look.
+    last_size: u64,
+    /// Size when the drain started: the drain reads up to here (a writer that keeps going does
+    /// not keep the drain going), and only bytes before it count as not delivered.
+    drain_size: Option<u64>,
+}
+
+struct Pattern {
+    glob: String,
+    /// The literal directory the pattern starts from; tags are paths relative to it.
+    base: PathBuf,
+    /// Whether any scan found a file for it.
+    matched: bool,
+    /// A plain path, no glob: what it names was asked for by name.
+    literal: bool,
+}
+
+/// A source of type `tail`.
+pub struct TailSource {
+    /// Its configuration.
+    pub config: SourceConfig,
+    /// Indices of the outputs it feeds.
+    pub routes: Vec<usize>,
+    patterns: Vec<Pattern>,
+    /// The files being followed, in discovery order.
+    pub files: Vec<TailedFile>,
+    scanned_once: bool,
+    last_scan: Option<Instant>,
+    /// Counters.
+    pub stats: TailStats,
+    buf: Vec<u8>,
+    /// Which matching files to follow and their tags (event logs: the application id);
+    /// `None` from it skips the file. Without it every match is followed, tagged by its path.
+    tagger: Option<Tagger>,
+    /// Matches that cannot be shipped, and why (not a regular file, cannot be opened), as of
+    /// the last scan: reported at exit, so a run that skipped one never looks complete.
+    skipped: std::collections::BTreeMap<PathBuf, String>,
+}
+
+/// A path a run was asked to ship but did not, and why (for the exit summary).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NotShipped {
+    /// The path or pattern.
+    pub path: String,
+    /// Why it was not shipped.
+    pub reason: String,
+}
+
+/// Chooses the files a source follows and tags them (see [`TailSource::with_tagger`]).
+pub type Tagger = Box<dyn Fn(&Path) -> Option<String> + Send>;
+
+impl TailSource {
+    /// A source from its config; `routes` are the outputs it feeds.
+    pub fn new(config: SourceConfig, routes: Vec<usize>) -> TailSource {
+        let patterns = config
+            .paths
+            .iter()
+            .map(|p| Pattern {
+                glob: p.clone(),
+                base: glob_base(p).0,
+                matched: false,
+                literal: !is_glob(p),
+            })
+            .collect();
+        let block = READ_BLOCK.min(config.max_line() as usize).max(1);
+        TailSource {
+            config,
+            routes,
+            patterns,
+            files: Vec::new(),
+            scanned_once: false,
+            last_scan: None,
+            stats: TailStats::default(),
+            buf: vec![0; block],
+            tagger: None,
+            skipped: Default::default(),
+        }
+    }
+
+    /// What this source was asked to ship but could not: matches that are not regular files
+    /// or cannot be opened, and (with `once`, where nothing can appear later) patterns that
+    /// match nothing.
+    pub fn not_shipped(&self, once: bool) -> Vec<NotShipped> {
+        let mut v: Vec<NotShipped> = self
+            .skipped
+            .iter()
+            .map(|(p, r)| NotShipped {
+                path: p.display().to_string(),
+                reason: r.clone(),
+            })
+            .collect();
+        if once {
+            for p in self.patterns.iter().filter(|p| !p.matched) {
+                let reason = if !p.literal {
+                    "no file matches this pattern".to_string()
+                } else {
+                    match std::fs::metadata(&p.glob) {
+                        Err(e) => format!("cannot use it: {e}"),
+                        Ok(_) => "nothing was read from it".to_string(),
+                    }
+                };
+                if !self.skipped.contains_key(Path::new(&p.glob)) {
+                    v.push(NotShipped {
+                        path: p.glob.clone(),
+                        reason,
+                    });
+                }
+            }
+        }
+        v
+    }
+
+    /// Follows only the matches `tagger` gives a tag to, with that tag.
+    pub fn with_tagger(mut self, tagger: Tagger) -> TailSource {
+        self.tagger = Some(tagger);
+        self
+    }
+
+    /// Directories to watch for events, and whether recursively.
+    pub fn watch_dirs(&self) -> Vec<(PathBuf, bool)> {
+        self.config.paths.iter().map(|p| glob_base(p)).collect()
+    }
+
+    /// When the next periodic scan for new files is due.
+    pub fn next_scan(&self) -> Option<Instant> {
+        self.last_scan.map(|t| t + self.config.refresh_interval.get())
+    }
+
+    /// When a file that went away will have waited `rotate_wait`.
+    pub fn next_rotate_deadline(&self) -> Option<Instant> {
+        let wait = self.config.rotate_wait.get();
+        self.files
+            .iter()
+            .filter_map(|f| f.gone_since.map(|g| g.max(f.last_growth) + wait))
+            .min()
+    }
+
+    /// What the metrics endpoint shows per file.
+    pub fn file_metrics(&self) -> Vec<crate::metrics::FileMetrics> {
+        self.files
+            .iter()
+            .map(|f| crate::metrics::FileMetrics {
+                source: self.config.name.clone(),
+                path: f.path.display().to_string(),
+                bytes_read: f.pos,
+                lines_read: f.lines,
+                size: f.last_size,
+            })
+            .collect()
+    }
+
+    /// Checkpoints of the files being followed (their current, uncommitted positions).
+    pub fn checkpoints(&self) -> impl Iterator<Item = SourceCheckpoint> + '_ {
+        self.files.iter().map(|f| SourceCheckpoint {
+            id: f.id,
+            fp_len: f.fp.len,
+            fp: f.fp.hash,
+            pos: f.pos,
+            path: f.path.clone(),
+            tag: f.tag.clone(),
+            source: self.config.name.clone(),
+        })
+    }
+
+    /// After a successful commit: the current positions are the committed ones.
+    pub fn committed(&mut self) {
+        for f in &mut self.files {
+            f.committed_pos = f.pos;
+        }
+    }
+
+    /// After a rollback: go back to the committed positions.
+    pub fn rewind(&mut self) {
+        for f in &mut self.files {
+            f.pos = f.committed_pos;
+            f.scan_hint = 0;
+        }
+    }
+
+    /// Records the drain point: every file's current size.
+    pub fn mark_drain_point(&mut self) {
+        for f in &mut self.files {
+            let size = f.file.metadata().map(|m| m.len()).unwrap_or(f.last_size);
+            f.drain_size = Some(size);
+        }
+    }
+
+    /// Bytes written before the drain point but not read into chunks, per file (for the exit
+    /// summary).
+    pub fn unread(&self) -> Vec<(PathBuf, u64)> {
+        self.files
+            .iter()
+            .filter_map(|f| {
+                let size = f.file.metadata().map(|m| m.len()).unwrap_or(f.last_size);
+                let size = f.drain_size.map_or(size, |d| d.min(size));
+                (size > f.pos).then(|| (f.path.clone(), size - f.pos))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_base_finds_the_literal_directory() {
+        assert_eq!(
+            glob_base("/var/log/spark/user/*/stdout"),
+            (PathBuf::from("/var/log/spark/user"), true)
+        );
+        assert_eq!(glob_base("/var/log/app.log"), (PathBuf::from("/var/log"), false));
+        assert_eq!(glob_base("/var/log/*.log"), (PathBuf::from("/var/log"), false));
+        assert_eq!(glob_base("/var/log/**/x"), (PathBuf::from("/var/log"), true));
+        assert_eq!(glob_base("rel.log"), (PathBuf::from(""), false));
+    }
+}

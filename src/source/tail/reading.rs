@@ -1,0 +1,244 @@
+//! Reading followed files into the buffer: big blocks, cut at the last newline, long lines
+//! streamed, truncation and rewrites detected, the drain point respected.
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::identity::{FINGERPRINT_MAX, Fingerprint, fingerprint};
+use super::{TailError, TailSource, TailedFile};
+use crate::buffer::ChunkStore;
+use crate::config::Framing;
+use crate::fsutil::fnv1a;
+
+impl TailSource {
+    /// The followed files with their tags, and whether each has been read to its current end
+    /// and that end is a line end (so every chunk made from it holds whole lines).
+    pub fn read_to_line_end(&self) -> Vec<(&Path, &str, bool)> {
+        self.files
+            .iter()
+            .map(|f| {
+                let size = f.file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+                let done = f.pos == size && crate::fsutil::ends_with_newline(&f.file, size);
+                (f.path.as_path(), f.tag.as_str(), done)
+            })
+            .collect()
+    }
+
+    /// Reads new data of every file into `store`, at most about `budget` bytes in all.
+    /// With `drain`, unterminated last lines are delivered as they are. Returns bytes read.
+    pub fn read(
+        &mut self,
+        store: &mut ChunkStore,
+        budget: u64,
+        drain: bool,
+        now: Instant,
+        now_ms: i64,
+    ) -> Result<u64, TailError> {
+        let mut total = 0;
+        for i in 0..self.files.len() {
+            if total >= budget {
+                break;
+            }
+            let flush_partial = drain
+                || self.files[i]
+                    .gone_since
+                    .is_some_and(|g| now >= g.max(self.files[i].last_growth) + self.config.rotate_wait.get());
+            total += self.read_file(i, store, budget - total, flush_partial, now, now_ms)?;
+        }
+        // Close files that are gone, quiet for rotate_wait, and read to their end.
+        let wait = self.config.rotate_wait.get();
+        self.files.retain(|f| {
+            let done = f.gone_since.is_some_and(|g| now >= g.max(f.last_growth) + wait) && f.pos >= f.last_size;
+            if done {
+                tracing::info!(path = %f.path.display(), "closed file that was renamed away or deleted");
+            }
+            !done
+        });
+        Ok(total)
+    }
+
+    fn read_file(
+        &mut self,
+        i: usize,
+        store: &mut ChunkStore,
+        budget: u64,
+        flush_partial: bool,
+        now: Instant,
+        now_ms: i64,
+    ) -> Result<u64, TailError> {
+        let framing = self.config.format;
+        let max_line = self.config.max_line();
+        let block = self.buf.len();
+        let f = &mut self.files[i];
+        let read_err = |path: &Path, source| TailError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut size = f.file.metadata().map_err(|e| read_err(&f.path, e))?.len();
+        if let Some(d) = f.drain_size {
+            size = size.min(d);
+        }
+        let changed = size != f.last_size;
+        if changed {
+            f.last_growth = now;
+        } else if size == f.pos {
+            return Ok(0);
+        }
+        f.last_size = size;
+        // Shrunk, or first bytes rewritten (copytruncate then new writes): start again.
+        let rewritten = size < f.pos
+            || (changed
+                && f.fp.len > 0
+                && (size < f.fp.len as u64
+                    || fingerprint(&f.file, f.fp.len as u64).map_err(|e| read_err(&f.path, e))? != f.fp));
+        if rewritten {
+            tracing::warn!(path = %f.path.display(), old_pos = f.pos, size, "file was truncated or rewritten; reading it from the start");
+            self.stats.truncations += 1;
+            f.pos = 0;
+            f.scan_hint = 0;
+            f.fp = Fingerprint {
+                len: 0,
+                hash: fnv1a(b""),
+            };
+        }
+        if (f.fp.len as u64) < FINGERPRINT_MAX && size > f.fp.len as u64 {
+            f.fp = fingerprint(&f.file, size.min(FINGERPRINT_MAX)).map_err(|e| read_err(&f.path, e))?;
+        }
+        let start = f.pos;
+        while f.pos < size && f.pos - start < budget {
+            let want = (size - f.pos).min(block as u64) as usize;
+            let n = f
+                .file
+                .read_at(&mut self.buf[..want], f.pos)
+                .map_err(|e| read_err(&f.path, e))?;
+            if n == 0 {
+                break;
+            }
+            let data = &self.buf[..n];
+            if framing == Framing::Raw {
+                for &o in &self.routes {
+                    store.append(o, &f.tag, framing, data, now_ms)?;
+                }
+                f.pos += n as u64;
+                continue;
+            }
+            if let Some(last_nl) = memchr::memrchr(b'\n', data) {
+                let lines = &data[..=last_nl];
+                for &o in &self.routes {
+                    store.append(o, &f.tag, framing, lines, now_ms)?;
+                }
+                f.pos += lines.len() as u64;
+                f.lines += memchr::memchr_iter(b'\n', lines).count() as u64;
+                f.scan_hint = 0;
+                continue;
+            }
+            // No newline in this block.
+            if n as u64 >= max_line {
+                // The block is exactly max_line_size long: split here.
+                for &o in &self.routes {
+                    store.append(o, &f.tag, Framing::Raw, data, now_ms)?;
+                }
+                f.pos += n as u64;
+                self.stats.lines_split += 1;
+                continue;
+            }
+            if n < block {
+                // Reached the end inside a line: wait for its newline (or flush at drain).
+                if flush_partial {
+                    let len = size - f.pos;
+                    Self::copy_ahead(&self.routes, &mut self.buf, store, f, len, now_ms)?;
+                    self.stats.partial_lines_flushed += 1;
+                }
+                break;
+            }
+            // A line longer than the block: find its end with a forward scan.
+            let mut scanned = f.scan_hint.max(n as u64);
+            let line_len = loop {
+                if scanned >= max_line {
+                    self.stats.lines_split += 1;
+                    break Some(max_line);
+                }
+                let off = f.pos + scanned;
+                if off >= size {
+                    break None;
+                }
+                let want = (block as u64).min(max_line - scanned).min(size - off) as usize;
+                let m = f
+                    .file
+                    .read_at(&mut self.buf[..want], off)
+                    .map_err(|e| read_err(&f.path, e))?;
+                if m == 0 {
+                    break None;
+                }
+                if let Some(j) = memchr::memchr(b'\n', &self.buf[..m]) {
+                    break Some(scanned + j as u64 + 1);
+                }
+                scanned += m as u64;
+            };
+            match line_len {
+                Some(len) => {
+                    Self::copy_ahead(&self.routes, &mut self.buf, store, f, len, now_ms)?;
+                }
+                None => {
+                    f.scan_hint = scanned;
+                    if flush_partial {
+                        let len = size - f.pos;
+                        Self::copy_ahead(&self.routes, &mut self.buf, store, f, len, now_ms)?;
+                        self.stats.partial_lines_flushed += 1;
+                    }
+                    break;
+                }
+            }
+        }
+        let read = f.pos.saturating_sub(start);
+        self.stats.bytes_read += read;
+        Ok(read)
+    }
+
+    /// Streams the next `len` bytes of `f` into one chunk per route (so a long line stays whole),
+    /// in pieces of at most the read block, and moves `f` past them.
+    fn copy_ahead(
+        routes: &[usize],
+        buf: &mut [u8],
+        store: &mut ChunkStore,
+        f: &mut TailedFile,
+        len: u64,
+        now_ms: i64,
+    ) -> Result<(), TailError> {
+        let mut seqs = Vec::with_capacity(routes.len());
+        for &o in routes {
+            seqs.push(store.reserve(o, &f.tag, len, now_ms)?);
+        }
+        let mut done = 0;
+        while done < len {
+            let want = (len - done).min(buf.len() as u64) as usize;
+            let m = f
+                .file
+                .read_at(&mut buf[..want], f.pos + done)
+                .map_err(|source| TailError::Read {
+                    path: f.path.clone(),
+                    source,
+                })?;
+            if m == 0 {
+                break;
+            }
+            for &seq in &seqs {
+                store.append_reserved(seq, &buf[..m], now_ms)?;
+            }
+            done += m as u64;
+        }
+        f.pos += done;
+        f.scan_hint = 0;
+        Ok(())
+    }
+
+    /// How often followed files are looked at for growth: `poll_interval` with `watch = "poll"`,
+    /// else a 5 s safety poll behind inotify (files may grow without an event, e.g. over NFS).
+    pub fn poll_interval(&self) -> Duration {
+        match self.config.watch {
+            crate::config::WatchMode::Poll => self.config.poll_interval.get(),
+            crate::config::WatchMode::Notify => Duration::from_secs(5),
+        }
+    }
+}
