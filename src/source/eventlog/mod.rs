@@ -32,78 +32,12 @@ use crate::fsutil::{FileId, ends_with_newline};
 
 use super::tail::{TailError, TailSource, TailStats};
 
-/// Codec short names Spark puts at the end of a compressed event log's name.
-pub const CODECS: [&str; 4] = ["lz4", "lzf", "snappy", "zstd"];
-/// Suffix of an event log (or appstatus marker) that Spark is still writing.
-pub const IN_PROGRESS: &str = ".inprogress";
-/// Prefix of a rolling event-log directory.
-pub const ROLLING_PREFIX: &str = "eventlog_v2_";
-/// What EMR's sidecar writes into `appstatus_<app>` (`echo " "`).
-const EMR_APPSTATUS_BODY: &[u8] = b" \n";
+mod markers;
+mod mirror;
+mod names;
 
-/// A single-file event log's name, taken apart.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SingleName {
-    /// `<appId>[_<attemptId>]`, as Spark sanitized it.
-    pub app: String,
-    /// The codec suffix, if compressed.
-    pub codec: Option<String>,
-    /// Still being written.
-    pub in_progress: bool,
-}
-
-/// Parses `<app>[.<codec>][.inprogress]`; `None` for anything else (hidden files such as
-/// Hadoop's `.crc` checksums, compaction output, other files).
-pub fn parse_single(name: &str) -> Option<SingleName> {
-    if name.starts_with('.') || name.is_empty() {
-        return None;
-    }
-    let (base, in_progress) = match name.strip_suffix(IN_PROGRESS) {
-        Some(b) => (b, true),
-        None => (name, false),
-    };
-    let (app, codec) = match base.rsplit_once('.') {
-        Some((a, c)) if CODECS.contains(&c) => (a, Some(c.to_string())),
-        _ => (base, None),
-    };
-    // Spark's sanitizer turns '.' into '_': an application name never has one.
-    if app.is_empty() || app.contains('.') || app.starts_with(ROLLING_PREFIX) {
-        return None;
-    }
-    Some(SingleName {
-        app: app.to_string(),
-        codec,
-        in_progress,
-    })
-}
-
-/// Parses `events_<n>_<app>[.<codec>]` inside a rolling directory: the index and codec.
-pub fn parse_events_file(name: &str, app: &str) -> Option<(u64, Option<String>)> {
-    let rest = name.strip_prefix("events_")?;
-    let (n, rest) = rest.split_once('_')?;
-    let index = n.parse().ok()?;
-    let rest = rest.strip_prefix(app)?;
-    match rest {
-        "" => Some((index, None)),
-        r => {
-            let c = r.strip_prefix('.')?;
-            CODECS.contains(&c).then(|| (index, Some(c.to_string())))
-        }
-    }
-}
-
-/// Spark's `Utils.sanitizeDirName`, applied to `SPARK_APPLICATION_ID` so it compares with names
-/// on disk.
-pub fn sanitize_app_id(id: &str) -> String {
-    id.chars()
-        .map(|c| match c {
-            ' ' | ':' | '/' => '-',
-            '.' | '$' | '{' | '}' | '\'' | '"' => '_',
-            c => c,
-        })
-        .collect::<String>()
-        .to_lowercase()
-}
+use mirror::MirroredFile;
+pub use names::{CODECS, IN_PROGRESS, ROLLING_PREFIX, SingleName, parse_events_file, parse_single, sanitize_app_id};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Layout {
@@ -126,26 +60,6 @@ struct App {
     complete: bool,
     /// Warned that a log Spark marked complete does not end at a line end.
     warned_torn: bool,
-}
-
-/// A file copied byte for byte.
-#[derive(Debug)]
-struct MirroredFile {
-    id: FileId,
-    app: String,
-    /// Path relative to the event-log directory, as it is now (also its key below the prefix).
-    rel: String,
-    path: PathBuf,
-    file: File,
-    /// Rolling index (0 for a single file).
-    index: u64,
-    compressed: bool,
-    /// Length and name of the last snapshot queued.
-    uploaded_len: u64,
-    uploaded_rel: Option<String>,
-    committed: (u64, Option<String>),
-    last_snapshot: Option<Instant>,
-    seen: bool,
 }
 
 /// A `spark_events` source.
@@ -333,50 +247,6 @@ impl EventLogSource {
         a.complete |= complete;
     }
 
-    fn track(
-        &mut self,
-        path: &Path,
-        rel: String,
-        app: &str,
-        index: u64,
-        compressed: bool,
-        checkpoints: &[SourceCheckpoint],
-    ) {
-        let Ok(file) = File::open(path) else { return };
-        let Ok(meta) = file.metadata() else { return };
-        let id = FileId::of(&meta);
-        if let Some(m) = self.mirrored.iter_mut().find(|m| m.id == id) {
-            if m.rel != rel {
-                tracing::info!(from = %m.rel, to = %rel, "event log renamed");
-                m.rel = rel;
-                m.path = path.to_path_buf();
-            }
-            m.seen = true;
-            return;
-        }
-        let resume = checkpoints
-            .iter()
-            .find(|c| c.id == id && c.source == self.config.name && c.pos <= meta.len())
-            .map(|c| (c.pos, Some(c.tag.clone())));
-        let (uploaded_len, uploaded_rel) = resume.unwrap_or((0, None));
-        self.mirrored.push(MirroredFile {
-            id,
-            app: app.to_string(),
-            rel,
-            path: path.to_path_buf(),
-            file,
-            index,
-            compressed,
-            uploaded_len,
-            committed: (uploaded_len, uploaded_rel.clone()),
-            uploaded_rel,
-            last_snapshot: None,
-            seen: true,
-        });
-        self.mirrored
-            .sort_by(|a, b| (&a.app, a.index, &a.rel).cmp(&(&b.app, b.index, &b.rel)));
-    }
-
     /// Reads new data: rechunked files into chunks, mirrored files as snapshots, and queues the
     /// completion markers that are due. Returns the bytes put into chunks.
     pub fn read(
@@ -392,163 +262,6 @@ impl EventLogSource {
         total += self.snapshots(store, budget.saturating_sub(total), drain, now, now_ms)?;
         self.end_markers(store, now_ms)?;
         Ok(total)
-    }
-
-    fn status_key(prefix: &str, app: &str, in_progress: bool) -> String {
-        let suffix = if in_progress { IN_PROGRESS } else { "" };
-        join_key(prefix, &format!("{ROLLING_PREFIX}{app}/appstatus_{app}{suffix}"))
-    }
-
-    /// The marker that says "started": `.inprogress` (at_end) or the final one (at_start, EMR).
-    fn start_markers(&mut self, store: &mut ChunkStore, now_ms: i64) -> Result<(), TailError> {
-        for (app, a) in &self.apps {
-            // A mirrored single file says "in progress" by its own name.
-            if a.layout == Layout::Single && a.way == Way::Mirror {
-                continue;
-            }
-            for &o in &self.routes {
-                let prefix = store.output_path(o).to_string();
-                match self.appstatus {
-                    AppStatusMode::AtStart => {
-                        let key = Self::status_key(&prefix, app, false);
-                        store.add_marker(o, app, key, EMR_APPSTATUS_BODY, Vec::new(), now_ms)?;
-                    }
-                    AppStatusMode::AtEnd => {
-                        let done = Self::status_key(&prefix, app, false);
-                        if !a.complete && !store.marker_queued(o, &done) {
-                            let key = Self::status_key(&prefix, app, true);
-                            store.add_marker(o, app, key, b"", Vec::new(), now_ms)?;
-                        }
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Copies mirrored files that changed into snapshot chunks.
-    fn snapshots(
-        &mut self,
-        store: &mut ChunkStore,
-        budget: u64,
-        drain: bool,
-        now: Instant,
-        now_ms: i64,
-    ) -> Result<u64, TailError> {
-        let mut total = 0;
-        for i in 0..self.mirrored.len() {
-            if total >= budget {
-                break;
-            }
-            let m = &self.mirrored[i];
-            let complete = self.apps.get(&m.app).is_some_and(|a| a.complete);
-            let superseded = self
-                .mirrored
-                .iter()
-                .any(|o| o.app == m.app && o.index > m.index && m.index > 0);
-            let is_final = complete || superseded;
-            let read_err = |source| TailError::Read {
-                path: m.path.clone(),
-                source,
-            };
-            let size = m.file.metadata().map_err(read_err)?.len();
-            // While Spark writes an uncompressed file, only whole lines are shipped; at the end
-            // (or at the drain) everything, a torn last line included.
-            let len = if !m.compressed && !is_final && !drain {
-                whole_lines_len(&m.file, size).map_err(read_err)?
-            } else {
-                size
-            };
-            if len == 0 || (len == m.uploaded_len && m.uploaded_rel.as_deref() == Some(m.rel.as_str())) {
-                continue;
-            }
-            if !is_final && !drain {
-                if m.last_snapshot.is_some_and(|t| now < t + self.mirror_interval) {
-                    continue;
-                }
-                if self
-                    .routes
-                    .iter()
-                    .any(|&o| store.has_pending_key(o, &join_key(store.output_path(o), &m.rel)))
-                {
-                    continue;
-                }
-            }
-            for &o in &self.routes {
-                let prefix = store.output_path(o).to_string();
-                let key = join_key(&prefix, &m.rel);
-                let delete = match &m.uploaded_rel {
-                    Some(old) if *old != m.rel => vec![join_key(&prefix, old)],
-                    _ => Vec::new(),
-                };
-                tracing::debug!(%key, bytes = len, "snapshot of event log");
-                store.add_whole(o, &m.app, key, b"", Some((&m.file, &m.path, len)), delete, now_ms)?;
-            }
-            let m = &mut self.mirrored[i];
-            m.uploaded_len = len;
-            m.uploaded_rel = Some(m.rel.clone());
-            m.last_snapshot = Some(now);
-            total += len;
-        }
-        self.mirror_bytes += total;
-        Ok(total)
-    }
-
-    /// Queues `appstatus_<app>` (and the removal of the `.inprogress` marker) for applications
-    /// Spark finished, once everything of them is queued and ends at a line end.
-    fn end_markers(&mut self, store: &mut ChunkStore, now_ms: i64) -> Result<(), TailError> {
-        if self.appstatus != AppStatusMode::AtEnd {
-            return Ok(());
-        }
-        let tail_files = self.tail.read_to_line_end();
-        for (app, a) in &mut self.apps {
-            if !a.complete || (a.layout == Layout::Single && a.way == Way::Mirror) {
-                continue;
-            }
-            let ready = match a.way {
-                Way::Rechunk => {
-                    let mine: Vec<_> = tail_files.iter().filter(|(_, tag, _)| tag == app).collect();
-                    !mine.is_empty()
-                        && mine
-                            .iter()
-                            .all(|(p, _, done)| *done && !p.to_string_lossy().ends_with(IN_PROGRESS))
-                }
-                Way::Mirror => self.mirrored.iter().filter(|m| &m.app == app).all(|m| {
-                    let size = m.file.metadata().map(|x| x.len()).unwrap_or(u64::MAX);
-                    m.uploaded_len == size
-                        && m.uploaded_rel.as_deref() == Some(m.rel.as_str())
-                        && (m.compressed || ends_with_newline(&m.file, size))
-                }),
-            };
-            if !ready {
-                let read_all = match a.way {
-                    Way::Rechunk => false,
-                    Way::Mirror => self
-                        .mirrored
-                        .iter()
-                        .filter(|m| &m.app == app)
-                        .all(|m| m.file.metadata().is_ok_and(|x| x.len() == m.uploaded_len)),
-                };
-                if read_all && !a.warned_torn {
-                    tracing::warn!(app = %app, "Spark marked the log complete but a file ends inside a line; it stays \"in progress\"");
-                    a.warned_torn = true;
-                }
-                continue;
-            }
-            for &o in &self.routes {
-                let prefix = store.output_path(o).to_string();
-                let key = Self::status_key(&prefix, app, false);
-                if store.marker_queued(o, &key) {
-                    continue;
-                }
-                store.seal_tag(o, app);
-                let stale = vec![Self::status_key(&prefix, app, true)];
-                if store.add_marker(o, app, key.clone(), b"", stale, now_ms)? {
-                    tracing::info!(%key, "application complete: completion marker queued after its last data");
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Checkpoints: tailed files' positions and mirrored files' uploaded lengths.
@@ -646,28 +359,9 @@ impl EventLogSource {
     }
 }
 
-/// The length of the file's prefix that ends at its last newline (0 when it has none).
-fn whole_lines_len(file: &File, size: u64) -> std::io::Result<u64> {
-    let mut buf = vec![0u8; 64 << 10];
-    let mut end = size;
-    while end > 0 {
-        let start = end.saturating_sub(buf.len() as u64);
-        let want = (end - start) as usize;
-        let n = file.read_at(&mut buf[..want], start)?;
-        if n < want {
-            // Shorter than it was a moment ago: look again next time.
-            return Ok(0);
-        }
-        if let Some(i) = memchr::memrchr(b'\n', &buf[..want]) {
-            return Ok(start + i as u64 + 1);
-        }
-        end = start;
-    }
-    Ok(0)
-}
-
 #[cfg(test)]
 mod tests {
+    use super::mirror::whole_lines_len;
     use super::*;
 
     #[test]
