@@ -409,6 +409,12 @@ pub struct S3Settings {
     /// KMS key for `sse = "aws:kms"`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sse_kms_key_id: Option<String>,
+    /// A canned ACL for each object (fluent-plugin-s3's `acl`), e.g. `bucket-owner-full-control`
+    /// when the bucket belongs to another account that must own what lands in it (buckets with
+    /// ACLs disabled, the default since 2023, need none). S3 API only: a presigned POST's policy
+    /// decides its ACL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acl: Option<String>,
     /// Content-Type of objects; default from `store_as`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
@@ -434,6 +440,7 @@ impl Default for S3Settings {
             storage_class: None,
             sse: None,
             sse_kms_key_id: None,
+            acl: None,
             content_type: None,
             multipart_threshold: ByteSize(64 << 20),
             part_size: ByteSize(16 << 20),
@@ -444,6 +451,17 @@ impl Default for S3Settings {
 
 /// Object keys of rechunked event logs, below `%{path}` (the tag is the application id).
 pub const EVENTS_KEY_FORMAT: &str = "eventlog_v2_%{tag}/events_%{index}_%{tag}";
+
+/// S3's canned ACLs (what `s3.acl` may name).
+pub const CANNED_ACLS: &[&str] = &[
+    "private",
+    "public-read",
+    "public-read-write",
+    "authenticated-read",
+    "aws-exec-read",
+    "bucket-owner-read",
+    "bucket-owner-full-control",
+];
 
 /// The default object key layout: one directory per tag, time slice and index in the name.
 pub fn default_key_format() -> KeyTemplate {
@@ -993,6 +1011,22 @@ impl Config {
                         ));
                     }
                     _ => {}
+                }
+            }
+            if o.kind == OutputKind::S3
+                && let Some(acl) = &o.s3.acl
+            {
+                if !CANNED_ACLS.contains(&acl.as_str()) {
+                    return Err(invalid(
+                        format!("output[{i}].s3.acl"),
+                        format!("{acl:?} is not a canned ACL; one of {}", CANNED_ACLS.join(", ")),
+                    ));
+                }
+                if o.s3.presigned_post.is_some() {
+                    return Err(invalid(
+                        format!("output[{i}].s3.acl"),
+                        "applies to the S3 API; with a presigned POST, its policy decides the ACL",
+                    ));
                 }
             }
             if o.kind == OutputKind::S3 && o.s3.part_size.bytes() < 5 << 20 {

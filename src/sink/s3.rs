@@ -203,6 +203,7 @@ impl S3Sink {
             .set_storage_class(s.storage_class.as_deref().map(Into::into))
             .set_server_side_encryption(s.sse.as_deref().map(Into::into))
             .set_ssekms_key_id(s.sse_kms_key_id.clone())
+            .set_acl(s.acl.as_deref().map(Into::into))
             .body(body);
         match req.customize().disable_payload_signing().send().await {
             Ok(_) => Ok(Placed::Done),
@@ -279,7 +280,8 @@ impl S3Sink {
             .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32)
             .set_storage_class(s.storage_class.as_deref().map(Into::into))
             .set_server_side_encryption(s.sse.as_deref().map(Into::into))
-            .set_ssekms_key_id(s.sse_kms_key_id.clone());
+            .set_ssekms_key_id(s.sse_kms_key_id.clone())
+            .set_acl(s.acl.as_deref().map(Into::into));
         let upload = create
             .send()
             .await

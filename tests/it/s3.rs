@@ -633,3 +633,56 @@ fn at_trace_level_no_credential_reaches_the_log() {
     }
     assert_bytes_eq(&collect_s3(&server, "api", "app.log", "text"), &a);
 }
+
+/// `s3.acl` (a canned ACL, for a bucket another account owns) goes with every object, through
+/// PutObject and multipart alike; a name S3 does not know, or an ACL with a presigned POST, is
+/// refused before anything runs.
+#[test]
+fn a_canned_acl_goes_with_every_object_and_a_bad_one_is_refused() {
+    let server = S3Server::start(&["logs"]);
+    let env = Env::new();
+    let big = lines("acl-big", 0, 80_000);
+    let small = lines("acl-small", 0, 10);
+    fs::write(env.path("big.log"), &big).unwrap();
+    fs::write(env.path("small.log"), &small).unwrap();
+    let args = api_config(
+        &env,
+        &server.endpoint,
+        "",
+        "acl = \"bucket-owner-full-control\"\nmultipart_threshold = \"5MiB\"\npart_size = \"5MiB\"",
+        "",
+    );
+    let mut cmd = Command::new(bin());
+    cmd.envs(server.env());
+    let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
+    assert!(d.wait_exit(T).success(), "{}", d.stderr());
+    assert_bytes_eq(&collect_s3(&server, "api", "big.log", "text"), &big);
+    assert_bytes_eq(&collect_s3(&server, "api", "small.log", "text"), &small);
+    for op in ["PutObject", "CreateMultipartUpload"] {
+        let seen = server.requests(op);
+        assert!(!seen.is_empty(), "no {op}");
+        for h in seen {
+            assert_eq!(
+                h.get("x-amz-acl").map(|v| v.to_str().unwrap()),
+                Some("bucket-owner-full-control"),
+                "{op}"
+            );
+        }
+    }
+    // Refused before anything runs, naming the key.
+    for (acl, post, why) in [
+        ("bucket-owner-full", false, "not a canned ACL"),
+        ("private", true, "presigned POST"),
+    ] {
+        let post_line = if post {
+            "presigned_post = \"/nonexistent/post\""
+        } else {
+            ""
+        };
+        let args = api_config(&env, &server.endpoint, "", &format!("acl = \"{acl}\"\n{post_line}"), "");
+        let out = Command::new(bin()).arg("check").args(&args[1..]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("output[0].s3.acl") && err.contains(why), "{err}");
+    }
+}

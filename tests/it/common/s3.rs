@@ -19,6 +19,24 @@ pub struct S3Server {
     /// Where objects are stored (`root/<bucket>/<key>`).
     pub root: tempfile::TempDir,
     rt: Option<tokio::runtime::Runtime>,
+    /// Every authenticated request the server accepted: its operation and headers.
+    requests: std::sync::Arc<std::sync::Mutex<Vec<(String, http::HeaderMap)>>>,
+}
+
+/// The server's access check, as s3s does it by default (a signed request is required), that
+/// also records each request's operation and headers, so tests can see what reached the server.
+struct Recorder(std::sync::Arc<std::sync::Mutex<Vec<(String, http::HeaderMap)>>>);
+
+#[async_trait::async_trait]
+impl s3s::access::S3Access for Recorder {
+    async fn check(&self, cx: &mut s3s::access::S3AccessContext<'_>) -> s3s::S3Result<()> {
+        if cx.credentials().is_none() {
+            return Err(s3s::s3_error!(AccessDenied, "Signature is required"));
+        }
+        let op = cx.s3_op().name().to_string();
+        self.0.lock().unwrap().push((op, cx.headers().clone()));
+        Ok(())
+    }
 }
 
 impl S3Server {
@@ -38,6 +56,8 @@ impl S3Server {
         let fs = s3s_fs::FileSystem::new(root.path()).unwrap();
         let mut builder = s3s::service::S3ServiceBuilder::new(fs);
         builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        builder.set_access(Recorder(requests.clone()));
         let service = builder.build();
         rt.spawn(async move {
             loop {
@@ -56,6 +76,7 @@ impl S3Server {
             endpoint: format!("http://{addr}"),
             root,
             rt: Some(rt),
+            requests,
         }
     }
 
@@ -91,6 +112,12 @@ impl S3Server {
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         out.stdout
+    }
+
+    /// The headers of every request of operation `op` (e.g. `PutObject`) so far.
+    pub fn requests(&self, op: &str) -> Vec<http::HeaderMap> {
+        let all = self.requests.lock().unwrap();
+        all.iter().filter(|(o, _)| o == op).map(|(_, h)| h.clone()).collect()
     }
 
     /// Environment for logship / boto3 to use the server with static credentials.
