@@ -4,11 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use logship::config::contract;
 
+use logship::config::Config;
 use logship::config::quick::{QuickArgs, build};
-use logship::config::{Config, FlushMode};
 use logship::units::{ByteSize, HumanDuration};
 
 /// Ships Spark's logs from Kubernetes pods (or any host) to a directory, S3 or CloudWatch Logs:
@@ -92,7 +92,7 @@ enum Command {
     },
     /// Quick mode: ship files to a destination without a config file.
     #[command(after_help = EXIT_AND_SIGNALS)]
-    Ship(Box<ShipArgs>),
+    Ship(Box<QuickArgs>),
     /// Run a command as the Spark container's entrypoint, speaking the sidecar's lifecycle
     /// contract for it: touch the heartbeat file every 2 s while it runs, forward signals to it,
     /// and when it ends write the signal file (with its exit code) and exit with its code.
@@ -123,134 +123,6 @@ enum Command {
         /// Where to put the copy, e.g. /opt/logship/bin/logship.
         dest: PathBuf,
     },
-}
-
-#[derive(Args, Debug)]
-struct ShipArgs {
-    /// Files or glob patterns to ship (quote globs so the shell leaves them alone).
-    #[arg(required_unless_present = "spark_events")]
-    paths: Vec<String>,
-    /// Ship a Spark event-log directory (spark.eventLog.dir) so the History Server reads the
-    /// copy as the original: every layout (single file, rolling) and codec.
-    #[arg(long, conflicts_with = "paths", value_name = "DIR")]
-    spark_events: Option<PathBuf>,
-    /// Event logs: rechunk (EMR's layout: events_<n>_<app> objects cut at line ends, for an
-    /// uncompressed single file) or mirror (byte-for-byte copies of Spark's files). Default:
-    /// rechunk for an uncompressed single file, mirror otherwise.
-    #[arg(long, requires = "spark_events", value_parser = parse_mode)]
-    mode: Option<logship::config::EventLogMode>,
-    /// Event logs: upload appstatus_<app> at-end (in progress until Spark finishes; default) or
-    /// at-start (EMR's behaviour: complete from the start).
-    #[arg(long, requires = "spark_events", default_value = "at-end", value_parser = parse_appstatus)]
-    appstatus: logship::config::AppStatusMode,
-    /// Destination: file:///DIR (one file per chunk under DIR), s3://BUCKET/PREFIX,
-    /// cloudwatch://GROUP/STREAM (one event per line; STREAM may use %{tag}; default %{tag}), or stdout.
-    #[arg(long)]
-    to: String,
-    /// S3: upload through this presigned POST file (re-read before every upload) instead of the
-    /// S3 API with AWS credentials.
-    #[arg(long)]
-    presigned_post: Option<PathBuf>,
-    /// S3: text, gzip or zstd.
-    #[arg(long, default_value = "text", value_parser = parse_store_as)]
-    store_as: logship::sink::compress::StoreAs,
-    /// S3 API: an S3-compatible endpoint URL (also AWS_ENDPOINT_URL).
-    #[arg(long)]
-    endpoint: Option<String>,
-    /// S3 API: region (default from the AWS configuration).
-    #[arg(long)]
-    region: Option<String>,
-    /// S3 API: path-style addressing (endpoint/bucket/key).
-    #[arg(long)]
-    path_style: bool,
-    /// Ship what exists now (unterminated last lines included) and exit.
-    #[arg(long, conflicts_with = "follow")]
-    once: bool,
-    /// Keep following the files until the heartbeat goes stale, the signal file appears, or
-    /// SIGTERM/SIGINT (the default when --once is not given).
-    #[arg(long)]
-    follow: bool,
-    /// Buffer directory (chunks and checkpoints; private: 0700, owned by this user). Default
-    /// with --once: a fresh temporary directory (removed when everything was delivered);
-    /// otherwise $TMPDIR/logship-<uid>/<hash of the paths and --to>, so the same command resumes
-    /// and a different one never shares it.
-    #[arg(long)]
-    buffer_dir: Option<PathBuf>,
-    /// Time-key width: lines read in the same window share a chunk.
-    #[arg(long, default_value = "30s")]
-    timekey: HumanDuration,
-    /// Largest chunk (object) size.
-    #[arg(long, default_value = "32MB")]
-    chunk_limit: ByteSize,
-    /// When chunks are sealed: lazy (time key closed), interval, immediate.
-    #[arg(long, default_value = "lazy", value_parser = parse_flush_mode)]
-    flush_mode: FlushMode,
-    /// EMR heartbeat file: drain when it is not modified for --heartbeat-timeout or is deleted.
-    #[arg(long, env = contract::SIDECAR_SIGNAL_FILE)]
-    heartbeat_file: Option<PathBuf>,
-    /// How long without a heartbeat means the main container has ended.
-    #[arg(long, default_value = "15s")]
-    heartbeat_timeout: HumanDuration,
-    /// How long to wait for the heartbeat file to appear before assuming main never started
-    /// (then logship drains and exits).
-    #[arg(long, default_value = "120s")]
-    heartbeat_appear_timeout: HumanDuration,
-    /// Drain when this file appears (written by `logship wrap`).
-    #[arg(long)]
-    signal_file: Option<PathBuf>,
-    /// Time limit of the whole drain; what is not delivered by then goes to the secondary dir.
-    /// Default: 60s when following (a pod's grace period is short), 24h with --once (a backfill
-    /// of gigabytes takes as long as it takes).
-    #[arg(long)]
-    drain_deadline: Option<HumanDuration>,
-    /// Object key format (fluent-plugin-s3 placeholders, plus %{tag}).
-    #[arg(long)]
-    key_format: Option<String>,
-    /// Where undeliverable chunks go (default: <buffer-dir>/secondary).
-    #[arg(long)]
-    secondary_dir: Option<PathBuf>,
-    /// No line framing: chunks may end at any byte.
-    #[arg(long)]
-    raw: bool,
-    /// Poll for changes instead of using inotify.
-    #[arg(long)]
-    poll: bool,
-    /// Serve Prometheus metrics (/metrics) and a health check (/healthz) on this address, e.g.
-    /// 127.0.0.1:9880. Off by default.
-    #[arg(long, value_name = "ADDR")]
-    metrics_listen: Option<String>,
-}
-
-fn parse_flush_mode(s: &str) -> Result<FlushMode, String> {
-    match s {
-        "lazy" => Ok(FlushMode::Lazy),
-        "interval" => Ok(FlushMode::Interval),
-        "immediate" => Ok(FlushMode::Immediate),
-        _ => Err(format!("unknown flush mode {s:?} (lazy, interval, immediate)")),
-    }
-}
-
-fn parse_mode(s: &str) -> Result<logship::config::EventLogMode, String> {
-    use logship::config::EventLogMode;
-    match s {
-        "auto" => Ok(EventLogMode::Auto),
-        "rechunk" => Ok(EventLogMode::Rechunk),
-        "mirror" => Ok(EventLogMode::Mirror),
-        _ => Err(format!("unknown mode {s:?} (rechunk, mirror, auto)")),
-    }
-}
-
-fn parse_appstatus(s: &str) -> Result<logship::config::AppStatusMode, String> {
-    use logship::config::AppStatusMode;
-    match s {
-        "at-end" | "at_end" => Ok(AppStatusMode::AtEnd),
-        "at-start" | "at_start" => Ok(AppStatusMode::AtStart),
-        _ => Err(format!("unknown appstatus {s:?} (at-end, at-start)")),
-    }
-}
-
-fn parse_store_as(s: &str) -> Result<logship::sink::compress::StoreAs, String> {
-    logship::sink::compress::StoreAs::parse(s).ok_or_else(|| format!("unknown store_as {s:?} (text, gzip, zstd)"))
 }
 
 fn main() -> ExitCode {
@@ -464,35 +336,8 @@ fn real_main(cli: Cli) -> Result<i32> {
                 }
                 (None, false) => default_buffer_dir(&args),
             };
-            let quick = QuickArgs {
-                paths: args.paths,
-                to: args.to,
-                once: args.once,
-                buffer_dir,
-                timekey: args.timekey,
-                chunk_limit: args.chunk_limit,
-                heartbeat_file: args.heartbeat_file,
-                heartbeat_timeout: args.heartbeat_timeout,
-                heartbeat_appear_timeout: args.heartbeat_appear_timeout,
-                signal_file: args.signal_file,
-                drain_deadline: args.drain_deadline,
-                key_format: args.key_format,
-                secondary_dir: args.secondary_dir,
-                raw: args.raw,
-                poll: args.poll,
-                flush_mode: args.flush_mode,
-                presigned_post: args.presigned_post,
-                store_as: args.store_as,
-                endpoint: args.endpoint,
-                region: args.region,
-                path_style: args.path_style,
-                spark_events: args.spark_events,
-                mode: args.mode.unwrap_or_default(),
-                appstatus: args.appstatus,
-                metrics_listen: args.metrics_listen,
-            };
             // Quick mode's errors are about flags: a usage error, exit 2, like clap's own.
-            let c = match build(&quick) {
+            let c = match build(&args, buffer_dir) {
                 Ok(c) => c,
                 Err(logship::config::ConfigError::Invalid { key, message, .. }) => {
                     eprintln!("logship: error: {key}: {message}\n\nFor more information, try 'logship ship --help'.");
@@ -552,7 +397,7 @@ fn check_presigned_posts(config: &Config, origin: &std::path::Path, now: std::ti
 /// user owns it (it is private, 0700, and refused otherwise); per configuration, so a run of
 /// other files to another destination never picks up this one's chunks; stable, so the same
 /// command run again resumes where a crashed one stopped.
-fn default_buffer_dir(args: &ShipArgs) -> PathBuf {
+fn default_buffer_dir(args: &QuickArgs) -> PathBuf {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let uid = unsafe { libc::geteuid() };
     let mut what = format!("to={}\0", args.to);

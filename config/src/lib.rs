@@ -167,7 +167,7 @@ impl Default for BufferConfig {
 }
 
 /// When an open chunk becomes ready for delivery (besides being full, and at drain).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum FlushMode {
     /// When its time key has closed (`timekey + timekey_wait` after the window started).
@@ -251,7 +251,7 @@ pub enum SourceKind {
 }
 
 /// How Spark event logs are written to the output.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum EventLogMode {
     /// `rechunk` for an uncompressed single file, `mirror` for everything else.
@@ -266,16 +266,18 @@ pub enum EventLogMode {
 }
 
 /// When the `appstatus_<app>` marker (the History Server's "complete" flag) is uploaded.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum AppStatusMode {
     /// `appstatus_<app>.inprogress` while the application runs; `appstatus_<app>` once Spark has
     /// finished the log and every uploaded object ends at a line end (the `.inprogress` object is
     /// then deleted where the output can delete).
     #[default]
+    #[value(alias = "at_end")]
     AtEnd,
     /// EMR's behaviour: `appstatus_<app>` (" \n") as soon as the application is seen, so the
     /// History Server shows it as complete from the start.
+    #[value(alias = "at_start")]
     AtStart,
 }
 

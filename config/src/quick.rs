@@ -10,63 +10,106 @@ use super::{
 use crate::destination::Destination;
 use crate::units::{ByteSize, HumanDuration};
 
-/// The quick-mode arguments that shape the config.
-#[derive(Debug, Clone)]
+/// Quick mode's flags (`logship ship`): the command line and the config builder share this one
+/// definition.
+#[derive(clap::Args, Debug, Clone)]
 pub struct QuickArgs {
-    /// Paths or globs.
+    /// Files or glob patterns to ship (quote globs so the shell leaves them alone).
+    #[arg(required_unless_present = "spark_events")]
     pub paths: Vec<String>,
-    /// `file:///dir` (or `-` for stdout).
+    /// Ship a Spark event-log directory (spark.eventLog.dir) so the History Server reads the
+    /// copy as the original: every layout (single file, rolling) and codec.
+    #[arg(long, conflicts_with = "paths", value_name = "DIR")]
+    pub spark_events: Option<PathBuf>,
+    /// Event logs: rechunk (EMR's layout: events_<n>_<app> objects cut at line ends, for an
+    /// uncompressed single file) or mirror (byte-for-byte copies of Spark's files). Default:
+    /// rechunk for an uncompressed single file, mirror otherwise.
+    #[arg(long, requires = "spark_events")]
+    pub mode: Option<EventLogMode>,
+    /// Event logs: upload appstatus_<app> at-end (in progress until Spark finishes; default) or
+    /// at-start (EMR's behaviour: complete from the start).
+    #[arg(long, requires = "spark_events", default_value = "at-end")]
+    pub appstatus: AppStatusMode,
+    /// Destination: file:///DIR (one file per chunk under DIR), s3://BUCKET/PREFIX,
+    /// cloudwatch://GROUP/STREAM (one event per line; STREAM may use %{tag}; default %{tag}), or stdout.
+    #[arg(long)]
     pub to: String,
-    /// Ship what exists and exit.
-    pub once: bool,
-    /// Buffer directory.
-    pub buffer_dir: PathBuf,
-    /// Time key width.
-    pub timekey: HumanDuration,
-    /// Chunk size limit.
-    pub chunk_limit: ByteSize,
-    /// `--heartbeat-file`: EMR's heartbeat; main has ended when it goes stale.
-    pub heartbeat_file: Option<PathBuf>,
-    /// `--heartbeat-timeout`: how old the heartbeat may get before main counts as ended.
-    pub heartbeat_timeout: HumanDuration,
-    /// How long the heartbeat file may take to appear.
-    pub heartbeat_appear_timeout: HumanDuration,
-    /// `--signal-file`: its appearance ends the run (written by `logship wrap`).
-    pub signal_file: Option<PathBuf>,
-    /// `--drain-deadline`; unset, the mode's default (60 s following, 24 h with `--once`).
-    pub drain_deadline: Option<HumanDuration>,
-    /// Object key format.
-    pub key_format: Option<String>,
-    /// Secondary directory.
-    pub secondary_dir: Option<PathBuf>,
-    /// No line framing.
-    pub raw: bool,
-    /// Poll instead of inotify.
-    pub poll: bool,
-    /// `--flush-mode`: when chunks are sealed for delivery (lazy, interval, immediate).
-    pub flush_mode: FlushMode,
-    /// S3: a presigned POST file.
+    /// S3: upload through this presigned POST file (re-read before every upload) instead of the
+    /// S3 API with AWS credentials.
+    #[arg(long)]
     pub presigned_post: Option<PathBuf>,
     /// S3: text, gzip or zstd.
+    #[arg(long, default_value = "text")]
     pub store_as: crate::StoreAs,
-    /// S3: endpoint URL.
+    /// S3 API: an S3-compatible endpoint URL (also AWS_ENDPOINT_URL).
+    #[arg(long)]
     pub endpoint: Option<String>,
-    /// S3 and CloudWatch: `--region`, when the AWS configuration has none.
+    /// S3 API: region (default from the AWS configuration).
+    #[arg(long)]
     pub region: Option<String>,
-    /// S3: path-style addressing.
+    /// S3 API: path-style addressing (endpoint/bucket/key).
+    #[arg(long)]
     pub path_style: bool,
-    /// A Spark event-log directory to ship (instead of `paths`).
-    pub spark_events: Option<PathBuf>,
-    /// Event logs: rechunk or mirror (default: by layout).
-    pub mode: EventLogMode,
-    /// Event logs: when `appstatus_<app>` is uploaded.
-    pub appstatus: AppStatusMode,
-    /// Metrics and health listener address.
+    /// Ship what exists now (unterminated last lines included) and exit.
+    #[arg(long, conflicts_with = "follow")]
+    pub once: bool,
+    /// Keep following the files until the heartbeat goes stale, the signal file appears, or
+    /// SIGTERM/SIGINT (the default when --once is not given).
+    #[arg(long)]
+    pub follow: bool,
+    /// Buffer directory (chunks and checkpoints; private: 0700, owned by this user). Default
+    /// with --once: a fresh temporary directory (removed when everything was delivered);
+    /// otherwise $TMPDIR/logship-<uid>/<hash of the paths and --to>, so the same command resumes
+    /// and a different one never shares it.
+    #[arg(long)]
+    pub buffer_dir: Option<PathBuf>,
+    /// Time-key width: lines read in the same window share a chunk.
+    #[arg(long, default_value = "30s")]
+    pub timekey: HumanDuration,
+    /// Largest chunk (object) size.
+    #[arg(long, default_value = "32MB")]
+    pub chunk_limit: ByteSize,
+    /// When chunks are sealed: lazy (time key closed), interval, immediate.
+    #[arg(long, default_value = "lazy")]
+    pub flush_mode: FlushMode,
+    /// EMR heartbeat file: drain when it is not modified for --heartbeat-timeout or is deleted.
+    #[arg(long, env = crate::contract::SIDECAR_SIGNAL_FILE)]
+    pub heartbeat_file: Option<PathBuf>,
+    /// How long without a heartbeat means the main container has ended.
+    #[arg(long, default_value = "15s")]
+    pub heartbeat_timeout: HumanDuration,
+    /// How long to wait for the heartbeat file to appear before assuming main never started
+    /// (then logship drains and exits).
+    #[arg(long, default_value = "120s")]
+    pub heartbeat_appear_timeout: HumanDuration,
+    /// Drain when this file appears (written by `logship wrap`).
+    #[arg(long)]
+    pub signal_file: Option<PathBuf>,
+    /// Time limit of the whole drain; what is not delivered by then goes to the secondary dir.
+    /// Default: 60s when following (a pod's grace period is short), 24h with --once (a backfill
+    /// of gigabytes takes as long as it takes).
+    #[arg(long)]
+    pub drain_deadline: Option<HumanDuration>,
+    /// Object key format (fluent-plugin-s3 placeholders, plus %{tag}).
+    #[arg(long)]
+    pub key_format: Option<String>,
+    /// Where undeliverable chunks go (default: <buffer-dir>/secondary).
+    #[arg(long)]
+    pub secondary_dir: Option<PathBuf>,
+    /// No line framing: chunks may end at any byte.
+    #[arg(long)]
+    pub raw: bool,
+    /// Poll for changes instead of using inotify.
+    #[arg(long)]
+    pub poll: bool,
+    /// Serve Prometheus metrics (/metrics) and a health check (/healthz) on this address, e.g.
+    /// 127.0.0.1:9880. Off by default.
+    #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
 }
 
 /// Builds the native config for quick mode.
-pub fn build(args: &QuickArgs) -> Result<Config, ConfigError> {
+pub fn build(args: &QuickArgs, buffer_dir: PathBuf) -> Result<Config, ConfigError> {
     let dest = Destination::parse(&args.to).map_err(|e| super::invalid("--to", e.to_string()))?;
     let mut s3 = S3Settings::default();
     let mut cloudwatch = CloudWatchSettings::default();
@@ -116,7 +159,7 @@ pub fn build(args: &QuickArgs) -> Result<Config, ConfigError> {
             SourceKind::SparkEvents,
             vec![dir.to_string_lossy().into_owned()],
             Some(SparkEventsConfig {
-                mode: args.mode,
+                mode: args.mode.unwrap_or_default(),
                 appstatus: args.appstatus,
                 ..Default::default()
             }),
@@ -137,7 +180,7 @@ pub fn build(args: &QuickArgs) -> Result<Config, ConfigError> {
     source.spark = spark;
     let mut config = Config {
         buffer: BufferConfig {
-            dir: args.buffer_dir.clone(),
+            dir: buffer_dir,
             timekey: args.timekey,
             chunk_limit: args.chunk_limit,
             total_limit: ByteSize(args.chunk_limit.bytes().max(1 << 30)),
@@ -209,57 +252,42 @@ fn in_flags(e: ConfigError) -> ConfigError {
 mod tests {
     use super::*;
 
+    /// The flags as the command line gives them (through clap, as `logship ship` parses them).
     fn args(to: &str) -> QuickArgs {
-        QuickArgs {
-            paths: vec!["/tmp/x/*.log".into()],
-            to: to.into(),
-            once: true,
-            buffer_dir: "/tmp/buf".into(),
-            timekey: HumanDuration::secs(30),
-            chunk_limit: ByteSize(32 << 20),
-            heartbeat_file: None,
-            heartbeat_timeout: HumanDuration::secs(15),
-            heartbeat_appear_timeout: HumanDuration::secs(120),
-            signal_file: None,
-            drain_deadline: None,
-            key_format: None,
-            secondary_dir: None,
-            raw: false,
-            poll: false,
-            flush_mode: FlushMode::Lazy,
-            presigned_post: None,
-            store_as: Default::default(),
-            endpoint: None,
-            region: None,
-            path_style: false,
-            spark_events: None,
-            mode: Default::default(),
-            appstatus: Default::default(),
-            metrics_listen: None,
+        #[derive(clap::Parser)]
+        struct Ship {
+            #[command(flatten)]
+            args: QuickArgs,
         }
+        <Ship as clap::Parser>::try_parse_from(["ship", "--once", "/tmp/x/*.log", "--to", to])
+            .unwrap()
+            .args
     }
 
     #[test]
     fn file_destinations_and_errors() {
-        let c = build(&args("file:///tmp/out")).unwrap();
+        let c = build(&args("file:///tmp/out"), "/tmp/buf".into()).unwrap();
         assert_eq!(c.outputs[0].dir, Some(PathBuf::from("/tmp/out")));
         assert_eq!(c.outputs[0].kind, OutputKind::File);
         assert!(c.lifecycle.once);
-        let c = build(&args("file://./out")).unwrap();
+        let c = build(&args("file://./out"), "/tmp/buf".into()).unwrap();
         assert_eq!(c.outputs[0].dir, Some(PathBuf::from("./out")));
-        assert_eq!(build(&args("-")).unwrap().outputs[0].kind, OutputKind::Stdout);
-        let c = build(&args("s3://bkt/spark/logs/")).unwrap();
+        assert_eq!(
+            build(&args("-"), "/tmp/buf".into()).unwrap().outputs[0].kind,
+            OutputKind::Stdout
+        );
+        let c = build(&args("s3://bkt/spark/logs/"), "/tmp/buf".into()).unwrap();
         assert_eq!(c.outputs[0].s3.bucket.as_deref(), Some("bkt"));
         assert_eq!(c.outputs[0].path, "spark/logs");
         assert_eq!(
             c.outputs[0].key_format.to_string(),
             "%{path}/%{tag}/%{time_slice}_%{index}.%{file_extension}"
         );
-        let c = build(&args("cloudwatch://%2Faws%2Femr/vc/jobs/j/%{tag}")).unwrap();
+        let c = build(&args("cloudwatch://%2Faws%2Femr/vc/jobs/j/%{tag}"), "/tmp/buf".into()).unwrap();
         assert_eq!(c.outputs[0].kind, OutputKind::Cloudwatch);
         assert_eq!(c.outputs[0].cloudwatch.log_group, "/aws/emr");
         assert_eq!(c.outputs[0].cloudwatch.log_stream, "vc/jobs/j/%{tag}");
-        let e = build(&args("gopher://x")).unwrap_err().to_string();
+        let e = build(&args("gopher://x"), "/tmp/buf".into()).unwrap_err().to_string();
         assert!(e.contains("--to") && e.contains("gopher"), "{e}");
     }
 }

@@ -3,15 +3,18 @@
 use serde::{Deserialize, Serialize};
 
 /// How objects are stored (fluent-plugin-s3's `store_as`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum StoreAs {
     /// The bytes as read.
     #[default]
+    #[value(alias = "txt")]
     Text,
     /// gzip (RFC 1952).
+    #[value(alias = "gz")]
     Gzip,
     /// zstd.
+    #[value(alias = "zst")]
     Zstd,
 }
 
