@@ -59,7 +59,10 @@ const STOP_DELIVERY_BOUND: std::time::Duration = std::time::Duration::from_secs(
 
 /// Reads the configuration again from where it came from (a file, a fluentd file), checked
 /// as at start; the error says what is wrong with it.
-pub type Reloader = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
+pub type ReloadFn = dyn Fn() -> Result<Config, String> + Send + Sync;
+
+/// A [`ReloadFn`] that `main` hands to [`run`].
+pub type Reloader = Box<ReloadFn>;
 
 /// How one configuration's run ended.
 enum Outcome {
@@ -96,7 +99,7 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<Summary, En
 async fn run_config(
     config: Config,
     signals: &mut lifecycle::Signals,
-    reload: Option<&(dyn Fn() -> Result<Config, String> + Send + Sync)>,
+    reload: Option<&ReloadFn>,
     reloaded: bool,
 ) -> Result<Outcome, EngineError> {
     let config = Arc::new(config);
