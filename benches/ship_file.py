@@ -23,7 +23,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "logship")
+# LOGSHIP_BENCH_BIN measures another build (before/after comparisons).
+BIN = os.environ.get("LOGSHIP_BENCH_BIN") or os.path.join(ROOT, "target", "release", "logship")
 
 
 def generate(path, size):
