@@ -65,10 +65,9 @@ impl FileSink {
                     }
                 }
             }
-            Err(DeliveryError::Permanent(format!(
-                "every key this chunk may take is held by other data (last tried: {}); the key format needs %{{index}}",
-                keys.last().map(|k| k.display().to_string()).unwrap_or_default()
-            )))
+            Err(super::every_key_taken(
+                &keys.last().map(|k| k.display().to_string()).unwrap_or_default(),
+            ))
         })
         .await
         .map_err(|e| DeliveryError::Retryable(format!("delivery task failed: {e}")))?

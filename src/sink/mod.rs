@@ -50,6 +50,14 @@ impl DeliveryError {
     }
 }
 
+/// Every key a chunk may take (its `%{index}` moved on as far as it goes) holds other data:
+/// retrying cannot help. `last` names the last key tried.
+pub(crate) fn every_key_taken(last: &str) -> DeliveryError {
+    DeliveryError::Permanent(format!(
+        "every key this chunk may take is held by other data (last tried: {last}); the key format needs %{{index}}"
+    ))
+}
+
 /// An error and its sources, joined with `: ` (the SDKs' and hyper's top-level messages alone
 /// often say only "dispatch failure" or "error sending request").
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {

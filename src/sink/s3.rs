@@ -164,9 +164,7 @@ impl S3Sink {
                 }
             }
         }
-        Err(DeliveryError::Permanent(format!(
-            "every key this chunk may take is held by other data (last tried: s3://{bucket}/{last}); the key format needs %{{index}}"
-        )))
+        Err(super::every_key_taken(&format!("s3://{bucket}/{last}")))
     }
 
     /// Writes `file` at `key` with PutObject, or a multipart upload from `multipart_threshold`

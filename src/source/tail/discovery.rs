@@ -5,7 +5,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::identity::{FINGERPRINT_MAX, Fingerprint, fingerprint};
+use super::identity::{FINGERPRINT_MAX, fingerprint, holds_checkpoint};
 use super::{TailSource, TailedFile};
 use crate::buffer::SourceCheckpoint;
 use crate::config::ReadFrom;
@@ -151,9 +151,7 @@ impl TailSource {
         }
         let size = meta.len();
         let resume = checkpoints.iter().find(|c| c.id == id && c.source == self.config.name).and_then(|c| {
-            let same = c.pos <= size
-                && (c.fp_len as u64) <= size
-                && fingerprint(&file, c.fp_len as u64).ok() == Some(Fingerprint { len: c.fp_len, hash: c.fp });
+            let same = holds_checkpoint(&file, size, c);
             if !same {
                 tracing::info!(path = %path.display(), "checkpoint does not match the file's content (new file with a reused inode, or rewritten); reading from the start");
             }
@@ -216,15 +214,8 @@ fn moved_file(c: &SourceCheckpoint, now: Instant) -> Option<TailedFile> {
         let Ok(file) = File::open(&path) else { continue };
         let Ok(meta) = file.metadata() else { continue };
         let size = meta.len();
-        let same = FileId::of(&meta) == c.id
-            && meta.is_file()
-            && c.pos < size
-            && (c.fp_len as u64) <= size
-            && fingerprint(&file, c.fp_len as u64).ok()
-                == Some(Fingerprint {
-                    len: c.fp_len,
-                    hash: c.fp,
-                });
+        // Something left to read (a file read to its end needs nothing more).
+        let same = FileId::of(&meta) == c.id && meta.is_file() && c.pos < size && holds_checkpoint(&file, size, c);
         if !same {
             continue;
         }

@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
+use crate::buffer::SourceCheckpoint;
 use crate::fsutil::fnv1a;
 
 /// How many leading bytes identify a file's content (against inode reuse and rewrites).
@@ -32,4 +33,16 @@ pub(super) fn fingerprint(file: &File, len: u64) -> std::io::Result<Fingerprint>
         len: got as u32,
         hash: fnv1a(&buf[..got]),
     })
+}
+
+/// Whether `file` (of `size` bytes) is still the file checkpoint `c` was taken of: long enough
+/// for its position, with the same leading bytes. (The caller has matched device and inode.)
+pub(super) fn holds_checkpoint(file: &File, size: u64, c: &SourceCheckpoint) -> bool {
+    c.pos <= size
+        && (c.fp_len as u64) <= size
+        && fingerprint(file, c.fp_len as u64).ok()
+            == Some(Fingerprint {
+                len: c.fp_len,
+                hash: c.fp,
+            })
 }
