@@ -118,11 +118,10 @@ async fn run_config(
             name: o.name.clone(),
             template: o.key_format.clone(),
             path: o.path.clone(),
-            time_slice_format: if o.time_slice_format.is_empty() {
-                default_time_slice_format(config.buffer.timekey.get().as_secs()).to_string()
-            } else {
-                o.time_slice_format.clone()
-            },
+            time_slice_format: o
+                .time_slice_format
+                .clone()
+                .unwrap_or_else(|| default_time_slice_format(config.buffer.timekey.get().as_secs()).to_string()),
             file_extension: Sink::file_extension(o).to_string(),
             index_start: o.index_start,
             destination: Sink::destination(o),

@@ -355,10 +355,8 @@ fn real_main(cli: Cli) -> Result<i32> {
 fn check_presigned_posts(config: &Config, origin: &std::path::Path, now: std::time::SystemTime) -> Result<Vec<String>> {
     let mut found = Vec::new();
     for (i, o) in config.outputs.iter().enumerate() {
-        let Some(post) = &o.s3.presigned_post else { continue };
-        if o.kind != logship::config::OutputKind::S3 {
-            continue;
-        }
+        let Some(s3) = o.s3() else { continue };
+        let Some(post) = &s3.presigned_post else { continue };
         if !post.exists() {
             eprintln!(
                 "logship: note: {}: output[{i}].s3.presigned_post {} does not exist yet; it must when logship runs",
@@ -376,10 +374,10 @@ fn check_presigned_posts(config: &Config, origin: &std::path::Path, now: std::ti
             .unwrap_or(key.len());
         let problems = logship::sink::presigned_post::problems(
             post,
-            o.s3.bucket.as_deref(),
+            s3.bucket.as_deref(),
             Some(&key[..cut]),
             now,
-            o.s3.presigned_post_margin.get(),
+            s3.presigned_post_margin.get(),
         )?;
         for p in problems {
             found.push(format!(

@@ -500,8 +500,8 @@ impl Pipeline {
         let path = self.store.chunk_path(seq);
         match write_secondary(
             &path,
-            &out.secondary.directory,
-            &out.secondary.basename,
+            &out.secondary_dir(self.store.dir()),
+            &out.secondary_basename(),
             self.config.buffer.fsync,
         ) {
             Ok(file) => {

@@ -334,49 +334,206 @@ pub enum WatchMode {
     Poll,
 }
 
-/// One destination.
+/// One destination: what every output has (its name, key layout, retries, secondary directory)
+/// and, in `kind`, what only its type has. In the file it is one flat `[[output]]` table with
+/// `type = "..."`; [`OutputTable`] is that shape, and converting from it refuses settings of
+/// another type (`dir` on an S3 output, an `[output.cloudwatch]` table on a file output), so the
+/// code never meets them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "OutputTable", into = "OutputTable")]
 pub struct OutputConfig {
     /// A name, used in routes (`source.outputs`), logs and the summary. Defaults to `output-<n>`.
-    #[serde(default)]
     pub name: String,
-    /// The kind of output and its own settings.
-    #[serde(rename = "type")]
+    /// The type of output with its own settings.
     pub kind: OutputKind,
-    /// Directory for a file output (`type = "file"`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dir: Option<PathBuf>,
     /// Object key (file path) of a chunk; placeholders as fluent-plugin-s3: `%{tag}`, `%{path}`,
     /// `%{time_slice}`, `%{index}`, `%{file_extension}`, `%{hex_random}`, `%{uuid_flush}`,
     /// `%{hostname}`.
-    #[serde(default = "default_key_format")]
     pub key_format: KeyTemplate,
-    /// Value of `%{path}`.
-    #[serde(default)]
+    /// Value of `%{path}` (a key prefix; empty is a valid prefix: none).
     pub path: String,
-    /// strftime format of `%{time_slice}` (UTC); derived from the time key when empty.
-    #[serde(default)]
-    pub time_slice_format: String,
+    /// strftime format of `%{time_slice}` (UTC); derived from the time key when not given.
+    pub time_slice_format: Option<String>,
     /// First value of `%{index}` for each key prefix (EMR's event-log layout starts at 1).
-    #[serde(default)]
     pub index_start: u64,
     /// Retries of a failed delivery.
-    #[serde(default)]
     pub retry: RetryConfig,
     /// Where a chunk goes when delivery has failed for good.
-    #[serde(default)]
     pub secondary: SecondaryConfig,
-    /// Settings of an S3 output (`type = "s3"`), in an `[output.s3]` table.
+}
+
+/// The type of an output and the settings only that type has.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutputKind {
+    /// Each chunk becomes a file under `dir` (written to a temp name, then renamed).
+    File {
+        /// The directory the files go to (created when missing).
+        dir: PathBuf,
+    },
+    /// Lines are written to logship's own standard output.
+    Stdout,
+    /// Objects in S3, through a presigned POST or the S3 API (`[output.s3]`). Boxed: it is by
+    /// far the largest variant.
+    S3(Box<S3Settings>),
+    /// CloudWatch Logs events, one per line (`[output.cloudwatch]`).
+    Cloudwatch(Box<CloudWatchSettings>),
+}
+
+impl OutputKind {
+    /// An S3 output with every S3 setting at its default.
+    pub fn s3() -> OutputKind {
+        OutputKind::S3(Box::default())
+    }
+
+    /// A CloudWatch Logs output with every setting at its default.
+    pub fn cloudwatch() -> OutputKind {
+        OutputKind::Cloudwatch(Box::default())
+    }
+
+    /// The `type = "..."` value of this kind.
+    pub fn type_name(&self) -> OutputType {
+        match self {
+            OutputKind::File { .. } => OutputType::File,
+            OutputKind::Stdout => OutputType::Stdout,
+            OutputKind::S3(_) => OutputType::S3,
+            OutputKind::Cloudwatch(_) => OutputType::Cloudwatch,
+        }
+    }
+}
+
+/// The values of an output's `type` key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputType {
+    /// `type = "file"`.
+    File,
+    /// `type = "stdout"`.
+    Stdout,
+    /// `type = "s3"`.
+    S3,
+    /// `type = "cloudwatch"`.
+    Cloudwatch,
+}
+
+/// An `[[output]]` table as written in the file: flat, with the settings of every type optional.
+/// Only the conversion to and from [`OutputConfig`] uses it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutputTable {
     #[serde(default)]
-    pub s3: S3Settings,
-    /// Settings of a CloudWatch Logs output (`type = "cloudwatch"`), in `[output.cloudwatch]`.
+    name: String,
+    #[serde(rename = "type")]
+    kind: OutputType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dir: Option<PathBuf>,
+    #[serde(default = "default_key_format")]
+    key_format: KeyTemplate,
     #[serde(default)]
-    pub cloudwatch: CloudWatchSettings,
+    path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "empty_is_unset")]
+    time_slice_format: Option<String>,
+    #[serde(default)]
+    index_start: u64,
+    #[serde(default)]
+    retry: RetryConfig,
+    #[serde(default)]
+    secondary: SecondaryConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    s3: Option<Box<S3Settings>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cloudwatch: Option<Box<CloudWatchSettings>>,
+}
+
+impl TryFrom<OutputTable> for OutputConfig {
+    type Error = String;
+
+    fn try_from(t: OutputTable) -> Result<OutputConfig, String> {
+        let ty = t.kind;
+        let misplaced = |key: &str, owner: &str| {
+            Err(format!(
+                "`{key}` belongs to type = \"{owner}\"; this output has type = \"{}\"",
+                toml_name(ty)
+            ))
+        };
+        if ty != OutputType::File && t.dir.is_some() {
+            return misplaced("dir", "file");
+        }
+        if ty != OutputType::S3 && t.s3.is_some() {
+            return misplaced("s3", "s3");
+        }
+        if ty != OutputType::Cloudwatch && t.cloudwatch.is_some() {
+            return misplaced("cloudwatch", "cloudwatch");
+        }
+        let kind = match ty {
+            OutputType::File => OutputKind::File {
+                dir: t.dir.ok_or("`dir` is required for type = \"file\"")?,
+            },
+            OutputType::Stdout => OutputKind::Stdout,
+            OutputType::S3 => OutputKind::S3(t.s3.unwrap_or_default()),
+            OutputType::Cloudwatch => OutputKind::Cloudwatch(t.cloudwatch.unwrap_or_default()),
+        };
+        Ok(OutputConfig {
+            name: t.name,
+            kind,
+            key_format: t.key_format,
+            path: t.path,
+            time_slice_format: t.time_slice_format,
+            index_start: t.index_start,
+            retry: t.retry,
+            secondary: t.secondary,
+        })
+    }
+}
+
+impl From<OutputConfig> for OutputTable {
+    fn from(o: OutputConfig) -> OutputTable {
+        let kind = o.kind.type_name();
+        let (mut dir, mut s3, mut cloudwatch) = (None, None, None);
+        match o.kind {
+            OutputKind::File { dir: d } => dir = Some(d),
+            OutputKind::Stdout => {}
+            OutputKind::S3(s) => s3 = Some(s),
+            OutputKind::Cloudwatch(c) => cloudwatch = Some(c),
+        }
+        OutputTable {
+            name: o.name,
+            kind,
+            dir,
+            key_format: o.key_format,
+            path: o.path,
+            time_slice_format: o.time_slice_format,
+            index_start: o.index_start,
+            retry: o.retry,
+            secondary: o.secondary,
+            s3,
+            cloudwatch,
+        }
+    }
+}
+
+/// Reads an optional string-like value where an empty string, which earlier versions documented
+/// as "use the default", still means unset (configs written for them keep working).
+fn empty_is_unset<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: From<String>,
+{
+    let s = Option::<String>::deserialize(d)?;
+    Ok(s.filter(|s| !s.is_empty()).map(T::from))
+}
+
+/// The TOML spelling of a type (`"s3"`, `"cloudwatch"`, ...).
+fn toml_name(ty: OutputType) -> &'static str {
+    match ty {
+        OutputType::File => "file",
+        OutputType::Stdout => "stdout",
+        OutputType::S3 => "s3",
+        OutputType::Cloudwatch => "cloudwatch",
+    }
 }
 
 /// Settings of an S3 output.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct S3Settings {
     /// The bucket (S3 API mode; with a presigned POST, checked against the policy when set).
@@ -470,20 +627,6 @@ pub fn default_key_format() -> KeyTemplate {
     KeyTemplate::builtin("%{tag}/%{time_slice}_%{index}.%{file_extension}")
 }
 
-/// Kinds of output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OutputKind {
-    /// Each chunk becomes a file under `dir` (written to a temp name, then renamed).
-    File,
-    /// Lines are written to logship's own standard output.
-    Stdout,
-    /// Objects in S3, through a presigned POST or the S3 API (`[output.s3]`).
-    S3,
-    /// CloudWatch Logs events, one per line (`[output.cloudwatch]`).
-    Cloudwatch,
-}
-
 /// Where a CloudWatch event's timestamp comes from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -498,7 +641,7 @@ pub enum TimestampRule {
 }
 
 /// Settings of a CloudWatch Logs output.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CloudWatchSettings {
     /// The log group (`${NAME}` environment references are replaced).
@@ -571,23 +714,17 @@ impl Default for RetryConfig {
 }
 
 /// The secondary (error) directory of an output: where chunks go when delivery failed for good.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecondaryConfig {
-    /// Directory; empty means `<buffer.dir>/secondary`.
-    pub directory: PathBuf,
+    /// Directory; default `<buffer.dir>/secondary` (filled in when the config is read, so
+    /// `logship check` shows it).
+    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "empty_is_unset")]
+    pub directory: Option<PathBuf>,
     /// File name; each chunk is written to `<basename>.<n>`, n the first unused number
-    /// (fluentd's `secondary_file`). Empty means `<output name>.chunk`.
-    pub basename: String,
-}
-
-impl Default for SecondaryConfig {
-    fn default() -> Self {
-        SecondaryConfig {
-            directory: PathBuf::new(),
-            basename: String::new(),
-        }
-    }
+    /// (fluentd's `secondary_file`). Default `<output name>.chunk`.
+    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "empty_is_unset")]
+    pub basename: Option<String>,
 }
 
 /// When the process stops and how long the final delivery may take.
@@ -672,16 +809,59 @@ impl OutputConfig {
         OutputConfig {
             name: name.to_string(),
             kind,
-            dir: None,
             key_format: default_key_format(),
             path: String::new(),
-            time_slice_format: String::new(),
+            time_slice_format: None,
             index_start: 0,
             retry: RetryConfig::default(),
             secondary: SecondaryConfig::default(),
-            s3: S3Settings::default(),
-            cloudwatch: CloudWatchSettings::default(),
         }
+    }
+
+    /// The S3 settings, when this is an S3 output.
+    pub fn s3(&self) -> Option<&S3Settings> {
+        match &self.kind {
+            OutputKind::S3(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The S3 settings to change, when this is an S3 output.
+    pub fn s3_mut(&mut self) -> Option<&mut S3Settings> {
+        match &mut self.kind {
+            OutputKind::S3(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The CloudWatch Logs settings, when this is a CloudWatch output.
+    pub fn cloudwatch(&self) -> Option<&CloudWatchSettings> {
+        match &self.kind {
+            OutputKind::Cloudwatch(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Whether this output stores chunks whole under a key (files and S3 objects), rather than
+    /// as lines (stdout, CloudWatch events).
+    pub fn stores_objects(&self) -> bool {
+        matches!(self.kind, OutputKind::File { .. } | OutputKind::S3(_))
+    }
+
+    /// The secondary directory: as configured, else `<buffer_dir>/secondary`.
+    pub fn secondary_dir(&self, buffer_dir: &Path) -> PathBuf {
+        self.secondary
+            .directory
+            .clone()
+            .unwrap_or_else(|| buffer_dir.join("secondary"))
+    }
+
+    /// The secondary file name: as configured, else `<name>.chunk`.
+    pub fn secondary_basename(&self) -> String {
+        self.secondary
+            .basename
+            .clone()
+            .unwrap_or_else(|| format!("{}.chunk", self.name))
     }
 }
 
@@ -735,7 +915,7 @@ impl Config {
                 for (i, item) in items.iter_mut().enumerate() {
                     if let toml::Value::Table(t) = item {
                         let mut d = default_of(i);
-                        for required in ["name", "type", "paths"] {
+                        for required in ["name", "type", "paths", "dir"] {
                             d.remove(required);
                         }
                         prune(t, &d);
@@ -749,7 +929,13 @@ impl Config {
         });
         per_item("output", &mut root, &|i| {
             let o = &self.outputs[i];
-            value(&OutputConfig::new(&o.name, o.kind))
+            let kind = match o.kind.type_name() {
+                OutputType::File => o.kind.clone(),
+                OutputType::Stdout => OutputKind::Stdout,
+                OutputType::S3 => OutputKind::s3(),
+                OutputType::Cloudwatch => OutputKind::cloudwatch(),
+            };
+            value(&OutputConfig::new(&o.name, kind))
         });
         toml::to_string(&root).unwrap_or_default()
     }
@@ -856,7 +1042,8 @@ impl Config {
         // runs (a restarted container, a re-run job) by a random part.
         for (i, o) in self.outputs.iter_mut().enumerate() {
             let defaulted = o.key_format == default_key_format() || o.key_format == default_key_format().under_path();
-            if o.kind == OutputKind::S3 && o.s3.presigned_post.is_some() && defaulted && !event_outputs.contains(&i) {
+            let presigned = o.s3().is_some_and(|s3| s3.presigned_post.is_some());
+            if presigned && defaulted && !event_outputs.contains(&i) {
                 o.key_format = o.key_format.with_random_part();
             }
         }
@@ -864,12 +1051,8 @@ impl Config {
             if o.name.is_empty() {
                 o.name = format!("output-{i}");
             }
-            if o.secondary.directory.as_os_str().is_empty() {
-                o.secondary.directory = self.buffer.dir.join("secondary");
-            }
-            if o.secondary.basename.is_empty() {
-                o.secondary.basename = format!("{}.chunk", o.name);
-            }
+            o.secondary.directory = Some(o.secondary_dir(&self.buffer.dir));
+            o.secondary.basename = Some(o.secondary_basename());
         }
     }
 
@@ -921,12 +1104,8 @@ impl Config {
             at_least.push((format!("output[{i}].retry.wait"), o.retry.wait, ms(10)));
             at_least.push((format!("output[{i}].retry.max_interval"), o.retry.max_interval, ms(10)));
             at_least.push((format!("output[{i}].retry.timeout"), o.retry.timeout, ms(1000)));
-            if o.kind == OutputKind::S3 {
-                at_least.push((
-                    format!("output[{i}].s3.request_timeout"),
-                    o.s3.request_timeout,
-                    ms(1000),
-                ));
+            if let Some(s3) = o.s3() {
+                at_least.push((format!("output[{i}].s3.request_timeout"), s3.request_timeout, ms(1000)));
             }
         }
         for (key, value, min) in at_least {
@@ -954,90 +1133,13 @@ impl Config {
                     format!("duplicate name {:?}", o.name),
                 ));
             }
-            if o.kind == OutputKind::File && o.dir.is_none() {
-                return Err(invalid(format!("output[{i}].dir"), "required for type = \"file\""));
+            if let OutputKind::S3(s3) = &o.kind {
+                validate_s3(i, s3)?;
             }
-            if o.kind == OutputKind::S3 && o.s3.bucket.is_none() && o.s3.presigned_post.is_none() {
-                return Err(invalid(
-                    format!("output[{i}].s3"),
-                    "type = \"s3\" needs s3.bucket (S3 API) or s3.presigned_post (a presigned POST file)",
-                ));
+            if let OutputKind::Cloudwatch(cw) = &o.kind {
+                validate_cloudwatch(i, cw)?;
             }
-            if o.kind == OutputKind::Cloudwatch {
-                let cw = &o.cloudwatch;
-                if cw.log_group.is_empty() {
-                    return Err(invalid(
-                        format!("output[{i}].cloudwatch.log_group"),
-                        "required for type = \"cloudwatch\"",
-                    ));
-                }
-                if cw.log_stream.is_empty() || cw.log_stream.contains([':', '*']) {
-                    return Err(invalid(
-                        format!("output[{i}].cloudwatch.log_stream"),
-                        "must not be empty or contain ':' or '*'",
-                    ));
-                }
-                let max = cw.max_event_size.bytes();
-                if !(1024..=1 << 20).contains(&max) {
-                    return Err(invalid(
-                        format!("output[{i}].cloudwatch.max_event_size"),
-                        "must be between 1KiB and 1MiB (CloudWatch's limit, 26 bytes of overhead included)",
-                    ));
-                }
-            }
-            if o.kind == OutputKind::S3
-                && let Some(level) = o.s3.compression_level
-            {
-                use crate::StoreAs;
-                let range = match o.s3.store_as {
-                    StoreAs::Gzip => Some(0..=9),
-                    StoreAs::Zstd => Some(1..=22),
-                    StoreAs::Text => None,
-                };
-                match range {
-                    Some(r) if !r.contains(&level) => {
-                        return Err(invalid(
-                            format!("output[{i}].s3.compression_level"),
-                            format!(
-                                "{level} is out of range for {:?}: {}..={}",
-                                o.s3.store_as,
-                                r.start(),
-                                r.end()
-                            ),
-                        ));
-                    }
-                    None => {
-                        return Err(invalid(
-                            format!("output[{i}].s3.compression_level"),
-                            "only applies with store_as = \"gzip\" or \"zstd\"",
-                        ));
-                    }
-                    _ => {}
-                }
-            }
-            if o.kind == OutputKind::S3
-                && let Some(acl) = &o.s3.acl
-            {
-                if !CANNED_ACLS.contains(&acl.as_str()) {
-                    return Err(invalid(
-                        format!("output[{i}].s3.acl"),
-                        format!("{acl:?} is not a canned ACL; one of {}", CANNED_ACLS.join(", ")),
-                    ));
-                }
-                if o.s3.presigned_post.is_some() {
-                    return Err(invalid(
-                        format!("output[{i}].s3.acl"),
-                        "applies to the S3 API; with a presigned POST, its policy decides the ACL",
-                    ));
-                }
-            }
-            if o.kind == OutputKind::S3 && o.s3.part_size.bytes() < 5 << 20 {
-                return Err(invalid(
-                    format!("output[{i}].s3.part_size"),
-                    "S3 parts are at least 5MiB",
-                ));
-            }
-            if o.secondary.basename.contains('/') {
+            if o.secondary.basename.as_deref().is_some_and(|b| b.contains('/')) {
                 return Err(invalid(
                     format!("output[{i}].secondary.basename"),
                     "must not contain '/'",
@@ -1096,8 +1198,7 @@ impl Config {
             }
         }
         for (i, o) in self.outputs.iter().enumerate() {
-            let stores_objects = matches!(o.kind, OutputKind::File | OutputKind::S3);
-            if stores_objects && !event_outputs.contains(&i) && !o.key_format.is_unique_per_chunk() {
+            if o.stores_objects() && !event_outputs.contains(&i) && !o.key_format.is_unique_per_chunk() {
                 return Err(invalid(
                     format!("output[{i}].key_format"),
                     format!(
@@ -1106,8 +1207,7 @@ impl Config {
                     ),
                 ));
             }
-            if o.kind == OutputKind::S3
-                && o.s3.presigned_post.is_some()
+            if o.s3().is_some_and(|s3| s3.presigned_post.is_some())
                 && !event_outputs.contains(&i)
                 && !o.key_format.is_unique_per_run()
             {
@@ -1122,7 +1222,7 @@ impl Config {
         }
         for &o in &event_outputs {
             let out = &self.outputs[o];
-            if out.kind == OutputKind::S3 && out.s3.store_as != crate::StoreAs::Text {
+            if out.s3().is_some_and(|s3| s3.store_as != crate::StoreAs::Text) {
                 return Err(invalid(
                     format!("output[{o}].s3.store_as"),
                     "must be \"text\" for event logs: the History Server reads objects by their Spark file names (Spark's own codec, if any, is kept)",
@@ -1152,6 +1252,83 @@ impl Config {
     }
 }
 
+/// Checks an S3 output's settings (`i` is the output's index, for the error's key).
+fn validate_s3(i: usize, s3: &S3Settings) -> Result<(), ConfigError> {
+    if s3.bucket.is_none() && s3.presigned_post.is_none() {
+        return Err(invalid(
+            format!("output[{i}].s3"),
+            "type = \"s3\" needs s3.bucket (S3 API) or s3.presigned_post (a presigned POST file)",
+        ));
+    }
+    if let Some(level) = s3.compression_level {
+        let range = match s3.store_as {
+            StoreAs::Gzip => 0..=9,
+            StoreAs::Zstd => 1..=22,
+            StoreAs::Text => {
+                return Err(invalid(
+                    format!("output[{i}].s3.compression_level"),
+                    "only applies with store_as = \"gzip\" or \"zstd\"",
+                ));
+            }
+        };
+        if !range.contains(&level) {
+            return Err(invalid(
+                format!("output[{i}].s3.compression_level"),
+                format!(
+                    "{level} is out of range for {:?}: {}..={}",
+                    s3.store_as,
+                    range.start(),
+                    range.end()
+                ),
+            ));
+        }
+    }
+    if let Some(acl) = &s3.acl {
+        if !CANNED_ACLS.contains(&acl.as_str()) {
+            return Err(invalid(
+                format!("output[{i}].s3.acl"),
+                format!("{acl:?} is not a canned ACL; one of {}", CANNED_ACLS.join(", ")),
+            ));
+        }
+        if s3.presigned_post.is_some() {
+            return Err(invalid(
+                format!("output[{i}].s3.acl"),
+                "applies to the S3 API; with a presigned POST, its policy decides the ACL",
+            ));
+        }
+    }
+    if s3.part_size.bytes() < 5 << 20 {
+        return Err(invalid(
+            format!("output[{i}].s3.part_size"),
+            "S3 parts are at least 5MiB",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a CloudWatch Logs output's settings (`i` is the output's index, for the error's key).
+fn validate_cloudwatch(i: usize, cw: &CloudWatchSettings) -> Result<(), ConfigError> {
+    if cw.log_group.is_empty() {
+        return Err(invalid(
+            format!("output[{i}].cloudwatch.log_group"),
+            "required for type = \"cloudwatch\"",
+        ));
+    }
+    if cw.log_stream.is_empty() || cw.log_stream.contains([':', '*']) {
+        return Err(invalid(
+            format!("output[{i}].cloudwatch.log_stream"),
+            "must not be empty or contain ':' or '*'",
+        ));
+    }
+    if !(1024..=1 << 20).contains(&cw.max_event_size.bytes()) {
+        return Err(invalid(
+            format!("output[{i}].cloudwatch.max_event_size"),
+            "must be between 1KiB and 1MiB (CloudWatch's limit, 26 bytes of overhead included)",
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1174,7 +1351,7 @@ dir = "/tmp/out"
         assert_eq!(c.buffer.chunk_limit.bytes(), 32 << 20);
         assert_eq!(
             c.outputs[0].secondary.directory,
-            PathBuf::from("/tmp/logship/secondary")
+            Some(PathBuf::from("/tmp/logship/secondary"))
         );
         // The effective config prints and parses back to the same thing.
         let again = Config::parse(&c.to_toml(), "printed").unwrap();
@@ -1227,6 +1404,71 @@ dir = "/tmp/out"
         )
         .unwrap();
         assert_eq!(explicit.lifecycle.drain_deadline(), std::time::Duration::from_secs(300));
+    }
+
+    #[test]
+    fn settings_of_another_output_type_are_refused_with_their_line() {
+        // What a careless edit leaves: a file output that kept its old S3 table, a CloudWatch
+        // output with a `dir`, an S3 output given CloudWatch settings, a file output without `dir`.
+        let cases = [
+            (
+                MINIMAL.replace("dir = \"/tmp/out\"", "dir = \"/tmp/out\"\ns3 = { bucket = \"b\" }"),
+                "`s3`",
+            ),
+            (
+                MINIMAL.replace(
+                    "type = \"file\"",
+                    "type = \"cloudwatch\"\ncloudwatch = { log_group = \"g\" }",
+                ),
+                "`dir`",
+            ),
+            (
+                MINIMAL.replace(
+                    "type = \"file\"\ndir = \"/tmp/out\"",
+                    "type = \"s3\"\n[output.s3]\nbucket = \"b\"\n[output.cloudwatch]\nlog_group = \"g\"",
+                ),
+                "`cloudwatch`",
+            ),
+            (MINIMAL.replace("dir = \"/tmp/out\"", ""), "`dir` is required"),
+        ];
+        for (text, what) in cases {
+            let e = Config::parse(&text, "x.toml").unwrap_err().to_string();
+            assert!(
+                e.contains(what) && e.contains("x.toml") && e.contains("line "),
+                "{text}\n{e}"
+            );
+        }
+        // The typed form prints back to the same flat table.
+        let c = Config::parse(
+            &MINIMAL.replace(
+                "type = \"file\"\ndir = \"/tmp/out\"",
+                "type = \"s3\"\n[output.s3]\nbucket = \"b\"",
+            ),
+            "x",
+        )
+        .unwrap();
+        assert_eq!(c.outputs[0].s3().unwrap().bucket.as_deref(), Some("b"));
+        let printed = c.to_toml();
+        assert!(
+            printed.contains("[output.s3]")
+                && !printed.contains("[output.cloudwatch]")
+                && !printed.split("[[output]]").nth(1).unwrap().contains("\ndir ="),
+            "{printed}"
+        );
+        assert_eq!(Config::parse(&printed, "printed").unwrap().to_toml(), printed);
+    }
+
+    #[test]
+    fn an_empty_string_still_means_the_default_where_it_once_did() {
+        let text = MINIMAL.replace(
+            "dir = \"/tmp/out\"",
+            "dir = \"/tmp/out\"\ntime_slice_format = \"\"\nsecondary = { directory = \"\", basename = \"\" }",
+        );
+        let c = Config::parse(&text, "x").unwrap();
+        let o = &c.outputs[0];
+        assert_eq!(o.time_slice_format, None);
+        assert_eq!(o.secondary.directory, Some(PathBuf::from("/tmp/logship/secondary")));
+        assert_eq!(o.secondary.basename.as_deref(), Some("output-0.chunk"));
     }
 
     #[test]

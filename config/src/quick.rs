@@ -111,31 +111,35 @@ pub struct QuickArgs {
 /// Builds the native config for quick mode.
 pub fn build(args: &QuickArgs, buffer_dir: PathBuf) -> Result<Config, ConfigError> {
     let dest = Destination::parse(&args.to).map_err(|e| super::invalid("--to", e.to_string()))?;
-    let mut s3 = S3Settings::default();
-    let mut cloudwatch = CloudWatchSettings::default();
-    let (kind, dir, path) = match dest {
-        Destination::File(dir) => (OutputKind::File, Some(dir), String::new()),
-        Destination::Stdout => (OutputKind::Stdout, None, String::new()),
+    let (kind, path) = match dest {
+        Destination::File(dir) => (OutputKind::File { dir }, String::new()),
+        Destination::Stdout => (OutputKind::Stdout, String::new()),
         Destination::S3 { bucket, prefix } => {
-            s3.bucket = Some(bucket);
-            s3.presigned_post = args.presigned_post.clone();
-            s3.store_as = args.store_as;
-            s3.endpoint = args.endpoint.clone();
-            s3.region = args.region.clone();
-            s3.force_path_style = args.path_style;
-            (OutputKind::S3, None, prefix)
+            let s3 = S3Settings {
+                bucket: Some(bucket),
+                presigned_post: args.presigned_post.clone(),
+                store_as: args.store_as,
+                endpoint: args.endpoint.clone(),
+                region: args.region.clone(),
+                force_path_style: args.path_style,
+                ..Default::default()
+            };
+            (OutputKind::S3(Box::new(s3)), prefix)
         }
         Destination::CloudWatch { group, stream } => {
-            cloudwatch.log_group = group;
+            let mut cloudwatch = CloudWatchSettings {
+                log_group: group,
+                region: args.region.clone(),
+                endpoint: args.endpoint.clone(),
+                ..Default::default()
+            };
             if !stream.is_empty() {
                 cloudwatch.log_stream = stream;
             }
-            cloudwatch.region = args.region.clone();
-            cloudwatch.endpoint = args.endpoint.clone();
-            (OutputKind::Cloudwatch, None, String::new())
+            (OutputKind::Cloudwatch(Box::new(cloudwatch)), String::new())
         }
     };
-    if args.presigned_post.is_some() && kind != OutputKind::S3 {
+    if args.presigned_post.is_some() && !matches!(kind, OutputKind::S3(_)) {
         return Err(super::invalid(
             "--presigned-post",
             "only applies to --to s3://BUCKET/PREFIX",
@@ -147,12 +151,9 @@ pub fn build(args: &QuickArgs, buffer_dir: PathBuf) -> Result<Config, ConfigErro
         None => super::default_key_format().under_path(),
     };
     let mut output = OutputConfig::new("out", kind);
-    output.dir = dir;
     output.key_format = key_format;
     output.path = path;
-    output.secondary.directory = args.secondary_dir.clone().unwrap_or_default();
-    output.s3 = s3;
-    output.cloudwatch = cloudwatch;
+    output.secondary.directory = args.secondary_dir.clone();
     let (name, kind, paths, spark) = match (&args.spark_events, args.paths.is_empty()) {
         (Some(dir), true) => (
             "spark-events",
@@ -267,26 +268,25 @@ mod tests {
     #[test]
     fn file_destinations_and_errors() {
         let c = build(&args("file:///tmp/out"), "/tmp/buf".into()).unwrap();
-        assert_eq!(c.outputs[0].dir, Some(PathBuf::from("/tmp/out")));
-        assert_eq!(c.outputs[0].kind, OutputKind::File);
+        assert_eq!(c.outputs[0].kind, OutputKind::File { dir: "/tmp/out".into() });
         assert!(c.lifecycle.once);
         let c = build(&args("file://./out"), "/tmp/buf".into()).unwrap();
-        assert_eq!(c.outputs[0].dir, Some(PathBuf::from("./out")));
+        assert_eq!(c.outputs[0].kind, OutputKind::File { dir: "./out".into() });
         assert_eq!(
             build(&args("-"), "/tmp/buf".into()).unwrap().outputs[0].kind,
             OutputKind::Stdout
         );
         let c = build(&args("s3://bkt/spark/logs/"), "/tmp/buf".into()).unwrap();
-        assert_eq!(c.outputs[0].s3.bucket.as_deref(), Some("bkt"));
+        assert_eq!(c.outputs[0].s3().unwrap().bucket.as_deref(), Some("bkt"));
         assert_eq!(c.outputs[0].path, "spark/logs");
         assert_eq!(
             c.outputs[0].key_format.to_string(),
             "%{path}/%{tag}/%{time_slice}_%{index}.%{file_extension}"
         );
         let c = build(&args("cloudwatch://%2Faws%2Femr/vc/jobs/j/%{tag}"), "/tmp/buf".into()).unwrap();
-        assert_eq!(c.outputs[0].kind, OutputKind::Cloudwatch);
-        assert_eq!(c.outputs[0].cloudwatch.log_group, "/aws/emr");
-        assert_eq!(c.outputs[0].cloudwatch.log_stream, "vc/jobs/j/%{tag}");
+        let cw = c.outputs[0].cloudwatch().unwrap();
+        assert_eq!(cw.log_group, "/aws/emr");
+        assert_eq!(cw.log_stream, "vc/jobs/j/%{tag}");
         let e = build(&args("gopher://x"), "/tmp/buf".into()).unwrap_err().to_string();
         assert!(e.contains("--to") && e.contains("gopher"), "{e}");
     }

@@ -11,8 +11,8 @@ pub use logship_config::destination::{Destination, DestinationError};
 use logship_config::key::KeyTemplate;
 use logship_config::units::HumanDuration;
 use logship_config::{
-    AppStatusMode, Config, EventLogMode, OutputConfig, OutputKind, SourceConfig, SourceKind, SparkEventsConfig,
-    StoreAs, TimestampRule,
+    AppStatusMode, CloudWatchSettings, Config, EventLogMode, OutputConfig, OutputKind, S3Settings, SourceConfig,
+    SourceKind, SparkEventsConfig, StoreAs, TimestampRule,
 };
 
 use crate::options::{EventLogLayout, Role, SidecarOptions, Termination, paths};
@@ -190,7 +190,19 @@ fn output(
 ) -> OutputConfig {
     match dest {
         Destination::S3 { bucket, prefix } => {
-            let mut o = OutputConfig::new(name, OutputKind::S3);
+            let s3 = S3Settings {
+                bucket: Some(bucket.clone()),
+                store_as,
+                presigned_post: opts
+                    .presigned_post_secret
+                    .as_ref()
+                    .map(|_| paths::PRESIGNED_POST_FILE.into()),
+                region: opts.region.clone(),
+                endpoint: opts.endpoint.clone(),
+                force_path_style: opts.endpoint.is_some(),
+                ..Default::default()
+            };
+            let mut o = OutputConfig::new(name, OutputKind::S3(Box::new(s3)));
             o.path = under.map(|u| join(prefix, u)).unwrap_or_else(|| prefix.clone());
             if under.is_some() {
                 // A presigned POST cannot look whether a key is taken: a random part keeps a
@@ -204,21 +216,10 @@ fn output(
                     "%{{path}}/%{{tag}}/%{{time_slice}}_%{{index}}{random}.%{{file_extension}}"
                 ));
             }
-            o.s3.bucket = Some(bucket.clone());
-            o.s3.store_as = store_as;
-            if opts.presigned_post_secret.is_some() {
-                o.s3.presigned_post = Some(paths::PRESIGNED_POST_FILE.into());
-            }
-            o.s3.region = opts.region.clone();
-            if let Some(e) = &opts.endpoint {
-                o.s3.endpoint = Some(e.clone());
-                o.s3.force_path_style = true;
-            }
             o
         }
         Destination::File(dir) => {
-            let mut o = OutputConfig::new(name, OutputKind::File);
-            o.dir = Some(dir.clone());
+            let mut o = OutputConfig::new(name, OutputKind::File { dir: dir.clone() });
             if let Some(u) = under {
                 o.path = u.to_string();
                 o.key_format = KeyTemplate::builtin("%{path}/%{tag}/%{time_slice}_%{index}.%{file_extension}");
@@ -226,13 +227,15 @@ fn output(
             o
         }
         Destination::CloudWatch { group, stream } => {
-            let mut o = OutputConfig::new(name, OutputKind::Cloudwatch);
-            o.cloudwatch.log_group = group.clone();
-            o.cloudwatch.log_stream = join(stream, &format!("{}/%{{tag}}", var(SPARK_APPLICATION_ID)));
-            o.cloudwatch.timestamp = TimestampRule::Log4j;
-            o.cloudwatch.region = opts.region.clone();
-            o.cloudwatch.endpoint = opts.endpoint.clone();
-            o
+            let cloudwatch = CloudWatchSettings {
+                log_group: group.clone(),
+                log_stream: join(stream, &format!("{}/%{{tag}}", var(SPARK_APPLICATION_ID))),
+                timestamp: TimestampRule::Log4j,
+                region: opts.region.clone(),
+                endpoint: opts.endpoint.clone(),
+                ..Default::default()
+            };
+            OutputConfig::new(name, OutputKind::Cloudwatch(Box::new(cloudwatch)))
         }
         // `parse_destination` refuses it for pods.
         Destination::Stdout => OutputConfig::new(name, OutputKind::Stdout),

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use super::parse::{Element, Pos};
 use crate::config::key::KeyTemplate;
 use crate::config::{
-    AppStatusMode, BufferConfig, Config, EventLogMode, FlushMode, LifecycleConfig, OutputConfig, OutputKind, ReadFrom,
-    SourceConfig, SourceKind, SparkEventsConfig,
+    AppStatusMode, BufferConfig, CloudWatchSettings, Config, EventLogMode, FlushMode, LifecycleConfig, OutputConfig,
+    OutputKind, ReadFrom, S3Settings, SourceConfig, SourceKind, SparkEventsConfig,
 };
 use crate::sink::compress::StoreAs;
 use crate::units::{ByteSize, HumanDuration};
@@ -455,10 +455,10 @@ impl Translator<'_> {
                         return err(&c.pos, "<secondary>: only @type secondary_file is supported");
                     }
                     if let Some(d) = c.get("directory") {
-                        out.secondary.directory = PathBuf::from(d);
+                        out.secondary.directory = Some(PathBuf::from(d));
                     }
                     if let Some(b) = c.get("basename") {
-                        out.secondary.basename = b.to_string();
+                        out.secondary.basename = Some(b.to_string());
                     }
                 }
                 "refreshing_file_presigned_post" | "local_file_upload" | "format" if kind == "s3" => {}
@@ -509,19 +509,21 @@ impl Translator<'_> {
             &mut self.warnings,
         )?;
         self.format(m)?;
-        out.kind = OutputKind::S3;
-        out.s3.bucket = m.get("s3_bucket").map(str::to_string);
-        out.s3.region = m
-            .get("s3_region")
-            .map(str::to_string)
-            .or_else(|| (self.env)("AWS_REGION"));
-        out.s3.endpoint = m.get("s3_endpoint").map(str::to_string);
-        out.s3.force_path_style = bool_param(m, "force_path_style")?.unwrap_or(false);
-        out.s3.storage_class = m.get("storage_class").map(str::to_string);
-        out.s3.sse = m.get("use_server_side_encryption").map(str::to_string);
-        out.s3.sse_kms_key_id = m.get("ssekms_key_id").map(str::to_string);
+        let mut s3 = S3Settings {
+            bucket: m.get("s3_bucket").map(str::to_string),
+            region: m
+                .get("s3_region")
+                .map(str::to_string)
+                .or_else(|| (self.env)("AWS_REGION")),
+            endpoint: m.get("s3_endpoint").map(str::to_string),
+            force_path_style: bool_param(m, "force_path_style")?.unwrap_or(false),
+            storage_class: m.get("storage_class").map(str::to_string),
+            sse: m.get("use_server_side_encryption").map(str::to_string),
+            sse_kms_key_id: m.get("ssekms_key_id").map(str::to_string),
+            ..Default::default()
+        };
         if let Some(p) = m.param("store_as") {
-            out.s3.store_as = StoreAs::parse(&p.value).ok_or_else(|| TranslateError {
+            s3.store_as = StoreAs::parse(&p.value).ok_or_else(|| TranslateError {
                 pos: p.pos.clone(),
                 message: format!("store_as {:?}: supported are text, gzip, zstd", p.value),
             })?;
@@ -532,14 +534,14 @@ impl Translator<'_> {
             .map_or("%{path}%{time_slice}_%{index}.%{file_extension}", |p| p.value.as_str())
             .to_string();
         if let Some(f) = m.get("time_slice_format") {
-            out.time_slice_format = f.to_string();
+            out.time_slice_format = Some(f.to_string());
         }
         if let Some(pp) = m.sections("refreshing_file_presigned_post").next() {
             check_params(pp, &["presigned_post_path"], &[], &mut self.warnings)?;
             let Some(path) = pp.get("presigned_post_path") else {
                 return err(&pp.pos, "<refreshing_file_presigned_post> needs presigned_post_path");
             };
-            out.s3.presigned_post = Some(PathBuf::from(path));
+            s3.presigned_post = Some(PathBuf::from(path));
         }
         if let Some(l) = m.sections("local_file_upload").next() {
             check_params(l, &["file_path"], &[], &mut self.warnings)?;
@@ -558,7 +560,7 @@ impl Translator<'_> {
             }
         }
         let random = key.contains("%{hex_random}") || key.contains("%{uuid_flush}");
-        if out.s3.presigned_post.is_some() && !event_log && !random {
+        if s3.presigned_post.is_some() && !event_log && !random {
             // A presigned POST cannot look whether a key is taken (fluentd would overwrite a
             // restarted container's objects): a random part keeps runs apart.
             key = if key.contains("%{index}") {
@@ -585,8 +587,9 @@ impl Translator<'_> {
                 _ => p.to_string(),
             };
             out.path = prefix;
-            out.s3.store_as = StoreAs::Text;
+            s3.store_as = StoreAs::Text;
         }
+        out.kind = OutputKind::S3(Box::new(s3));
         Ok(())
     }
 
@@ -616,19 +619,21 @@ impl Translator<'_> {
             ],
             &mut self.warnings,
         )?;
-        out.kind = OutputKind::Cloudwatch;
         let Some(group) = m.get("log_group_name") else {
             return err(&m.pos, "<match @type cloudwatch_logs> needs log_group_name");
         };
         let Some(stream) = m.get("log_stream_name") else {
             return err(&m.pos, "<match @type cloudwatch_logs> needs log_stream_name");
         };
-        out.cloudwatch.log_group = group.to_string();
-        out.cloudwatch.log_stream = stream.to_string();
-        out.cloudwatch.auto_create = bool_param(m, "auto_create_stream")?.unwrap_or(false);
-        out.cloudwatch.retention_days = number_param(m, "retention_in_days")?;
-        out.cloudwatch.region = m.get("region").map(str::to_string).or_else(|| (self.env)("AWS_REGION"));
-        out.cloudwatch.endpoint = m.get("endpoint").map(str::to_string);
+        out.kind = OutputKind::Cloudwatch(Box::new(CloudWatchSettings {
+            log_group: group.to_string(),
+            log_stream: stream.to_string(),
+            auto_create: bool_param(m, "auto_create_stream")?.unwrap_or(false),
+            retention_days: number_param(m, "retention_in_days")?,
+            region: m.get("region").map(str::to_string).or_else(|| (self.env)("AWS_REGION")),
+            endpoint: m.get("endpoint").map(str::to_string),
+            ..Default::default()
+        }));
         Ok(())
     }
 

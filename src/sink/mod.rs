@@ -171,35 +171,32 @@ impl Sink {
     /// Builds the output described by `config` (the SDK outputs load the AWS configuration,
     /// and refuse to start without a region or any credentials).
     pub async fn build(config: &OutputConfig) -> Result<Sink, SetupError> {
-        Ok(match config.kind {
-            OutputKind::File => Sink::File(file::FileSink::new(config.dir.clone().unwrap_or_default())),
+        Ok(match &config.kind {
+            OutputKind::File { dir } => Sink::File(file::FileSink::new(dir.clone())),
             OutputKind::Stdout => Sink::Stdout(stdout::StdoutSink),
-            OutputKind::S3 => Sink::S3(Box::new(s3::S3Sink::new(config).await?)),
-            OutputKind::Cloudwatch => {
-                Sink::CloudWatch(Box::new(cloudwatch::CloudWatchSink::new(&config.cloudwatch).await?))
-            }
+            OutputKind::S3(s3) => Sink::S3(Box::new(s3::S3Sink::new(s3).await?)),
+            OutputKind::Cloudwatch(cw) => Sink::CloudWatch(Box::new(cloudwatch::CloudWatchSink::new(cw).await?)),
         })
     }
 
     /// The `%{file_extension}` of what an output writes.
     pub fn file_extension(config: &OutputConfig) -> &'static str {
-        match config.kind {
-            OutputKind::S3 => config.s3.store_as.extension(),
-            OutputKind::File | OutputKind::Stdout | OutputKind::Cloudwatch => "txt",
+        match &config.kind {
+            OutputKind::S3(s3) => s3.store_as.extension(),
+            OutputKind::File { .. } | OutputKind::Stdout | OutputKind::Cloudwatch(_) => "txt",
         }
     }
 
     /// Where an output delivers, for messages (no secrets).
     pub fn describe(config: &OutputConfig) -> String {
-        match config.kind {
-            OutputKind::File => {
-                let dir = config.dir.clone().unwrap_or_default();
-                let dir = std::path::absolute(&dir).unwrap_or(dir);
+        match &config.kind {
+            OutputKind::File { dir } => {
+                let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
                 format!("file://{}", dir.display())
             }
             OutputKind::Stdout => "stdout".to_string(),
-            OutputKind::S3 => s3::S3Sink::describe(&config.s3),
-            OutputKind::Cloudwatch => cloudwatch::CloudWatchSink::describe(&config.cloudwatch),
+            OutputKind::S3(s3) => s3::S3Sink::describe(s3),
+            OutputKind::Cloudwatch(cw) => cloudwatch::CloudWatchSink::describe(cw),
         }
     }
 
@@ -207,18 +204,18 @@ impl Sink {
     /// change under a chunk between the run that wrote it and the run that delivers it. Unlike
     /// [`Sink::describe`], it leaves out how the destination is reached (a presigned POST file).
     pub fn destination(config: &OutputConfig) -> String {
-        match config.kind {
-            OutputKind::S3 => {
-                let endpoint = config.s3.endpoint.as_deref().unwrap_or("");
-                format!("s3://{} {endpoint}", config.s3.bucket.as_deref().unwrap_or(""))
+        match &config.kind {
+            OutputKind::S3(s3) => {
+                let endpoint = s3.endpoint.as_deref().unwrap_or("");
+                format!("s3://{} {endpoint}", s3.bucket.as_deref().unwrap_or(""))
                     .trim_end()
                     .to_string()
             }
-            OutputKind::Cloudwatch => {
-                let endpoint = config.cloudwatch.endpoint.as_deref().unwrap_or("");
+            OutputKind::Cloudwatch(cw) => {
+                let endpoint = cw.endpoint.as_deref().unwrap_or("");
                 format!("{} {endpoint}", Self::describe(config)).trim_end().to_string()
             }
-            OutputKind::File | OutputKind::Stdout => Self::describe(config),
+            OutputKind::File { .. } | OutputKind::Stdout => Self::describe(config),
         }
     }
 

@@ -19,7 +19,7 @@ use super::DeliveryError;
 use super::compress::{cleanup, prepare};
 use super::file_body::FileBody;
 use crate::buffer::SealedChunk;
-use crate::config::{OutputConfig, S3Settings};
+use crate::config::S3Settings;
 
 /// How the S3 output authenticates.
 #[derive(Debug)]
@@ -39,8 +39,8 @@ pub struct S3Sink {
 
 impl S3Sink {
     /// Builds the output (loads AWS configuration for the API mode).
-    pub async fn new(config: &OutputConfig) -> Result<S3Sink, super::SetupError> {
-        let settings = config.s3.clone();
+    pub async fn new(settings: &S3Settings) -> Result<S3Sink, super::SetupError> {
+        let settings = settings.clone();
         let access = match &settings.presigned_post {
             Some(file) => Access::Post {
                 file: file.clone(),
