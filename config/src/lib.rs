@@ -430,7 +430,11 @@ struct OutputTable {
     key_format: KeyTemplate,
     #[serde(default)]
     path: String,
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "empty_is_unset")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "empty_is_unset"
+    )]
     time_slice_format: Option<String>,
     #[serde(default)]
     index_start: u64,

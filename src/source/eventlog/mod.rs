@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use crate::buffer::{ChunkStore, SourceCheckpoint};
 use crate::config::{AppStatusMode, EventLogMode, Framing, SourceConfig, SourceKind};
 use crate::fsutil::{FileId, ends_with_newline};
+use crate::source::Source;
 
 use super::tail::{TailError, TailSource, TailStats};
 
@@ -134,70 +135,6 @@ impl EventLogSource {
         }
     }
 
-    /// Directories to watch (recursively: rolling logs live one level down).
-    pub fn watch_dirs(&self) -> Vec<(PathBuf, bool)> {
-        self.dirs.iter().map(|d| (d.clone(), true)).collect()
-    }
-
-    /// When the next periodic scan is due.
-    pub fn next_scan(&self) -> Option<Instant> {
-        self.last_scan.map(|t| t + self.config.refresh_interval.get())
-    }
-
-    /// See [`TailSource::next_rotate_deadline`].
-    pub fn next_rotate_deadline(&self) -> Option<Instant> {
-        self.tail.next_rotate_deadline()
-    }
-
-    /// How often files should be looked at without an event: a growing mirrored file is due
-    /// again after `mirror_interval`.
-    pub fn poll_interval(&self) -> Duration {
-        self.tail
-            .poll_interval()
-            .min(self.mirror_interval.max(Duration::from_secs(1)))
-    }
-
-    /// Looks for applications and their files.
-    pub fn scan(&mut self, checkpoints: &[SourceCheckpoint], now: Instant) {
-        self.tail.scan(checkpoints, now);
-        self.last_scan = Some(now);
-        for m in &mut self.mirrored {
-            m.seen = false;
-        }
-        for dir in self.dirs.clone() {
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-            for entry in entries.flatten() {
-                let Some(name) = entry.file_name().to_str().map(str::to_string) else {
-                    continue;
-                };
-                let Ok(ft) = entry.file_type() else { continue };
-                if ft.is_dir() {
-                    if let Some(app) = name.strip_prefix(ROLLING_PREFIX)
-                        && accepts(&self.app_filter, app)
-                    {
-                        self.scan_rolling(&entry.path(), &name, app, checkpoints);
-                    }
-                } else if ft.is_file()
-                    && let Some(n) = parse_single(&name)
-                    && accepts(&self.app_filter, &n.app)
-                {
-                    let way = if n.codec.is_none() && self.mode != EventLogMode::Mirror {
-                        Way::Rechunk
-                    } else {
-                        Way::Mirror
-                    };
-                    self.note_app(&n.app, Layout::Single, way, !n.in_progress);
-                    if way == Way::Mirror {
-                        self.track(&entry.path(), name.clone(), &n.app, 0, n.codec.is_some(), checkpoints);
-                    }
-                }
-            }
-        }
-        // A mirrored file no longer found was renamed between scans (found under its new name)
-        // or deleted: nothing more can be read of it.
-        self.mirrored.retain(|m| m.seen);
-    }
-
     fn scan_rolling(&mut self, dir: &Path, dir_name: &str, app: &str, checkpoints: &[SourceCheckpoint]) {
         let Ok(entries) = std::fs::read_dir(dir) else { return };
         let mut status = None;
@@ -246,10 +183,84 @@ impl EventLogSource {
         }
         a.complete |= complete;
     }
+}
+
+impl Source for EventLogSource {
+    fn config(&self) -> &SourceConfig {
+        &self.config
+    }
+
+    fn routes(&self) -> &[usize] {
+        &self.routes
+    }
+
+    /// Directories to watch (recursively: rolling logs live one level down).
+    fn watch_dirs(&self) -> Vec<(PathBuf, bool)> {
+        self.dirs.iter().map(|d| (d.clone(), true)).collect()
+    }
+
+    /// When the next periodic scan is due.
+    fn next_scan(&self) -> Option<Instant> {
+        self.last_scan.map(|t| t + self.config.refresh_interval.get())
+    }
+
+    /// The rechunked files' (mirrored files are never waited for).
+    fn next_rotate_deadline(&self) -> Option<Instant> {
+        self.tail.next_rotate_deadline()
+    }
+
+    /// How often files should be looked at without an event: a growing mirrored file is due
+    /// again after `mirror_interval`.
+    fn poll_interval(&self) -> Duration {
+        self.tail
+            .poll_interval()
+            .min(self.mirror_interval.max(Duration::from_secs(1)))
+    }
+
+    /// Looks for applications and their files.
+    fn scan(&mut self, checkpoints: &[SourceCheckpoint], now: Instant) {
+        self.tail.scan(checkpoints, now);
+        self.last_scan = Some(now);
+        for m in &mut self.mirrored {
+            m.seen = false;
+        }
+        for dir in self.dirs.clone() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                let Ok(ft) = entry.file_type() else { continue };
+                if ft.is_dir() {
+                    if let Some(app) = name.strip_prefix(ROLLING_PREFIX)
+                        && accepts(&self.app_filter, app)
+                    {
+                        self.scan_rolling(&entry.path(), &name, app, checkpoints);
+                    }
+                } else if ft.is_file()
+                    && let Some(n) = parse_single(&name)
+                    && accepts(&self.app_filter, &n.app)
+                {
+                    let way = if n.codec.is_none() && self.mode != EventLogMode::Mirror {
+                        Way::Rechunk
+                    } else {
+                        Way::Mirror
+                    };
+                    self.note_app(&n.app, Layout::Single, way, !n.in_progress);
+                    if way == Way::Mirror {
+                        self.track(&entry.path(), name.clone(), &n.app, 0, n.codec.is_some(), checkpoints);
+                    }
+                }
+            }
+        }
+        // A mirrored file no longer found was renamed between scans (found under its new name)
+        // or deleted: nothing more can be read of it.
+        self.mirrored.retain(|m| m.seen);
+    }
 
     /// Reads new data: rechunked files into chunks, mirrored files as snapshots, and queues the
     /// completion markers that are due. Returns the bytes put into chunks.
-    pub fn read(
+    fn read(
         &mut self,
         store: &mut ChunkStore,
         budget: u64,
@@ -265,8 +276,8 @@ impl EventLogSource {
     }
 
     /// Checkpoints: tailed files' positions and mirrored files' uploaded lengths.
-    pub fn checkpoints(&self) -> Vec<SourceCheckpoint> {
-        let mut v: Vec<SourceCheckpoint> = self.tail.checkpoints().collect();
+    fn checkpoints(&self) -> Vec<SourceCheckpoint> {
+        let mut v: Vec<SourceCheckpoint> = self.tail.checkpoints();
         for m in &self.mirrored {
             if let Some(rel) = &m.uploaded_rel {
                 v.push(SourceCheckpoint {
@@ -284,7 +295,7 @@ impl EventLogSource {
     }
 
     /// After a commit.
-    pub fn committed(&mut self) {
+    fn committed(&mut self) {
         self.tail.committed();
         for m in &mut self.mirrored {
             m.committed = (m.uploaded_len, m.uploaded_rel.clone());
@@ -292,20 +303,20 @@ impl EventLogSource {
     }
 
     /// After a rollback.
-    pub fn rewind(&mut self) {
+    fn rewind(&mut self) {
         self.tail.rewind();
         for m in &mut self.mirrored {
             (m.uploaded_len, m.uploaded_rel) = m.committed.clone();
         }
     }
 
-    /// See [`TailSource::mark_drain_point`].
-    pub fn mark_drain_point(&mut self) {
+    /// The rechunked files' drain point; a mirrored file is snapshotted to its size at the drain.
+    fn mark_drain_point(&mut self) {
         self.tail.mark_drain_point();
     }
 
     /// Event-log directories that are not directories (or, with `once`, do not exist).
-    pub fn not_shipped(&self, once: bool) -> Vec<crate::source::tail::NotShipped> {
+    fn not_shipped(&self, once: bool) -> Vec<crate::source::tail::NotShipped> {
         let mut v = Vec::new();
         for dir in &self.dirs {
             let reason = match std::fs::metadata(dir) {
@@ -324,7 +335,7 @@ impl EventLogSource {
     }
 
     /// Bytes not read, per file.
-    pub fn unread(&self) -> Vec<(PathBuf, u64)> {
+    fn unread(&self) -> Vec<(PathBuf, u64)> {
         let mut v = self.tail.unread();
         for m in &self.mirrored {
             let size = m.file.metadata().map(|x| x.len()).unwrap_or(0);
@@ -336,8 +347,8 @@ impl EventLogSource {
     }
 
     /// What the metrics endpoint shows per file (a mirrored file: what was uploaded).
-    pub fn file_metrics(&self) -> Vec<crate::metrics::FileMetrics> {
-        let mut v = self.tail.file_metrics();
+    fn files(&self) -> Vec<crate::metrics::FileMetrics> {
+        let mut v = self.tail.files();
         for m in &self.mirrored {
             v.push(crate::metrics::FileMetrics {
                 source: self.config.name.clone(),
@@ -351,8 +362,8 @@ impl EventLogSource {
     }
 
     /// Counters (snapshot bytes count as read).
-    pub fn stats(&self) -> TailStats {
-        let mut s = self.tail.stats.clone();
+    fn stats(&self) -> TailStats {
+        let mut s = self.tail.stats();
         s.bytes_read += self.mirror_bytes;
         s.files_found += self.mirrored.len() as u64;
         s

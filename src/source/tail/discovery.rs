@@ -41,7 +41,7 @@ impl TailSource {
     /// Looks for files matching the patterns: new ones are opened (resuming from `checkpoints`
     /// when the fingerprint matches), known ones get their current path, missing ones are marked
     /// gone.
-    pub fn scan(&mut self, checkpoints: &[SourceCheckpoint], now: Instant) {
+    pub(super) fn discover(&mut self, checkpoints: &[SourceCheckpoint], now: Instant) {
         let initial = !self.scanned_once;
         self.scanned_once = true;
         self.last_scan = Some(now);

@@ -15,11 +15,12 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::buffer::{BufferError, SourceCheckpoint};
+use crate::buffer::{BufferError, ChunkStore, SourceCheckpoint};
 use crate::config::SourceConfig;
 use crate::fsutil::FileId;
+use crate::source::Source;
 
 mod discovery;
 mod identity;
@@ -164,10 +165,54 @@ impl TailSource {
         }
     }
 
+    /// Follows only the matches `tagger` gives a tag to, with that tag.
+    pub fn with_tagger(mut self, tagger: Tagger) -> TailSource {
+        self.tagger = Some(tagger);
+        self
+    }
+}
+
+impl Source for TailSource {
+    fn config(&self) -> &SourceConfig {
+        &self.config
+    }
+
+    fn routes(&self) -> &[usize] {
+        &self.routes
+    }
+
+    /// How often followed files are looked at for growth: `poll_interval` with `watch = "poll"`,
+    /// else a 5 s safety poll behind inotify (files may grow without an event, e.g. over NFS).
+    fn poll_interval(&self) -> Duration {
+        match self.config.watch {
+            crate::config::WatchMode::Poll => self.config.poll_interval.get(),
+            crate::config::WatchMode::Notify => Duration::from_secs(5),
+        }
+    }
+
+    fn scan(&mut self, checkpoints: &[SourceCheckpoint], now: Instant) {
+        self.discover(checkpoints, now)
+    }
+
+    fn read(
+        &mut self,
+        store: &mut ChunkStore,
+        budget: u64,
+        drain: bool,
+        now: Instant,
+        now_ms: i64,
+    ) -> Result<u64, TailError> {
+        self.read_files(store, budget, drain, now, now_ms)
+    }
+
+    fn stats(&self) -> TailStats {
+        self.stats.clone()
+    }
+
     /// What this source was asked to ship but could not: matches that are not regular files
     /// or cannot be opened, and (with `once`, where nothing can appear later) patterns that
     /// match nothing.
-    pub fn not_shipped(&self, once: bool) -> Vec<NotShipped> {
+    fn not_shipped(&self, once: bool) -> Vec<NotShipped> {
         let mut v: Vec<NotShipped> = self
             .skipped
             .iter()
@@ -197,24 +242,18 @@ impl TailSource {
         v
     }
 
-    /// Follows only the matches `tagger` gives a tag to, with that tag.
-    pub fn with_tagger(mut self, tagger: Tagger) -> TailSource {
-        self.tagger = Some(tagger);
-        self
-    }
-
     /// Directories to watch for events, and whether recursively.
-    pub fn watch_dirs(&self) -> Vec<(PathBuf, bool)> {
+    fn watch_dirs(&self) -> Vec<(PathBuf, bool)> {
         self.config.paths.iter().map(|p| glob_base(p)).collect()
     }
 
     /// When the next periodic scan for new files is due.
-    pub fn next_scan(&self) -> Option<Instant> {
+    fn next_scan(&self) -> Option<Instant> {
         self.last_scan.map(|t| t + self.config.refresh_interval.get())
     }
 
     /// When a file that went away will have waited `rotate_wait`.
-    pub fn next_rotate_deadline(&self) -> Option<Instant> {
+    fn next_rotate_deadline(&self) -> Option<Instant> {
         let wait = self.config.rotate_wait.get();
         self.files
             .iter()
@@ -223,7 +262,7 @@ impl TailSource {
     }
 
     /// What the metrics endpoint shows per file.
-    pub fn file_metrics(&self) -> Vec<crate::metrics::FileMetrics> {
+    fn files(&self) -> Vec<crate::metrics::FileMetrics> {
         self.files
             .iter()
             .map(|f| crate::metrics::FileMetrics {
@@ -237,27 +276,30 @@ impl TailSource {
     }
 
     /// Checkpoints of the files being followed (their current, uncommitted positions).
-    pub fn checkpoints(&self) -> impl Iterator<Item = SourceCheckpoint> + '_ {
-        self.files.iter().map(|f| SourceCheckpoint {
-            id: f.id,
-            fp_len: f.fp.len,
-            fp: f.fp.hash,
-            pos: f.pos,
-            path: f.path.clone(),
-            tag: f.tag.clone(),
-            source: self.config.name.clone(),
-        })
+    fn checkpoints(&self) -> Vec<SourceCheckpoint> {
+        self.files
+            .iter()
+            .map(|f| SourceCheckpoint {
+                id: f.id,
+                fp_len: f.fp.len,
+                fp: f.fp.hash,
+                pos: f.pos,
+                path: f.path.clone(),
+                tag: f.tag.clone(),
+                source: self.config.name.clone(),
+            })
+            .collect()
     }
 
     /// After a successful commit: the current positions are the committed ones.
-    pub fn committed(&mut self) {
+    fn committed(&mut self) {
         for f in &mut self.files {
             f.committed_pos = f.pos;
         }
     }
 
     /// After a rollback: go back to the committed positions.
-    pub fn rewind(&mut self) {
+    fn rewind(&mut self) {
         for f in &mut self.files {
             f.pos = f.committed_pos;
             f.scan_hint = 0;
@@ -265,7 +307,7 @@ impl TailSource {
     }
 
     /// Records the drain point: every file's current size.
-    pub fn mark_drain_point(&mut self) {
+    fn mark_drain_point(&mut self) {
         for f in &mut self.files {
             let size = f.file.metadata().map(|m| m.len()).unwrap_or(f.last_size);
             f.drain_size = Some(size);
@@ -274,7 +316,7 @@ impl TailSource {
 
     /// Bytes written before the drain point but not read into chunks, per file (for the exit
     /// summary).
-    pub fn unread(&self) -> Vec<(PathBuf, u64)> {
+    fn unread(&self) -> Vec<(PathBuf, u64)> {
         self.files
             .iter()
             .filter_map(|f| {

@@ -3,7 +3,7 @@
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::identity::{FINGERPRINT_MAX, Fingerprint, fingerprint};
 use super::{TailError, TailSource, TailedFile};
@@ -27,7 +27,7 @@ impl TailSource {
 
     /// Reads new data of every file into `store`, at most about `budget` bytes in all.
     /// With `drain`, unterminated last lines are delivered as they are. Returns bytes read.
-    pub fn read(
+    pub(super) fn read_files(
         &mut self,
         store: &mut ChunkStore,
         budget: u64,
@@ -231,14 +231,5 @@ impl TailSource {
         f.pos += done;
         f.scan_hint = 0;
         Ok(())
-    }
-
-    /// How often followed files are looked at for growth: `poll_interval` with `watch = "poll"`,
-    /// else a 5 s safety poll behind inotify (files may grow without an event, e.g. over NFS).
-    pub fn poll_interval(&self) -> Duration {
-        match self.config.watch {
-            crate::config::WatchMode::Poll => self.config.poll_interval.get(),
-            crate::config::WatchMode::Notify => Duration::from_secs(5),
-        }
     }
 }
