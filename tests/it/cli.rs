@@ -15,11 +15,7 @@ fn check_prints_the_effective_config_with_defaults() {
         "[[source]]\ntype = \"tail\"\npaths = [\"/var/log/spark/user/*/stdout\"]\n\n[[output]]\ntype = \"file\"\ndir = \"/tmp/out\"\n",
     )
     .unwrap();
-    let out = Command::new(bin())
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = logship_cmd().args(["check", "--config"]).arg(&cfg).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let printed = String::from_utf8(out.stdout).unwrap();
     for expected in [
@@ -37,11 +33,7 @@ fn check_names_the_file_line_and_key_of_an_error() {
     let env = Env::new();
     let cfg = env.dir.path().join("bad.toml");
     fs::write(&cfg, "[buffer]\ntimekey = \"30s\"\nchunk_limt = \"1MB\"\n").unwrap();
-    let out = Command::new(bin())
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = logship_cmd().args(["check", "--config"]).arg(&cfg).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -89,7 +81,7 @@ drain_deadline = "30s"
 
 #[test]
 fn an_unsupported_destination_is_a_usage_error_naming_it() {
-    let out = Command::new(bin())
+    let out = logship_cmd()
         .args(["ship", "--once", "/tmp/x", "--to", "ftp://host/x"])
         .output()
         .unwrap();
@@ -120,7 +112,7 @@ fn quick_mode_errors_name_the_flag_and_are_usage_errors() {
             args.push("--once");
         }
         args.extend(extra);
-        let out = Command::new(bin()).args(&args).output().unwrap();
+        let out = logship_cmd().args(&args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{flag}: {err}");
         assert!(
@@ -139,7 +131,7 @@ fn the_readme_config_example_is_valid() {
     let cfg = env.dir.path().join("readme.toml");
     fs::write(&cfg, &readme[start..end]).unwrap();
     // As in a pod, where EMR sets SPARK_APPLICATION_ID (the example's `${SPARK_APPLICATION_ID}`).
-    let out = Command::new(bin())
+    let out = logship_cmd()
         .args(["check", "--config"])
         .arg(&cfg)
         .env("SPARK_APPLICATION_ID", "spark-000000337olhmpguek")
@@ -151,7 +143,7 @@ fn the_readme_config_example_is_valid() {
         printed.contains("path = \"spark/spark-000000337olhmpguek\""),
         "{printed}"
     );
-    let unset = Command::new(bin())
+    let unset = logship_cmd()
         .args(["check", "--config"])
         .arg(&cfg)
         .env_remove("SPARK_APPLICATION_ID")
@@ -334,11 +326,7 @@ fn presigned_post_file(
 }
 
 fn check(cfg: &std::path::Path) -> (Option<i32>, String) {
-    let out = Command::new(bin())
-        .args(["check", "--config"])
-        .arg(cfg)
-        .output()
-        .unwrap();
+    let out = logship_cmd().args(["check", "--config"]).arg(cfg).output().unwrap();
     (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
@@ -434,7 +422,7 @@ fn check_refuses_a_presigned_post_that_would_be_refused() {
     assert_eq!(check(&cfg).0, Some(0));
     // The file alone: expired is an error too.
     presigned_post_file(&post, "b", "jobs/1/", "2020-01-01T00:00:00Z", "AKIDEXAMPLE", None);
-    let out = Command::new(bin())
+    let out = logship_cmd()
         .args(["check", "--presigned-post"])
         .arg(&post)
         .output()
@@ -464,14 +452,14 @@ dir = "{out}/${LOGSHIP_TEST_POD}"
 once = true
 "#,
     );
-    let mut cmd = Command::new(bin());
+    let mut cmd = logship_cmd();
     cmd.env("LOGSHIP_TEST_POD", "pod-7").env_remove("LOGSHIP_TEST_UNSET");
     let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
     assert!(d.wait_exit(Duration::from_secs(60)).success(), "{}", d.stderr());
     assert_eq!(collect(&env.out.join("pod-7"), "app.log"), b"one line\n");
     assert!(env.buffer.join("pod-7").join("state.json").exists() || env.buffer.join("pod-7").exists());
     // Unset without a default: an error naming the key.
-    let mut cmd = Command::new(bin());
+    let mut cmd = logship_cmd();
     cmd.env_remove("LOGSHIP_TEST_POD");
     let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
     assert_eq!(d.wait_exit(Duration::from_secs(60)).code(), Some(1));
@@ -515,7 +503,7 @@ fn runs_of_same_named_files_into_one_directory_keep_every_file_and_a_retry_is_no
         set_flag(&mut args, "--to", &format!("file://{}", out.path().display()));
         args.extend(["--buffer-dir".to_string(), env.buffer.display().to_string()]);
         if let Some(point) = crash {
-            let mut cmd = Command::new(bin());
+            let mut cmd = logship_cmd();
             cmd.env("LOGSHIP_CRASH_AT", point);
             let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
             assert!(
@@ -559,7 +547,7 @@ fn an_sdk_output_without_a_region_or_any_credentials_fails_at_once_saying_what_t
         for (region, expected) in [(None, "no AWS region"), (Some("eu-west-1"), "no AWS credentials")] {
             let mut args = env.once_args("app.log", &["--buffer-dir", env.buffer.to_str().unwrap()]);
             set_flag(&mut args, "--to", to);
-            let mut cmd = Command::new(bin());
+            let mut cmd = logship_cmd();
             cmd.env_clear()
                 .env("PATH", "/usr/bin:/bin")
                 .env("HOME", home.path())
@@ -590,7 +578,7 @@ fn an_sdk_output_without_a_region_or_any_credentials_fails_at_once_saying_what_t
 #[test]
 fn help_explains_exit_codes_and_signals() {
     for cmd in ["run", "ship"] {
-        let out = Command::new(bin()).args([cmd, "--help"]).output().unwrap();
+        let out = logship_cmd().args([cmd, "--help"]).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{cmd}");
         for want in ["Exit codes", "\n  3  ", "\n  4  ", "SIGHUP reloads", "SIGTERM"] {

@@ -7,7 +7,7 @@ use crate::common::s3;
 
 use std::time::Duration;
 
-use crate::common::{Daemon, Env, append, bin, lines};
+use crate::common::{Daemon, Env, append, lines};
 use moto::Moto;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -33,7 +33,7 @@ fn ship(env: &Env, moto_endpoint: &str, to: &str, extra: &[&str]) -> Vec<String>
 }
 
 fn spawn(moto: &Moto, env: &Env, args: &[String]) -> Daemon {
-    let mut cmd = std::process::Command::new(bin());
+    let mut cmd = crate::common::logship_cmd();
     cmd.envs(moto.env());
     Daemon::spawn_cmd(cmd, args, env.dir.path())
 }
@@ -182,7 +182,7 @@ fn a_crash_between_batches_resumes_after_the_last_accepted_batch() {
     append(&f, &input);
     let to = format!("cloudwatch://{GROUP}/%{{tag}}");
     let args = ship(&env, &moto.endpoint, &to, &["--follow", "--flush-mode", "immediate"]);
-    let mut cmd = std::process::Command::new(bin());
+    let mut cmd = crate::common::logship_cmd();
     cmd.envs(moto.env())
         .env("LOGSHIP_CRASH_AT", "cloudwatch-batch-recorded:2");
     let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());

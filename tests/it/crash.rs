@@ -138,7 +138,7 @@ fn crash_and_recover(mode: &str, timekey: &str, point: &str, n: u64, big: &[u8],
         ],
     );
     let what = format!("{mode} {point}:{n}");
-    let mut cmd = std::process::Command::new(bin());
+    let mut cmd = crate::common::logship_cmd();
     cmd.env("LOGSHIP_CRASH_AT", format!("{point}:{n}"));
     let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
     let st = d.wait_exit(Duration::from_secs(60));
@@ -169,7 +169,7 @@ fn leave_committed_chunk(env: &Env, pattern: &str, out: &std::path::Path) -> std
         ],
     );
     set_flag(&mut args, "--to", &format!("file://{}", out.display()));
-    let mut cmd = std::process::Command::new(bin());
+    let mut cmd = crate::common::logship_cmd();
     cmd.env("LOGSHIP_CRASH_AT", "after-state-write:1");
     let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
     assert!(!d.wait_exit(Duration::from_secs(60)).success(), "{}", d.stderr());
@@ -295,20 +295,20 @@ fn the_default_follow_buffer_is_per_user_and_per_configuration() {
         ]
     };
     // Run A is killed after its first commit, leaving a chunk in its default buffer.
-    let mut cmd = std::process::Command::new(bin());
+    let mut cmd = crate::common::logship_cmd();
     cmd.env("TMPDIR", &tmp).env("LOGSHIP_CRASH_AT", "after-state-write:1");
     let mut d = Daemon::spawn_cmd(cmd, &follow("a.log", &dest_a), env.dir.path());
     assert!(!d.wait_exit(Duration::from_secs(60)).success(), "{}", d.stderr());
     // Run B, other files to another destination, with the default buffer too.
     env.signal_end();
-    let mut cmd = std::process::Command::new(bin());
+    let mut cmd = crate::common::logship_cmd();
     cmd.env("TMPDIR", &tmp);
     let mut d = Daemon::spawn_cmd(cmd, &follow("b.log", &dest_b), env.dir.path());
     assert!(d.wait_exit(Duration::from_secs(60)).success(), "{}", d.stderr());
     assert_eq!(collect(&dest_b, "b.log"), b"run B\n");
     assert!(!dest_b.join("a.log").exists(), "A's chunk went to B");
     // The same command as A resumes A's buffer.
-    let mut cmd = std::process::Command::new(bin());
+    let mut cmd = crate::common::logship_cmd();
     cmd.env("TMPDIR", &tmp);
     let mut d = Daemon::spawn_cmd(cmd, &follow("a.log", &dest_a), env.dir.path());
     assert!(d.wait_exit(Duration::from_secs(60)).success(), "{}", d.stderr());

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::common::{Daemon, Env, append, assert_bytes_eq, bin, lines};
+use crate::common::{Daemon, Env, append, assert_bytes_eq, lines};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -164,7 +164,7 @@ fn emr_mode_marks_complete_at_start_and_the_application_id_selects_the_app() {
     let env = Env::new();
     append(&env.path("spark-aaa.inprogress"), &lines("a", 0, 50));
     append(&env.path("spark-bbb.inprogress"), &lines("b", 0, 50));
-    let mut cmd = std::process::Command::new(bin());
+    let mut cmd = crate::common::logship_cmd();
     cmd.env("SPARK_APPLICATION_ID", "spark-aaa");
     let mut d = Daemon::spawn_cmd(
         cmd,

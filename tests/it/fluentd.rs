@@ -9,10 +9,9 @@ use crate::common::s3;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use crate::common::{Daemon, append, assert_bytes_eq, bin, lines};
+use crate::common::{Daemon, append, assert_bytes_eq, lines};
 use s3::S3Server;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -107,7 +106,7 @@ fn emr_driver_config_ships_the_event_log_through_the_presigned_post_with_the_pod
     let heartbeat = root.join("fluentd/main-container-terminated");
     fs::write(&heartbeat, b"").unwrap();
 
-    let mut cmd = Command::new(bin());
+    let mut cmd = crate::common::logship_cmd();
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap())
         .envs(driver_env(root));
@@ -154,7 +153,7 @@ fn emr_pod_metadata_config_prints_the_metadata_lines_to_stdout() {
     append(&meta, b"namespace=spark\npod=driver-1\n");
     let conf = root.join("pod-metadata.conf");
     fs::write(&conf, relocate(&fixture("fluentd-pod-metadata.conf"), root)).unwrap();
-    let mut cmd = Command::new(bin());
+    let mut cmd = crate::common::logship_cmd();
     cmd.env("POD_METADATA_PATH", &meta).env_remove("SIDECAR_SIGNAL_FILE");
     let args = vec!["run".to_string(), "--fluentd-config".into(), conf.display().to_string()];
     let d = Daemon::spawn_cmd(cmd, &args, root);
@@ -271,7 +270,7 @@ fn emr_container_log_config_runs_against_cloudwatch_and_s3() {
     .unwrap();
     append(&stdout, &lines("out", 0, 300));
     append(&stderr, &lines("err", 0, 200));
-    let mut cmd = Command::new(bin());
+    let mut cmd = crate::common::logship_cmd();
     cmd.envs(env.clone())
         .envs(server.env())
         .env("SPARK_APPLICATION_ID", "spark-app-1");
@@ -324,7 +323,7 @@ fn translate_error(conf: &str, env: &[(&str, &str)]) -> String {
     let d = tempfile::tempdir().unwrap();
     let f = d.path().join("bad.conf");
     fs::write(&f, conf).unwrap();
-    let out = Command::new(bin())
+    let out = crate::common::logship_cmd()
         .arg("translate")
         .arg(&f)
         .env_remove("SIDECAR_SIGNAL_FILE")
@@ -382,7 +381,7 @@ fn malformed_configs_name_the_file_line_and_column() {
     let d = tempfile::tempdir().unwrap();
     let missing = d.path().join("missing.conf");
     for cmd in [&["translate"][..], &["run", "--fluentd-config"][..]] {
-        let out = Command::new(bin()).args(cmd).arg(&missing).output().unwrap();
+        let out = crate::common::logship_cmd().args(cmd).arg(&missing).output().unwrap();
         let e = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{e}");
         assert!(e.contains("missing.conf: cannot read: No such file"), "{e}");
@@ -429,7 +428,7 @@ fn translate_prints_native_toml_that_run_accepts() {
     let root = tempfile::tempdir().unwrap();
     let conf = root.path().join("fluent.conf");
     fs::write(&conf, relocate(&fixture("fluentd-driver.conf"), root.path())).unwrap();
-    let out = Command::new(bin())
+    let out = crate::common::logship_cmd()
         .arg("translate")
         .arg(&conf)
         .env("K8S_SPARK_EVENT_LOG_DIR", "/var/log/spark/apps")
@@ -445,7 +444,7 @@ fn translate_prints_native_toml_that_run_accepts() {
     assert!(toml.contains("appstatus = \"at_start\""), "{toml}");
     let native = root.path().join("native.toml");
     fs::write(&native, &toml).unwrap();
-    let check = Command::new(bin())
+    let check = crate::common::logship_cmd()
         .args(["check", "--config"])
         .arg(&native)
         .output()

@@ -202,7 +202,7 @@ fn clk_tck() -> f64 {
 /// An S3 destination that refuses every connection: deliveries fail and are retried.
 fn unreachable_s3(env: &Env, extra: &[&str]) -> std::process::Command {
     let port = free_port(); // nothing listens there
-    let mut cmd = std::process::Command::new(bin());
+    let mut cmd = crate::common::logship_cmd();
     cmd.env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
         .env("AWS_SECRET_ACCESS_KEY", "secret")
         .env("AWS_REGION", "us-east-1")

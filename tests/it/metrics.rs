@@ -5,7 +5,7 @@ use crate::common::s3;
 
 use std::time::Duration;
 
-use crate::common::{Daemon, Env, append, bin, http_get, lines, metric};
+use crate::common::{Daemon, Env, append, http_get, lines, metric};
 use s3::{Fault, FaultProxy, S3Server};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -47,7 +47,7 @@ force_path_style = true
 "#,
         proxy.endpoint
     ));
-    let mut cmd = std::process::Command::new(bin());
+    let mut cmd = crate::common::logship_cmd();
     cmd.envs(server.env());
     let d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
     let path_label = format!(
@@ -118,7 +118,7 @@ fn a_backfill_prints_progress_lines_when_stderr_is_not_a_terminal() {
     for i in 0..3 {
         append(&env.path(&format!("old-{i}.log")), &lines("b", 0, 2000));
     }
-    let mut cmd = std::process::Command::new(bin());
+    let mut cmd = crate::common::logship_cmd();
     cmd.envs(server.env()).env("LOGSHIP_PROGRESS_EVERY", "300ms");
     let mut args = env.once_args("*.log", &["--endpoint", &proxy.endpoint, "--path-style"]);
     crate::common::set_flag(&mut args, "--to", "s3://logs/backfill");

@@ -280,7 +280,7 @@ fn the_s3_api_path_puts_small_objects_and_multipart_uploads_large_ones() {
         "multipart_threshold = \"5MiB\"\npart_size = \"5MiB\"\nstorage_class = \"STANDARD\"",
         "",
     );
-    let mut cmd = Command::new(bin());
+    let mut cmd = logship_cmd();
     cmd.envs(server.env()).env("LOGSHIP_LOG", "info,logship=debug");
     let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
     let st = d.wait_exit(T);
@@ -308,7 +308,7 @@ fn check_explains_a_presigned_post_without_its_signature() {
     let post = env.dir.path().join("presigned-post");
     let json = presign(&server, "jobs/1/", "1h", "1GB");
     fs::write(&post, &json).unwrap();
-    let out = Command::new(bin())
+    let out = logship_cmd()
         .args(["check", "--presigned-post"])
         .arg(&post)
         .output()
@@ -437,7 +437,7 @@ fn a_body_damaged_in_transit_is_refused_by_its_crc32_and_sent_again() {
     let a = lines("crc", 0, 2000);
     fs::write(env.path("driver.log"), &a).unwrap();
     let args = api_config(&env, &proxy.endpoint, "", "", "[output.retry]\nwait = \"100ms\"");
-    let mut cmd = Command::new(bin());
+    let mut cmd = logship_cmd();
     cmd.envs(server.env());
     let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
     let st = d.wait_exit(T);
@@ -509,7 +509,7 @@ fn a_crash_mid_upload_then_restart_gives_identical_objects_and_no_extra_ones() {
                     env.buffer.to_str().unwrap(),
                 ],
             );
-            let mut cmd = Command::new(bin());
+            let mut cmd = logship_cmd();
             cmd.env("LOGSHIP_CRASH_AT", format!("{point}:{n}"));
             let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
             let st = d.wait_exit(T);
@@ -553,7 +553,7 @@ fn the_s3_api_never_replaces_an_object_from_another_run_and_a_retry_is_not_store
             "same/%{tag}/%{index}.%{file_extension}",
         );
         fs::write(&cfg, text).unwrap();
-        let mut cmd = Command::new(bin());
+        let mut cmd = logship_cmd();
         cmd.envs(server.env());
         if let Some(point) = crash {
             cmd.env("LOGSHIP_CRASH_AT", point);
@@ -563,7 +563,7 @@ fn the_s3_api_never_replaces_an_object_from_another_run_and_a_retry_is_not_store
                 "{}",
                 d.stderr()
             );
-            cmd = Command::new(bin());
+            cmd = logship_cmd();
             cmd.envs(server.env());
         }
         let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
@@ -612,7 +612,7 @@ fn at_trace_level_no_credential_reaches_the_log() {
     let a = lines("secret-line", 0, 50);
     fs::write(env.path("app.log"), &a).unwrap();
     let args = api_config(&env, &server.endpoint, "", "", "");
-    let mut cmd = Command::new(bin());
+    let mut cmd = logship_cmd();
     cmd.envs(server.env())
         .env("AWS_SESSION_TOKEN", "FQoGZXIvYXdzEXAMPLESESSIONTOKEN")
         .env("LOGSHIP_LOG", "trace");
@@ -652,7 +652,7 @@ fn a_canned_acl_goes_with_every_object_and_a_bad_one_is_refused() {
         "acl = \"bucket-owner-full-control\"\nmultipart_threshold = \"5MiB\"\npart_size = \"5MiB\"",
         "",
     );
-    let mut cmd = Command::new(bin());
+    let mut cmd = logship_cmd();
     cmd.envs(server.env());
     let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
     assert!(d.wait_exit(T).success(), "{}", d.stderr());
@@ -680,7 +680,7 @@ fn a_canned_acl_goes_with_every_object_and_a_bad_one_is_refused() {
             ""
         };
         let args = api_config(&env, &server.endpoint, "", &format!("acl = \"{acl}\"\n{post_line}"), "");
-        let out = Command::new(bin()).arg("check").args(&args[1..]).output().unwrap();
+        let out = logship_cmd().arg("check").args(&args[1..]).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{err}");
         assert!(err.contains("output[0].s3.acl") && err.contains(why), "{err}");

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::common::{Daemon, bin};
+use crate::common::Daemon;
 use s3::S3Server;
 use spark::{SparkApp, assert_same_history, compare_shipped, download, histories};
 
@@ -23,7 +23,7 @@ const LONG: Duration = Duration::from_secs(300);
 /// `logship ship --spark-events` into `s3://logs/<prefix>` through the S3 API, following until the
 /// signal file appears; chunks close every second so the copy keeps up.
 fn logship(server: &S3Server, ev: &Path, prefix: &str, work: &Path, extra: &[&str]) -> Daemon {
-    let mut cmd = std::process::Command::new(bin());
+    let mut cmd = crate::common::logship_cmd();
     cmd.envs(server.env());
     let mut args: Vec<String> = vec![
         "ship".into(),

@@ -28,10 +28,16 @@ fn wrap(env: &Env, script: &str) -> Vec<String> {
 #[test]
 fn exit_codes_pass_through_and_the_signal_file_holds_them() {
     let env = Env::new();
-    let st = Command::new(bin()).args(wrap(&env, "exit 7")).status().unwrap();
+    let st = crate::common::logship_cmd()
+        .args(wrap(&env, "exit 7"))
+        .status()
+        .unwrap();
     assert_eq!(st.code(), Some(7));
     assert_eq!(fs::read_to_string(&env.signal).unwrap(), "7\n");
-    let st = Command::new(bin()).args(wrap(&env, "kill -9 $$")).status().unwrap();
+    let st = crate::common::logship_cmd()
+        .args(wrap(&env, "kill -9 $$"))
+        .status()
+        .unwrap();
     assert_eq!(st.code(), Some(137), "killed by SIGKILL is 128 + 9, as a shell says");
     assert_eq!(fs::read_to_string(&env.signal).unwrap(), "137\n");
 }
@@ -41,7 +47,7 @@ fn a_command_that_cannot_start_exits_like_a_shell_and_still_writes_the_signal_fi
     let env = Env::new();
     let run = |command: &str| {
         let _ = fs::remove_file(&env.signal);
-        Command::new(bin())
+        crate::common::logship_cmd()
             .args([
                 "wrap",
                 "--signal-file",
@@ -135,14 +141,14 @@ fn output_is_copied_to_the_container_log_files_and_still_reaches_the_streams() {
             user.join("stderr").display().to_string(),
         ],
     );
-    let out = Command::new(bin()).args(&args).output().unwrap();
+    let out = crate::common::logship_cmd().args(&args).output().unwrap();
     assert_eq!(out.status.code(), Some(5));
     assert_eq!(out.stdout, b"out-1\nout-2");
     assert!(String::from_utf8_lossy(&out.stderr).contains("err-1\n"));
     assert_eq!(fs::read(user.join("stdout")).unwrap(), b"out-1\nout-2");
     assert_eq!(fs::read(user.join("stderr")).unwrap(), b"err-1\n");
     // Appended, as a restarted container would: nothing written before is lost.
-    let out = Command::new(bin()).args(&args).output().unwrap();
+    let out = crate::common::logship_cmd().args(&args).output().unwrap();
     assert_eq!(out.status.code(), Some(5));
     assert_eq!(fs::read(user.join("stdout")).unwrap(), b"out-1\nout-2out-1\nout-2");
 }
@@ -151,7 +157,7 @@ fn output_is_copied_to_the_container_log_files_and_still_reaches_the_streams() {
 fn install_copies_the_executable_so_another_container_can_run_it() {
     let env = Env::new();
     let dest = env.dir.path().join("bin/logship");
-    let st = Command::new(bin()).arg("install").arg(&dest).status().unwrap();
+    let st = crate::common::logship_cmd().arg("install").arg(&dest).status().unwrap();
     assert!(st.success());
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o755);

@@ -19,6 +19,22 @@ pub fn bin() -> &'static str {
     BIN.get_or_init(|| std::env::var("LOGSHIP_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_logship").to_string()))
 }
 
+/// A command running the binary under test with `TMPDIR` inside the build's temporary directory:
+/// a `--once` run that fails keeps its buffer (by design, so nothing is lost), and the runs that
+/// fail on purpose must not pile those up in the machine's `/tmp`. A test that sets `TMPDIR`
+/// itself overrides it.
+pub fn logship_cmd() -> Command {
+    static TMP: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let tmp = TMP.get_or_init(|| {
+        let t = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("logship-tmpdir");
+        std::fs::create_dir_all(&t).unwrap();
+        t
+    });
+    let mut c = Command::new(bin());
+    c.env("TMPDIR", tmp);
+    c
+}
+
 /// A scratch layout: input files, output directory, buffer directory, signal file.
 pub struct Env {
     pub dir: tempfile::TempDir,
@@ -107,7 +123,7 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn spawn(args: &[String], log_dir: &Path) -> Daemon {
-        Self::spawn_cmd(Command::new(bin()), args, log_dir)
+        Self::spawn_cmd(logship_cmd(), args, log_dir)
     }
 
     pub fn spawn_cmd(mut cmd: Command, args: &[String], log_dir: &Path) -> Daemon {

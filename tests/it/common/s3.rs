@@ -96,7 +96,7 @@ impl S3Server {
 
     /// A presigned POST JSON made by `logship presign` for writing under `prefix` in `bucket`.
     pub fn presign(&self, bucket: &str, prefix: &str, expires: &str, max_size: &str) -> Vec<u8> {
-        let out = std::process::Command::new(crate::common::bin())
+        let out = crate::common::logship_cmd()
             .args([
                 "presign",
                 "--bucket",
