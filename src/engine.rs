@@ -104,11 +104,13 @@ async fn run_config(
 ) -> Result<Outcome, EngineError> {
     let config = Arc::new(config);
     let mut sinks = Vec::new();
-    for o in &config.outputs {
-        let sink = Sink::build(o).await.map_err(|source| EngineError::Output {
-            output: format!("{} ({})", o.name, Sink::describe(o)),
-            source,
-        })?;
+    for (i, o) in config.outputs.iter().enumerate() {
+        let sink = Sink::build(o, &config.records_for_output(i))
+            .await
+            .map_err(|source| EngineError::Output {
+                output: format!("{} ({})", o.name, Sink::describe(o)),
+                source,
+            })?;
         sinks.push(sink);
     }
     let keying = config
@@ -141,7 +143,14 @@ async fn run_config(
         );
     }
 
-    let metrics = Arc::new(Metrics::new(config.outputs.iter().map(|o| o.name.clone())));
+    let event_counters: Vec<_> = sinks.iter().map(Sink::event_counters).collect();
+    let metrics = Arc::new(Metrics::new(
+        config
+            .outputs
+            .iter()
+            .map(|o| o.name.clone())
+            .zip(event_counters.iter().cloned()),
+    ));
     let metrics_server = match &config.metrics.listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -262,6 +271,12 @@ async fn run_config(
         d.abort();
     }
     drop(metrics_server);
+    let mut summary = summary;
+    if let Some(s) = &mut summary {
+        for (o, counters) in s.outputs.iter_mut().zip(&event_counters) {
+            o.events = counters.as_ref().map(|c| c.values().into_iter().collect());
+        }
+    }
     summary
         .map(Outcome::Finished)
         .ok_or_else(|| EngineError::Thread("pipeline thread ended without a result".into()))

@@ -16,6 +16,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod pipeline;
 pub mod presign;
+pub mod record;
 pub mod sink;
 pub mod source;
 pub mod summary;

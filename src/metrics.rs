@@ -28,6 +28,46 @@ pub struct OutputMetrics {
     pub secondary_bytes: AtomicU64,
     /// When a chunk was last delivered (ms since the epoch; 0: never).
     pub last_success_ms: AtomicI64,
+    /// What a CloudWatch output did with records (none for other outputs).
+    pub events: Option<std::sync::Arc<EventCounters>>,
+}
+
+/// What a CloudWatch Logs output did with the records it sent, counted as it goes: shown on
+/// `/metrics` and in the exit summary, so a replaced byte or a guessed timestamp is never silent.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct EventCounters {
+    /// Events accepted in PutLogEvents batches (a retried batch counts again).
+    pub events_sent: AtomicU64,
+    /// Records of more than one line joined into one event (stack traces, tracebacks).
+    pub multiline_records: AtomicU64,
+    /// Records larger than the event size limit, split into several events.
+    pub records_split: AtomicU64,
+    /// Events CloudWatch refused individually (too old, too new, expired).
+    pub events_rejected: AtomicU64,
+    /// Records whose invalid UTF-8 was replaced (U+FFFD).
+    pub records_replaced: AtomicU64,
+    /// Empty records (CloudWatch refuses empty messages; nothing is lost: they hold no bytes
+    /// but their newline).
+    pub records_empty: AtomicU64,
+    /// Records without a time of their own, sent with the time of the record before them or
+    /// the time they were read.
+    pub records_untimed: AtomicU64,
+}
+
+impl EventCounters {
+    /// The counters as (name, value), in a fixed order.
+    pub fn values(&self) -> [(&'static str, u64); 7] {
+        let v = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            ("events_sent", v(&self.events_sent)),
+            ("multiline_records", v(&self.multiline_records)),
+            ("records_split", v(&self.records_split)),
+            ("events_rejected", v(&self.events_rejected)),
+            ("records_replaced", v(&self.records_replaced)),
+            ("records_empty", v(&self.records_empty)),
+            ("records_untimed", v(&self.records_untimed)),
+        ]
+    }
 }
 
 /// One followed file, as of the pipeline's last pass.
@@ -73,13 +113,14 @@ fn escape(v: &str) -> String {
 }
 
 impl Metrics {
-    /// Metrics for these outputs.
-    pub fn new(outputs: impl IntoIterator<Item = String>) -> Metrics {
+    /// Metrics for these outputs (name, and the event counters of a CloudWatch output).
+    pub fn new(outputs: impl IntoIterator<Item = (String, Option<std::sync::Arc<EventCounters>>)>) -> Metrics {
         Metrics {
             outputs: outputs
                 .into_iter()
-                .map(|name| OutputMetrics {
+                .map(|(name, events)| OutputMetrics {
                     name,
+                    events,
                     ..Default::default()
                 })
                 .collect(),
@@ -198,6 +239,33 @@ impl Metrics {
             "Bytes written to the secondary (error) directory.",
             out(&|o| o.secondary_bytes.load(Ordering::Relaxed)),
         );
+        let event_outputs: Vec<&OutputMetrics> = self.outputs.iter().filter(|o| o.events.is_some()).collect();
+        if !event_outputs.is_empty() {
+            let helps = [
+                "CloudWatch events accepted (a retried batch counts again).",
+                "Records of more than one line sent as one CloudWatch event.",
+                "Records larger than the event size limit, split into several events.",
+                "CloudWatch events refused individually (too old, too new, expired).",
+                "Records whose invalid UTF-8 was replaced.",
+                "Empty records, which CloudWatch cannot store.",
+                "Records without their own timestamp (sent with the previous record's or the read time).",
+            ];
+            for (k, help) in helps.iter().enumerate() {
+                let name = EventCounters::default().values()[k].0;
+                family(
+                    &format!("logship_cloudwatch_{name}_total"),
+                    "counter",
+                    help,
+                    event_outputs
+                        .iter()
+                        .map(|o| {
+                            let v = o.events.as_ref().map_or(0, |e| e.values()[k].1);
+                            (format!("output=\"{}\"", escape(&o.name)), v.to_string())
+                        })
+                        .collect(),
+                );
+            }
+        }
         family(
             "logship_buffer_bytes",
             "gauge",
@@ -277,7 +345,7 @@ mod tests {
 
     #[test]
     fn renders_families_and_health_turns_with_the_queue() {
-        let m = Metrics::new(["s3".to_string()]);
+        let m = Metrics::new([("s3".to_string(), None)]);
         m.outputs[0].chunks_delivered.store(3, Ordering::Relaxed);
         m.files.lock().unwrap().push(FileMetrics {
             source: "files".into(),

@@ -556,7 +556,7 @@ impl Pipeline {
                 if !draining && let Some(t) = s.next_scan() {
                     next = next.min(t);
                 }
-                if !paused && let Some(t) = s.next_rotate_deadline() {
+                if !paused && let Some(t) = s.next_deadline() {
                     next = next.min(t);
                 }
                 next = next.min(self.last_poll + s.poll_interval());

@@ -50,6 +50,9 @@ pub struct OutputSummary {
     pub last_key: Option<String>,
     /// Chunks written to the secondary directory.
     pub secondary: Vec<SecondaryFile>,
+    /// A CloudWatch output's record counters (see `metrics::EventCounters`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 /// Per-source results.
@@ -103,6 +106,7 @@ impl Summary {
                     bytes_delivered: 0,
                     last_key: None,
                     secondary: Vec::new(),
+                    events: None,
                 })
                 .collect(),
             ..Default::default()
@@ -136,6 +140,10 @@ impl Summary {
                 "logship: {}: delivered {} chunks ({} bytes) to {}\n",
                 o.name, o.chunks_delivered, o.bytes_delivered, o.destination
             ));
+            if let Some(e) = &o.events {
+                let parts: Vec<String> = e.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                s.push_str(&format!("logship: {}: {}\n", o.name, parts.join(", ")));
+            }
             for f in &o.secondary {
                 s.push_str(&format!(
                     "logship: {}: NOT DELIVERED: {} bytes for key {} are in {} ({})\n",

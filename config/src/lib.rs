@@ -216,6 +216,19 @@ pub struct SourceConfig {
     /// (writers keep appending to a rotated file until they reopen).
     #[serde(default = "default_rotate_wait")]
     pub rotate_wait: HumanDuration,
+    /// Which lines form one log record (one CloudWatch event): `auto` recognises Spark's log4j
+    /// text with its stack traces, Python tracebacks and JSON lines; `off` makes every line a
+    /// record. Files and S3 objects keep their bytes either way.
+    #[serde(default)]
+    pub multiline: Multiline,
+    /// A regular expression matching the first line of a record, for other formats: lines that
+    /// do not match continue the record before them (replaces the built-in rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multiline_start: Option<String>,
+    /// The last record of a file is held back until the next one starts, or until the file has
+    /// been quiet this long (a record's lines are written together; this bounds the delay).
+    #[serde(default = "default_multiline_flush")]
+    pub multiline_flush: HumanDuration,
     /// A fixed tag for every file of this source. Without it, each file's tag is its path
     /// relative to the glob's fixed directory (`/var/log/*/stdout` → `pod-1/stdout`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -236,6 +249,41 @@ fn default_poll_interval() -> HumanDuration {
 }
 fn default_rotate_wait() -> HumanDuration {
     HumanDuration::secs(5)
+}
+fn default_multiline_flush() -> HumanDuration {
+    HumanDuration::secs(2)
+}
+
+/// Which lines form one record, as a source's settings say (see [`SourceConfig::records`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Records {
+    /// Every line is a record.
+    Lines,
+    /// The built-in rule for log4j, Python tracebacks and JSON lines.
+    Auto,
+    /// A record starts at each line this (validated) expression matches.
+    Start(String),
+}
+
+impl Config {
+    /// The records of the sources feeding output `i` (validation makes them agree).
+    pub fn records_for_output(&self, i: usize) -> Records {
+        self.sources
+            .iter()
+            .find(|s| self.routes(s).contains(&i))
+            .map_or(Records::Lines, SourceConfig::records)
+    }
+}
+
+/// Whether records may span lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Multiline {
+    /// Records span lines by the built-in rule (or `multiline_start`).
+    #[default]
+    Auto,
+    /// Every line is a record.
+    Off,
 }
 
 /// Kinds of source.
@@ -635,13 +683,16 @@ pub fn default_key_format() -> KeyTemplate {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TimestampRule {
-    /// When logship read the line (the time its chunk was opened; within one time key).
+    /// The record's own time: log4j's date as Spark sets it (`yy/MM/dd HH:mm:ss`), an ISO-like
+    /// `yyyy-MM-dd HH:mm:ss[,SSS]` (both in `time_zone`), or a JSON line's `ts`. A record without
+    /// one takes the time of the record before it in its chunk, else the read time (counted).
+    /// Never earlier than the record before (a batch must be in time order). `log4j` is its
+    /// earlier name.
     #[default]
+    #[serde(alias = "log4j")]
+    Record,
+    /// When logship read the record (the time its chunk was opened; within one time key).
     Read,
-    /// The line's own timestamp when it starts with log4j's default layout as Spark sets it
-    /// (`yy/MM/dd HH:mm:ss`) or `yyyy-MM-dd HH:mm:ss[,SSS]`; other lines (stack traces) take the
-    /// previous line's. Read as UTC. Never earlier than the line before.
-    Log4j,
 }
 
 /// Settings of a CloudWatch Logs output.
@@ -661,8 +712,10 @@ pub struct CloudWatchSettings {
     /// Largest event including CloudWatch's 26 bytes of overhead (1 MiB since April 2025; set
     /// 256KiB for the older limit). Longer lines are split into several events.
     pub max_event_size: ByteSize,
-    /// `read` (default) or `log4j`.
+    /// `record` (default: the record's own time) or `read`.
     pub timestamp: TimestampRule,
+    /// The zone of wall-clock dates in records (`UTC`, or an offset like `+08:00`).
+    pub time_zone: crate::units::UtcOffset,
     /// Region; default from the AWS configuration.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
@@ -679,7 +732,8 @@ impl Default for CloudWatchSettings {
             auto_create: true,
             retention_days: None,
             max_event_size: ByteSize(1 << 20),
-            timestamp: TimestampRule::Read,
+            timestamp: TimestampRule::Record,
+            time_zone: Default::default(),
             region: None,
             endpoint: None,
         }
@@ -794,9 +848,21 @@ impl SourceConfig {
             watch: WatchMode::default(),
             poll_interval: default_poll_interval(),
             rotate_wait: default_rotate_wait(),
+            multiline: Multiline::default(),
+            multiline_start: None,
+            multiline_flush: default_multiline_flush(),
             tag: None,
             outputs: Vec::new(),
             spark: None,
+        }
+    }
+
+    /// Which lines form a record, in effect: event logs and `raw` files are never joined.
+    pub fn records(&self) -> Records {
+        match (self.kind, self.format, self.multiline, &self.multiline_start) {
+            (SourceKind::SparkEvents, _, _, _) | (_, Framing::Raw, _, _) | (_, _, Multiline::Off, _) => Records::Lines,
+            (_, _, Multiline::Auto, Some(re)) => Records::Start(re.clone()),
+            (_, _, Multiline::Auto, None) => Records::Auto,
         }
     }
 
@@ -1103,6 +1169,7 @@ impl Config {
         for (i, s) in self.sources.iter().enumerate() {
             at_least.push((format!("source[{i}].poll_interval"), s.poll_interval, ms(100)));
             at_least.push((format!("source[{i}].refresh_interval"), s.refresh_interval, ms(100)));
+            at_least.push((format!("source[{i}].multiline_flush"), s.multiline_flush, ms(100)));
         }
         for (i, o) in self.outputs.iter().enumerate() {
             at_least.push((format!("output[{i}].retry.wait"), o.retry.wait, ms(10)));
@@ -1179,10 +1246,46 @@ impl Config {
                     ));
                 }
             }
+            if let Some(re) = &s.multiline_start {
+                if s.multiline == Multiline::Off {
+                    return Err(invalid(
+                        format!("source[{i}].multiline_start"),
+                        "says where records start, but multiline = \"off\" makes every line a record",
+                    ));
+                }
+                if let Err(e) = regex_lite::Regex::new(re) {
+                    return Err(invalid(
+                        format!("source[{i}].multiline_start"),
+                        format!("{re:?} is not a regular expression: {e}"),
+                    ));
+                }
+            }
             if s.spark.is_some() && s.kind != SourceKind::SparkEvents {
                 return Err(invalid(
                     format!("source[{i}].spark"),
                     "only applies to type = \"spark_events\"",
+                ));
+            }
+        }
+        // A CloudWatch output joins lines into events by the rule its sources cut records by.
+        for (i, o) in self.outputs.iter().enumerate() {
+            if o.cloudwatch().is_none() {
+                continue;
+            }
+            let mut rules = self
+                .sources
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| self.routes(s).contains(&i))
+                .map(|(j, s)| (j, s.records()));
+            if let Some((first, rule)) = rules.next()
+                && let Some((other, _)) = rules.find(|(_, r)| *r != rule)
+            {
+                return Err(invalid(
+                    format!("output[{i}]"),
+                    format!(
+                        "is fed by source[{first}] and source[{other}], whose records differ (multiline, multiline_start or format); give each its own CloudWatch output"
+                    ),
                 ));
             }
         }

@@ -192,6 +192,83 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+/// A fixed offset from UTC (`UTC`, `Z`, `+08:00`, `-0530`): the zone a log's wall-clock dates
+/// were written in. Fixed offsets only: zone names need a time-zone database, which a static
+/// sidecar image does not carry, and a Spark pod's clock is UTC unless it was set otherwise.
+///
+/// ```
+/// use logship_config::units::UtcOffset;
+/// assert_eq!("+08:00".parse::<UtcOffset>().unwrap().seconds(), 8 * 3600);
+/// assert_eq!("-0530".parse::<UtcOffset>().unwrap().to_string(), "-05:30");
+/// assert!("Europe/Paris".parse::<UtcOffset>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UtcOffset(i32);
+
+impl UtcOffset {
+    /// Seconds east of UTC.
+    pub fn seconds(self) -> i32 {
+        self.0
+    }
+}
+
+impl std::str::FromStr for UtcOffset {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("invalid time zone {s:?}: expected UTC or an offset like +08:00 or -05:30");
+        let t = s.trim();
+        if t.eq_ignore_ascii_case("utc") || t == "Z" {
+            return Ok(UtcOffset(0));
+        }
+        let (sign, rest) = match t.as_bytes().first() {
+            Some(b'+') => (1, &t[1..]),
+            Some(b'-') => (-1, &t[1..]),
+            _ => return Err(bad()),
+        };
+        let digits: String = rest.chars().filter(|c| *c != ':').collect();
+        if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) || rest.len() > 5 {
+            return Err(bad());
+        }
+        let (h, m): (i32, i32) = (
+            digits[..2].parse().map_err(|_| bad())?,
+            digits[2..].parse().map_err(|_| bad())?,
+        );
+        if h > 14 || m > 59 {
+            return Err(bad());
+        }
+        Ok(UtcOffset(sign * (h * 3600 + m * 60)))
+    }
+}
+
+impl fmt::Display for UtcOffset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 == 0 {
+            return f.write_str("UTC");
+        }
+        let a = self.0.abs();
+        write!(
+            f,
+            "{}{:02}:{:02}",
+            if self.0 < 0 { '-' } else { '+' },
+            a / 3600,
+            a % 3600 / 60
+        )
+    }
+}
+
+impl Serialize for UtcOffset {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for UtcOffset {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -230,7 +230,7 @@ fn output(
             let cloudwatch = CloudWatchSettings {
                 log_group: group.clone(),
                 log_stream: join(stream, &format!("{}/%{{tag}}", var(SPARK_APPLICATION_ID))),
-                timestamp: TimestampRule::Log4j,
+                timestamp: TimestampRule::Record,
                 region: opts.region.clone(),
                 endpoint: opts.endpoint.clone(),
                 ..Default::default()

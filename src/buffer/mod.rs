@@ -20,9 +20,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use crate::config::Framing;
 use crate::config::key::{KeyTemplate, KeyValues};
 use crate::fsutil::{sync_parent, write_atomic};
+use crate::record::RecordRule;
 pub use state::{ChunkMeta, IndexCounter, KeyAlternatives, MarkerRecord, SourceCheckpoint, StateFile};
 
 /// Why the buffer could not do what was asked; every variant names the path involved.
@@ -168,6 +168,18 @@ impl SealedChunk {
 
 /// How many counter-less hours an index counter of a timed key survives.
 const TIMED_COUNTER_TTL_SECS: i64 = 3600;
+
+/// Where a chunk that fills up may end.
+#[derive(Debug, Clone, Copy)]
+pub enum Cut<'a> {
+    /// At any byte (`format = "raw"`).
+    Anywhere,
+    /// After a newline.
+    LineEnd,
+    /// Before a line that starts a record by this rule (else after a newline, when one record
+    /// is larger than what is left of the chunk).
+    RecordStart(&'a RecordRule),
+}
 
 /// The chunks of all outputs, and the state that makes them crash-safe.
 pub struct ChunkStore {
@@ -506,13 +518,15 @@ impl ChunkStore {
         self.limits.chunk_limit.saturating_sub(self.state.chunks[i].len)
     }
 
-    /// Appends `piece` (whole lines, or any bytes with `Framing::Raw`) to the open chunk of
-    /// (output, tag), cutting it into several chunks at line ends when it does not fit.
+    /// Appends `piece` (whole records or lines, or any bytes with [`Cut::Anywhere`]) to the
+    /// open chunk of (output, tag), sealing chunks that fill up; a full chunk ends where `cut`
+    /// allows, so a line (or a record) is never split between chunks unless it alone is larger
+    /// than a chunk.
     pub fn append(
         &mut self,
         output: usize,
         tag: &str,
-        framing: Framing,
+        cut: Cut<'_>,
         piece: &[u8],
         now_ms: i64,
     ) -> Result<(), BufferError> {
@@ -527,11 +541,20 @@ impl ChunkStore {
                 }
                 return Ok(());
             }
-            let cut = match framing {
-                Framing::Raw => room,
-                Framing::Lines => memchr::memrchr(b'\n', &rest[..room]).map_or(0, |i| i + 1),
+            let empty = self.state.chunks[self.index_of(seq).expect("exists")].len == 0;
+            let line_end = || memchr::memrchr(b'\n', &rest[..room]).map_or(0, |i| i + 1);
+            let cut = match cut {
+                Cut::Anywhere => room,
+                Cut::LineEnd => line_end(),
+                Cut::RecordStart(rule) => match rule.last_start_within(rest, room) {
+                    Some(at) => at,
+                    // One record larger than a whole chunk: cut it at a line end.
+                    None if empty => line_end(),
+                    // The record goes whole into the next chunk.
+                    None => 0,
+                },
             };
-            let cut = if cut == 0 && self.state.chunks[self.index_of(seq).expect("exists")].len == 0 {
+            let cut = if cut == 0 && empty {
                 // One line longer than a whole chunk (only possible with max_line_size >
                 // chunk_limit, which config validation refuses): cut it at the limit.
                 room
@@ -862,7 +885,7 @@ mod tests {
     fn append_cuts_at_line_ends_and_numbers_keys() {
         let d = tempfile::tempdir().unwrap();
         let mut s = store(d.path(), 10);
-        s.append(0, "t", Framing::Lines, b"aaaa\nbbbb\ncccc\n", 1_000).unwrap();
+        s.append(0, "t", Cut::LineEnd, b"aaaa\nbbbb\ncccc\n", 1_000).unwrap();
         let sealed = s.commit(vec![], 1_000).unwrap();
         assert_eq!(sealed.len(), 1);
         assert_eq!(fs::read(&sealed[0].path).unwrap(), b"aaaa\nbbbb\n");
@@ -877,8 +900,8 @@ mod tests {
     fn a_new_time_key_opens_a_new_chunk() {
         let d = tempfile::tempdir().unwrap();
         let mut s = store(d.path(), 1000);
-        s.append(0, "t", Framing::Lines, b"a\n", 1_000).unwrap();
-        s.append(0, "t", Framing::Lines, b"b\n", 31_000).unwrap();
+        s.append(0, "t", Cut::LineEnd, b"a\n", 1_000).unwrap();
+        s.append(0, "t", Cut::LineEnd, b"b\n", 31_000).unwrap();
         assert_eq!(s.open_chunks().count(), 2);
     }
 
@@ -887,15 +910,15 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         {
             let mut s = store(d.path(), 1000);
-            s.append(0, "t", Framing::Lines, b"committed\n", 1_000).unwrap();
+            s.append(0, "t", Cut::LineEnd, b"committed\n", 1_000).unwrap();
             s.commit(vec![], 1_000).unwrap();
-            s.append(0, "t", Framing::Lines, b"lost\n", 1_000).unwrap();
-            s.append(0, "u", Framing::Lines, b"other\n", 1_000).unwrap();
+            s.append(0, "t", Cut::LineEnd, b"lost\n", 1_000).unwrap();
+            s.append(0, "u", Cut::LineEnd, b"other\n", 1_000).unwrap();
             s.rollback();
             assert_eq!(s.chunks().len(), 1);
             assert_eq!(fs::read(s.chunk_path(0)).unwrap(), b"committed\n");
             assert!(!s.chunk_path(1).exists());
-            s.append(0, "t", Framing::Lines, b"uncommitted\n", 1_000).unwrap();
+            s.append(0, "t", Cut::LineEnd, b"uncommitted\n", 1_000).unwrap();
             // Dropped without commit: as if killed.
         }
         let mut s = store(d.path(), 1000);
@@ -904,7 +927,7 @@ mod tests {
         assert_eq!(fs::read(&sealed[0].path).unwrap(), b"committed\n");
         assert_eq!(sealed[0].key, "t/1");
         // The index counter was persisted: the next chunk gets 2, never 1 again.
-        s.append(0, "t", Framing::Lines, b"next\n", 3_000).unwrap();
+        s.append(0, "t", Cut::LineEnd, b"next\n", 3_000).unwrap();
         assert_eq!(s.open_chunks().next().unwrap().key, "t/2");
     }
 

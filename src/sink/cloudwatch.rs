@@ -14,8 +14,9 @@
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use aws_sdk_cloudwatchlogs::config::http::HttpResponse;
@@ -25,6 +26,8 @@ use aws_sdk_cloudwatchlogs::types::InputLogEvent;
 use super::DeliveryError;
 use crate::buffer::SealedChunk;
 use crate::config::{CloudWatchSettings, TimestampRule};
+use crate::metrics::EventCounters;
+use crate::record::RecordRule;
 
 /// Bytes CloudWatch counts per event on top of its message.
 pub const EVENT_OVERHEAD: usize = 26;
@@ -44,24 +47,35 @@ pub struct Event {
     pub message: String,
 }
 
-/// Collects events into batches that respect every PutLogEvents limit.
+/// Collects events into batches that respect every PutLogEvents limit. Records keep their own
+/// times, which need not be in order (a record without a time between two with one); a batch is
+/// sorted by time when taken, as PutLogEvents requires, and spans at most 24 h.
 #[derive(Debug, Default)]
 pub struct Batcher {
     events: Vec<Event>,
     bytes: usize,
+    earliest: i64,
+    latest: i64,
 }
 
 impl Batcher {
     /// Whether `e` fits in the current batch.
     pub fn fits(&self, e: &Event) -> bool {
-        let Some(first) = self.events.first() else { return true };
+        if self.events.is_empty() {
+            return true;
+        }
         self.events.len() < MAX_BATCH_EVENTS
             && self.bytes + e.message.len() + EVENT_OVERHEAD <= MAX_BATCH_BYTES
-            && e.timestamp - first.timestamp <= MAX_BATCH_SPAN_MS
+            && self.latest.max(e.timestamp) - self.earliest.min(e.timestamp) <= MAX_BATCH_SPAN_MS
     }
 
     /// Adds an event that fits (see [`Batcher::fits`]).
     pub fn push(&mut self, e: Event) {
+        if self.events.is_empty() {
+            (self.earliest, self.latest) = (e.timestamp, e.timestamp);
+        }
+        self.earliest = self.earliest.min(e.timestamp);
+        self.latest = self.latest.max(e.timestamp);
         self.bytes += e.message.len() + EVENT_OVERHEAD;
         self.events.push(e);
     }
@@ -76,10 +90,12 @@ impl Batcher {
         self.bytes
     }
 
-    /// Takes the batch.
+    /// Takes the batch, in time order (stable: records of the same time keep their order).
     pub fn take(&mut self) -> Vec<Event> {
         self.bytes = 0;
-        std::mem::take(&mut self.events)
+        let mut events = std::mem::take(&mut self.events);
+        events.sort_by_key(|e| e.timestamp);
+        events
     }
 }
 
@@ -101,23 +117,21 @@ pub fn split_message(s: &str, max: usize) -> Vec<&str> {
     out
 }
 
-/// The timestamp a line carries at its start, for the built-in patterns: log4j's default layout
-/// as Spark configures it (`yy/MM/dd HH:mm:ss`), and ISO-like `yyyy-MM-dd HH:mm:ss[,.SSS]` (also
-/// with `T`). Read as UTC.
-pub fn line_timestamp(line: &str) -> Option<i64> {
-    use chrono::NaiveDateTime;
-    let head = line.get(..17)?;
-    if let Ok(t) = NaiveDateTime::parse_from_str(head, "%y/%m/%d %H:%M:%S") {
-        return Some(t.and_utc().timestamp_millis());
-    }
-    let head = line.get(..19)?.replace('T', " ");
-    let t = NaiveDateTime::parse_from_str(&head, "%Y-%m-%d %H:%M:%S").ok()?;
-    let mut ms = t.and_utc().timestamp_millis();
-    let b = line.as_bytes();
-    if b.len() >= 23 && (b[19] == b',' || b[19] == b'.') && b[20..23].iter().all(u8::is_ascii_digit) {
-        ms += line[20..23].parse::<i64>().unwrap_or(0);
-    }
-    Some(ms)
+/// The batch being filled while a chunk is turned into events.
+struct EventBuilder {
+    batch: Batcher,
+    /// The chunk offset after the last record whose events are all sent or in `batch`.
+    batch_end: u64,
+    /// The time of the record before (an untimed record takes it).
+    last_ts: Option<i64>,
+    /// When the chunk was opened (the read time).
+    read_ms: i64,
+}
+
+/// The last line of `record` (lines with their newlines), without its newline.
+fn last_line(record: &[u8]) -> &[u8] {
+    let body = record.strip_suffix(b"\n").unwrap_or(record);
+    memchr::memrchr(b'\n', body).map_or(body, |i| &body[i + 1..])
 }
 
 /// Uploads chunks as CloudWatch Logs events.
@@ -128,12 +142,10 @@ pub struct CloudWatchSink {
     /// Streams known to exist (created or found), so no Describe* call is made per batch.
     ready: Mutex<HashSet<String>>,
     group_ready: std::sync::atomic::AtomicBool,
-    /// Events CloudWatch rejected (too old, too new, expired), for the log.
-    rejected: AtomicU64,
-    /// Lines whose invalid UTF-8 was replaced.
-    replaced: AtomicU64,
-    /// Empty lines (CloudWatch refuses empty messages).
-    empty: AtomicU64,
+    /// Which lines form one event (the rule its sources cut chunks by).
+    rule: RecordRule,
+    /// What it did with records, for `/metrics` and the summary.
+    counters: Arc<EventCounters>,
 }
 
 fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
@@ -157,7 +169,7 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
 
 impl CloudWatchSink {
     /// Builds the output (loads the AWS configuration).
-    pub async fn new(settings: &CloudWatchSettings) -> Result<CloudWatchSink, super::SetupError> {
+    pub async fn new(settings: &CloudWatchSettings, rule: RecordRule) -> Result<CloudWatchSink, super::SetupError> {
         let (shared, timeouts) = super::aws_config(settings.region.as_deref(), Duration::from_secs(60)).await?;
         let mut b = aws_sdk_cloudwatchlogs::config::Builder::from(&shared).timeout_config(timeouts);
         if let Some(e) = &settings.endpoint {
@@ -168,10 +180,14 @@ impl CloudWatchSink {
             settings: settings.clone(),
             ready: Mutex::new(HashSet::new()),
             group_ready: Default::default(),
-            rejected: AtomicU64::new(0),
-            replaced: AtomicU64::new(0),
-            empty: AtomicU64::new(0),
+            rule,
+            counters: Arc::default(),
         })
+    }
+
+    /// Its counters (shared with the metrics endpoint).
+    pub fn counters(&self) -> Arc<EventCounters> {
+        self.counters.clone()
     }
 
     /// Where it delivers, for messages.
@@ -256,6 +272,7 @@ impl CloudWatchSink {
                 return Err(classify("PutLogEvents", &format!("{group}/{stream}"), &e));
             }
         };
+        self.counters.events_sent.fetch_add(n as u64, Ordering::Relaxed);
         if let Some(r) = out.rejected_log_events_info() {
             let too_old = r.too_old_log_event_end_index().unwrap_or(0).max(0) as u64;
             let expired = r.expired_log_event_end_index().unwrap_or(0).max(0) as u64;
@@ -263,13 +280,16 @@ impl CloudWatchSink {
                 .too_new_log_event_start_index()
                 .map_or(0, |i| (n as i64 - i as i64).max(0) as u64);
             let count = too_old.max(expired) + too_new;
-            let total = self.rejected.fetch_add(count, Ordering::SeqCst) + count;
+            let total = self.counters.events_rejected.fetch_add(count, Ordering::Relaxed) + count;
             tracing::warn!(%group, %stream, too_old, expired, too_new, total_rejected = total, "CloudWatch rejected events of a batch (outside its accepted time range); the rest was accepted");
         }
         Ok(())
     }
 
-    /// Delivers a chunk from its recorded progress on.
+    /// Delivers a chunk from its recorded progress on: its lines are joined into records by the
+    /// output's rule, one event per record (a record over the event size limit is cut at line
+    /// ends, and a line over it at character boundaries). Progress is only recorded at the end
+    /// of a record, so a retry resends whole records.
     pub async fn deliver(&self, chunk: &SealedChunk) -> Result<(), DeliveryError> {
         let stream = self.stream_for(&chunk.tag);
         self.ensure(&stream).await?;
@@ -279,11 +299,17 @@ impl CloudWatchSink {
         file.seek(SeekFrom::Start(start)).map_err(io)?;
         let mut reader = BufReader::with_capacity(64 << 10, std::io::Read::take(file, chunk.len - start));
         let max_msg = self.settings.max_event_size.bytes() as usize - EVENT_OVERHEAD;
-        let mut batch = Batcher::default();
+        let mut events = EventBuilder {
+            batch: Batcher::default(),
+            // The end of the last record whose events are all sent or in the batch.
+            batch_end: start,
+            last_ts: None,
+            read_ms: chunk.created_ms,
+        };
+        // The record being joined (its lines with their newlines), and where it ends.
+        let mut record: Vec<u8> = Vec::new();
+        let mut record_lines = 0u64;
         let mut offset = start;
-        // The offset just after the last line the current batch completes.
-        let mut batch_end = start;
-        let mut last_ts = chunk.created_ms;
         let mut line = Vec::new();
         loop {
             line.clear();
@@ -291,44 +317,92 @@ impl CloudWatchSink {
             if n == 0 {
                 break;
             }
+            if !record.is_empty() {
+                let body = line.strip_suffix(b"\n").unwrap_or(&line);
+                let continues = !self.rule.starts_record(body, Some(last_line(&record)));
+                if !continues || record.len() + line.len() > max_msg {
+                    if continues {
+                        // Larger than an event: the rest of the record becomes the next event.
+                        self.counters.records_split.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.send_record(&stream, chunk, &record, record_lines, offset, &mut events)
+                        .await?;
+                    record.clear();
+                    record_lines = 0;
+                }
+            }
+            record.extend_from_slice(&line);
+            record_lines += 1;
             offset += n as u64;
-            let body = line.strip_suffix(b"\n").unwrap_or(&line);
-            let text = match std::str::from_utf8(body) {
-                Ok(s) => std::borrow::Cow::Borrowed(s),
-                Err(_) => {
-                    self.replaced.fetch_add(1, Ordering::Relaxed);
-                    String::from_utf8_lossy(body)
-                }
-            };
-            if text.is_empty() {
-                self.empty.fetch_add(1, Ordering::Relaxed);
-                batch_end = offset;
-                continue;
-            }
-            // Never backwards: a batch must be in time order, and lines keep theirs.
-            let ts = match self.settings.timestamp {
-                TimestampRule::Read => chunk.created_ms,
-                TimestampRule::Log4j => line_timestamp(&text).unwrap_or(last_ts),
-            }
-            .max(last_ts);
-            last_ts = ts;
-            for piece in split_message(&text, max_msg) {
-                let e = Event {
-                    timestamp: ts,
-                    message: piece.to_string(),
-                };
-                if !batch.fits(&e) {
-                    self.put(&stream, batch.take()).await?;
-                    self.record(&chunk.path, batch_end)?;
-                }
-                batch.push(e);
-            }
-            batch_end = offset;
         }
-        if !batch.is_empty() {
-            self.put(&stream, batch.take()).await?;
+        if !record.is_empty() {
+            self.send_record(&stream, chunk, &record, record_lines, offset, &mut events)
+                .await?;
+        }
+        if !events.batch.is_empty() {
+            self.put(&stream, events.batch.take()).await?;
         }
         self.record(&chunk.path, offset)?;
+        Ok(())
+    }
+
+    /// Turns one record (ending at chunk offset `end`) into events, sending the batch first
+    /// when they do not fit in it.
+    async fn send_record(
+        &self,
+        stream: &str,
+        chunk: &SealedChunk,
+        record: &[u8],
+        lines: u64,
+        end: u64,
+        b: &mut EventBuilder,
+    ) -> Result<(), DeliveryError> {
+        let c = &self.counters;
+        let body = record.strip_suffix(b"\n").unwrap_or(record);
+        let text = match std::str::from_utf8(body) {
+            Ok(s) => std::borrow::Cow::Borrowed(s),
+            Err(_) => {
+                c.records_replaced.fetch_add(1, Ordering::Relaxed);
+                String::from_utf8_lossy(body)
+            }
+        };
+        if text.is_empty() {
+            c.records_empty.fetch_add(1, Ordering::Relaxed);
+            b.batch_end = end;
+            return Ok(());
+        }
+        if lines > 1 {
+            c.multiline_records.fetch_add(1, Ordering::Relaxed);
+        }
+        let own = match self.settings.timestamp {
+            TimestampRule::Record => {
+                let first = text.split('\n').next().unwrap_or("");
+                crate::record::record_timestamp(first, self.settings.time_zone.seconds())
+            }
+            TimestampRule::Read => Some(b.read_ms),
+        };
+        let ts = own.unwrap_or_else(|| {
+            c.records_untimed.fetch_add(1, Ordering::Relaxed);
+            b.last_ts.unwrap_or(b.read_ms)
+        });
+        b.last_ts = Some(ts);
+        let max_msg = self.settings.max_event_size.bytes() as usize - EVENT_OVERHEAD;
+        let pieces = split_message(&text, max_msg);
+        if pieces.len() > 1 {
+            c.records_split.fetch_add(1, Ordering::Relaxed);
+        }
+        for piece in pieces {
+            let e = Event {
+                timestamp: ts,
+                message: piece.to_string(),
+            };
+            if !b.batch.fits(&e) {
+                self.put(stream, b.batch.take()).await?;
+                self.record(&chunk.path, b.batch_end)?;
+            }
+            b.batch.push(e);
+        }
+        b.batch_end = end;
         Ok(())
     }
 
@@ -404,19 +478,5 @@ mod tests {
         assert!(parts.iter().all(|p| p.len() <= 5 && !p.is_empty()));
         assert_eq!(parts.concat(), s);
         assert_eq!(split_message("", 5), Vec::<&str>::new());
-    }
-
-    #[test]
-    fn log4j_and_iso_timestamps() {
-        assert_eq!(
-            line_timestamp("24/11/26 14:14:02 WARN NativeCodeLoader: x"),
-            Some(1_732_630_442_000)
-        );
-        assert_eq!(
-            line_timestamp("2024-11-26 14:14:02,345 INFO x"),
-            Some(1_732_630_442_345)
-        );
-        assert_eq!(line_timestamp("2024-11-26T14:14:02 INFO x"), Some(1_732_630_442_000));
-        assert_eq!(line_timestamp("\tat org.apache.spark.Foo"), None);
     }
 }

@@ -16,7 +16,8 @@ pub mod secondary;
 pub mod stdout;
 
 use crate::buffer::SealedChunk;
-use crate::config::{OutputConfig, OutputKind};
+use crate::config::{OutputConfig, OutputKind, Records};
+use crate::record::RecordRule;
 
 /// Why a delivery failed.
 #[derive(Debug, thiserror::Error)]
@@ -170,13 +171,23 @@ pub enum Sink {
 impl Sink {
     /// Builds the output described by `config` (the SDK outputs load the AWS configuration,
     /// and refuse to start without a region or any credentials).
-    pub async fn build(config: &OutputConfig) -> Result<Sink, SetupError> {
+    pub async fn build(config: &OutputConfig, records: &Records) -> Result<Sink, SetupError> {
         Ok(match &config.kind {
             OutputKind::File { dir } => Sink::File(file::FileSink::new(dir.clone())),
             OutputKind::Stdout => Sink::Stdout(stdout::StdoutSink),
             OutputKind::S3(s3) => Sink::S3(Box::new(s3::S3Sink::new(s3).await?)),
-            OutputKind::Cloudwatch(cw) => Sink::CloudWatch(Box::new(cloudwatch::CloudWatchSink::new(cw).await?)),
+            OutputKind::Cloudwatch(cw) => Sink::CloudWatch(Box::new(
+                cloudwatch::CloudWatchSink::new(cw, RecordRule::new(records)).await?,
+            )),
         })
+    }
+
+    /// A CloudWatch output's record counters (for `/metrics` and the summary).
+    pub fn event_counters(&self) -> Option<std::sync::Arc<crate::metrics::EventCounters>> {
+        match self {
+            Sink::CloudWatch(c) => Some(c.counters()),
+            _ => None,
+        }
     }
 
     /// The `%{file_extension}` of what an output writes.

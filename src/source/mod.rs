@@ -28,8 +28,9 @@ pub trait Source: Send {
     /// When the next scan for new files is due (`None`: now).
     fn next_scan(&self) -> Option<Instant>;
 
-    /// When a rotated file's wait ends, so the pipeline wakes to let it go.
-    fn next_rotate_deadline(&self) -> Option<Instant>;
+    /// When a file's wait ends (a rotated file's `rotate_wait`, a held-back record's
+    /// `multiline_flush`), so the pipeline wakes to read it.
+    fn next_deadline(&self) -> Option<Instant>;
 
     /// How often to look at files for growth without an event.
     fn poll_interval(&self) -> Duration;

@@ -107,6 +107,8 @@ impl EventLogSource {
         let mut tail_config = config.clone();
         tail_config.kind = SourceKind::Tail;
         tail_config.format = Framing::Lines;
+        // Event logs are JSON lines: each line is a record, and none is held back.
+        tail_config.multiline = crate::config::Multiline::Off;
         tail_config.tag = None;
         tail_config.paths = dirs
             .iter()
@@ -205,8 +207,8 @@ impl Source for EventLogSource {
     }
 
     /// The rechunked files' (mirrored files are never waited for).
-    fn next_rotate_deadline(&self) -> Option<Instant> {
-        self.tail.next_rotate_deadline()
+    fn next_deadline(&self) -> Option<Instant> {
+        self.tail.next_deadline()
     }
 
     /// How often files should be looked at without an event: a growing mirrored file is due

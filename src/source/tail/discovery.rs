@@ -181,6 +181,7 @@ impl TailSource {
             scan_hint: 0,
             gone_since: None,
             last_growth: now,
+            holding: false,
             last_size: size,
             drain_size: None,
         }))
@@ -232,6 +233,7 @@ fn moved_file(c: &SourceCheckpoint, now: Instant) -> Option<TailedFile> {
             scan_hint: 0,
             gone_since: Some(now),
             last_growth: now,
+            holding: false,
             last_size: size,
             drain_size: None,
         });

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use crate::buffer::{BufferError, ChunkStore, SourceCheckpoint};
 use crate::config::SourceConfig;
 use crate::fsutil::FileId;
+use crate::record::RecordRule;
 use crate::source::Source;
 
 mod discovery;
@@ -62,6 +63,8 @@ pub struct TailStats {
     pub partial_lines_flushed: u64,
     /// Files discovered.
     pub files_found: u64,
+    /// Records larger than a read block (256 KiB), cut at a line end inside them.
+    pub records_split: u64,
 }
 
 /// One followed file.
@@ -91,6 +94,9 @@ pub struct TailedFile {
     /// Size when the drain started: the drain reads up to here (a writer that keeps going does
     /// not keep the drain going), and only bytes before it count as not delivered.
     drain_size: Option<u64>,
+    /// Its last record is held back (it may continue): read it once the next record starts,
+    /// or `multiline_flush` after the file last grew.
+    holding: bool,
 }
 
 struct Pattern {
@@ -123,6 +129,8 @@ pub struct TailSource {
     /// Matches that cannot be shipped, and why (not a regular file, cannot be opened), as of
     /// the last scan: reported at exit, so a run that skipped one never looks complete.
     skipped: std::collections::BTreeMap<PathBuf, String>,
+    /// Which lines form one record (chunks end only between records).
+    rule: RecordRule,
 }
 
 /// A path a run was asked to ship but did not, and why (for the exit summary).
@@ -151,6 +159,7 @@ impl TailSource {
             })
             .collect();
         let block = READ_BLOCK.min(config.max_line() as usize).max(1);
+        let config_records = config.records();
         TailSource {
             config,
             routes,
@@ -162,6 +171,7 @@ impl TailSource {
             buf: vec![0; block],
             tagger: None,
             skipped: Default::default(),
+            rule: RecordRule::new(&config_records),
         }
     }
 
@@ -253,11 +263,16 @@ impl Source for TailSource {
     }
 
     /// When a file that went away will have waited `rotate_wait`.
-    fn next_rotate_deadline(&self) -> Option<Instant> {
+    fn next_deadline(&self) -> Option<Instant> {
         let wait = self.config.rotate_wait.get();
+        let flush = self.config.multiline_flush.get();
         self.files
             .iter()
-            .filter_map(|f| f.gone_since.map(|g| g.max(f.last_growth) + wait))
+            .filter_map(|f| {
+                let rotated = f.gone_since.map(|g| g.max(f.last_growth) + wait);
+                let held = f.holding.then_some(f.last_growth + flush);
+                rotated.into_iter().chain(held).min()
+            })
             .min()
     }
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::identity::{FINGERPRINT_MAX, Fingerprint, fingerprint};
 use super::{TailError, TailSource, TailedFile};
-use crate::buffer::ChunkStore;
+use crate::buffer::{ChunkStore, Cut};
 use crate::config::Framing;
 use crate::fsutil::fnv1a;
 
@@ -68,6 +68,12 @@ impl TailSource {
         now_ms: i64,
     ) -> Result<u64, TailError> {
         let framing = self.config.format;
+        let flush = self.config.multiline_flush.get();
+        let cut = if self.rule.is_multiline() {
+            Cut::RecordStart(&self.rule)
+        } else {
+            Cut::LineEnd
+        };
         let max_line = self.config.max_line();
         let block = self.buf.len();
         let f = &mut self.files[i];
@@ -118,15 +124,37 @@ impl TailSource {
             let data = &self.buf[..n];
             if framing == Framing::Raw {
                 for &o in &self.routes {
-                    store.append(o, &f.tag, framing, data, now_ms)?;
+                    store.append(o, &f.tag, Cut::Anywhere, data, now_ms)?;
                 }
                 f.pos += n as u64;
                 continue;
             }
             if let Some(last_nl) = memchr::memrchr(b'\n', data) {
-                let lines = &data[..=last_nl];
+                let mut lines = &data[..=last_nl];
+                if self.rule.is_multiline() {
+                    // The last record may continue in what follows: keep it back until the
+                    // next record starts, the file has been quiet for `multiline_flush`, or
+                    // the drain.
+                    let complete = self.rule.complete_prefix(lines);
+                    let partial = &data[last_nl + 1..];
+                    let at_end = f.pos + n as u64 >= size;
+                    let next_starts =
+                        !partial.is_empty() && self.rule.starts_record(partial, Some(last_line_of(lines)));
+                    if complete > 0 {
+                        lines = &lines[..complete];
+                    } else if !at_end || next_starts {
+                        if !at_end && !next_starts {
+                            // One record larger than the read block: it is cut here.
+                            self.stats.records_split += 1;
+                        }
+                    } else if !flush_partial && now < f.last_growth + flush {
+                        f.holding = true;
+                        break;
+                    }
+                    f.holding = false;
+                }
                 for &o in &self.routes {
-                    store.append(o, &f.tag, framing, lines, now_ms)?;
+                    store.append(o, &f.tag, cut, lines, now_ms)?;
                 }
                 f.pos += lines.len() as u64;
                 f.lines += memchr::memchr_iter(b'\n', lines).count() as u64;
@@ -137,7 +165,7 @@ impl TailSource {
             if n as u64 >= max_line {
                 // The block is exactly max_line_size long: split here.
                 for &o in &self.routes {
-                    store.append(o, &f.tag, Framing::Raw, data, now_ms)?;
+                    store.append(o, &f.tag, Cut::Anywhere, data, now_ms)?;
                 }
                 f.pos += n as u64;
                 self.stats.lines_split += 1;
@@ -232,4 +260,10 @@ impl TailSource {
         f.scan_hint = 0;
         Ok(())
     }
+}
+
+/// The last line of `lines` (which end with a newline), without its newline.
+fn last_line_of(lines: &[u8]) -> &[u8] {
+    let body = lines.strip_suffix(b"\n").unwrap_or(lines);
+    memchr::memrchr(b'\n', body).map_or(body, |i| &body[i + 1..])
 }
