@@ -5,13 +5,13 @@ use crate::common::python;
 use crate::common::s3 as s3server;
 
 use std::fs;
-use std::io::Read;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use crate::common::*;
-use s3server::{S3Server, kubelet_write};
+use s3server::{S3Server, collect_s3, kubelet_write};
 
 const T: Duration = Duration::from_secs(90);
 
@@ -47,41 +47,6 @@ fn boto3_presign(server: &S3Server, key: &str, signature: Option<&str>) -> Vec<u
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
-}
-
-fn decode(bytes: &[u8], store_as: &str) -> Vec<u8> {
-    match store_as {
-        "gzip" => {
-            let mut out = Vec::new();
-            flate2::read::GzDecoder::new(bytes).read_to_end(&mut out).unwrap();
-            out
-        }
-        "zstd" => zstd::decode_all(bytes).unwrap(),
-        _ => bytes.to_vec(),
-    }
-}
-
-/// The objects under `prefix/<tag>/`, in time slice and index order, decoded, joined.
-fn collect_s3(server: &S3Server, prefix: &str, tag: &str, store_as: &str) -> Vec<u8> {
-    let dir = format!("{prefix}/{tag}/");
-    let mut keys: Vec<(u64, u64, String)> = server
-        .keys("logs")
-        .into_iter()
-        .filter_map(|k| {
-            let name = k.strip_prefix(&dir)?;
-            // `<slice>_<index>.<ext>`, or `<slice>_<index>_<hex_random>.<ext>` (presigned POST).
-            let stem = name.rsplit_once('.')?.0;
-            let mut parts = stem.split('_');
-            let (slice, index) = (parts.next()?, parts.next()?);
-            Some((slice.parse().ok()?, index.parse().ok()?, k.clone()))
-        })
-        .collect();
-    keys.sort();
-    let mut all = Vec::new();
-    for (_, _, k) in keys {
-        all.extend(decode(&server.object("logs", &k).unwrap(), store_as));
-    }
-    all
 }
 
 fn ship_to_s3(env: &Env, pattern: &str, to: &str, extra: &[&str]) -> Vec<String> {

@@ -319,3 +319,39 @@ fn response(status: &str, body: &str) -> String {
         body.len()
     )
 }
+
+/// An object's bytes as written: `store_as` is `text`, `gzip` or `zstd`.
+pub fn decode(bytes: &[u8], store_as: &str) -> Vec<u8> {
+    match store_as {
+        "gzip" => {
+            let mut out = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(bytes), &mut out).unwrap();
+            out
+        }
+        "zstd" => zstd::decode_all(bytes).unwrap(),
+        _ => bytes.to_vec(),
+    }
+}
+
+/// The objects of bucket `logs` under `prefix/<tag>/`, in time slice and index order, decoded, joined.
+pub fn collect_s3(server: &S3Server, prefix: &str, tag: &str, store_as: &str) -> Vec<u8> {
+    let dir = format!("{prefix}/{tag}/");
+    let mut keys: Vec<(u64, u64, String)> = server
+        .keys("logs")
+        .into_iter()
+        .filter_map(|k| {
+            let name = k.strip_prefix(&dir)?;
+            // `<slice>_<index>.<ext>`, or `<slice>_<index>_<hex_random>.<ext>` (presigned POST).
+            let stem = name.rsplit_once('.')?.0;
+            let mut parts = stem.split('_');
+            let (slice, index) = (parts.next()?, parts.next()?);
+            Some((slice.parse().ok()?, index.parse().ok()?, k.clone()))
+        })
+        .collect();
+    keys.sort();
+    let mut all = Vec::new();
+    for (_, _, k) in keys {
+        all.extend(decode(&server.object("logs", &k).unwrap(), store_as));
+    }
+    all
+}
