@@ -166,11 +166,11 @@ fn each_record_is_one_event_with_its_own_time_while_s3_gets_the_bytes_written_in
     let trace = &err_records[1].0;
     let cut = trace.find("\n\tat org").unwrap() + 1;
     append(&err, err_records[0].0.as_bytes());
-    append(&err, trace[..cut].as_bytes());
+    append(&err, &trace.as_bytes()[..cut]);
     d.wait_until("the first record", WAIT, || events(&moto, "driver/stderr").len() == 1);
     // The rest of the trace a time key later: still the same record, held back meanwhile.
     std::thread::sleep(Duration::from_millis(1500));
-    append(&err, trace[cut..].as_bytes());
+    append(&err, &trace.as_bytes()[cut..]);
     append(&err, err_records[2].0.as_bytes());
     d.wait_until("the stack trace, once the next record started", WAIT, || {
         events(&moto, "driver/stderr").len() == 2
@@ -291,11 +291,9 @@ fn full_chunks_end_between_records_and_a_crash_between_batches_repeats_no_record
     assert_eq!(all, bytes.as_bytes());
     let keys: Vec<String> = s3.keys("logs");
     assert!(keys.len() >= 5, "{} objects", keys.len());
+    let year = &log4j_date(t, 2 * 3600).as_bytes()[..3];
     for k in keys {
         let o = s3.object("logs", &k).unwrap();
-        assert!(
-            o.starts_with(log4j_date(t, 2 * 3600)[..2].as_bytes()),
-            "{k} starts inside a record"
-        );
+        assert!(o.starts_with(year), "{k} starts inside a record");
     }
 }
