@@ -291,7 +291,8 @@ fn full_chunks_end_between_records_and_a_crash_between_batches_repeats_no_record
     assert_eq!(all, bytes.as_bytes());
     let keys: Vec<String> = s3.keys("logs");
     assert!(keys.len() >= 5, "{} objects", keys.len());
-    let year = &log4j_date(t, 2 * 3600).as_bytes()[..3];
+    let date = log4j_date(t, 2 * 3600);
+    let year = &date.as_bytes()[..3];
     for k in keys {
         let o = s3.object("logs", &k).unwrap();
         assert!(o.starts_with(year), "{k} starts inside a record");
