@@ -130,11 +130,14 @@ fn continues(line: &[u8], prev: &[u8]) -> bool {
     }
 }
 
-/// A Python traceback inside a record: after a blank line (chained exceptions) or PySpark's
-/// "Please see the stack trace below." inside a Java exception's message.
+/// A Python traceback inside a record: after a blank line (chained exceptions), after an
+/// exception's name (PySpark's `PythonException: An exception was thrown from the Python
+/// worker:`), or after "Please see the stack trace below." inside a Java exception's message.
 fn traceback_is_nested(prev: &[u8]) -> bool {
     let prev = prev.strip_suffix(b"\r").unwrap_or(prev);
-    prev.iter().all(u8::is_ascii_whitespace) || prev.trim_ascii_end().ends_with(b"stack trace below.")
+    prev.iter().all(u8::is_ascii_whitespace)
+        || is_exception_header(prev)
+        || prev.trim_ascii_end().ends_with(b"stack trace below.")
 }
 
 /// `java.lang.IllegalStateException: boom`, `org.apache.spark.SparkException`, `ValueError: x`,
@@ -160,6 +163,9 @@ fn is_exception_header(line: &[u8]) -> bool {
 /// offset; without one, `offset_secs`).
 pub fn record_timestamp(first_line: &str, offset_secs: i32) -> Option<i64> {
     use chrono::NaiveDateTime;
+    // What a terminal shows: Spark's console progress bar (`\r[Stage 0:> … ]\r`) can precede a
+    // log line on the same line.
+    let first_line = first_line.trim_end_matches('\r').rsplit('\r').next().unwrap_or("");
     let local = |t: NaiveDateTime| t.and_utc().timestamp_millis() - i64::from(offset_secs) * 1000;
     if first_line.starts_with('{') {
         return json_ts(first_line, offset_secs);
@@ -239,6 +245,10 @@ pyspark.errors.exceptions.captured.PythonException:
 Traceback (most recent call last):
   File \"/tmp/job.py\", line 5, in f
 ValueError: boom
+pyspark.errors.exceptions.captured.PythonException: An exception was thrown from the Python worker:
+Traceback (most recent call last):
+  File \"/tmp/job.py\", line 5, in f
+ValueError: boom
 
 During handling of the above exception, another exception occurred:
 
@@ -266,7 +276,7 @@ plain line
             ]
         );
         assert!(r[1].ends_with("\t... 12 more\n") && r[1].contains("ValueError: boom\n\n\tat"));
-        assert!(r[3].ends_with("RuntimeError: again\n") && r[3].matches("Traceback").count() == 3);
+        assert!(r[3].ends_with("RuntimeError: again\n") && r[3].matches("Traceback").count() == 4);
     }
 
     #[test]
@@ -357,5 +367,10 @@ plain line
         assert_eq!(record_timestamp("{\"msg\":\"no time\"}", 0), None);
         assert_eq!(record_timestamp("\tat org.apache.spark.Foo", 0), None);
         assert_eq!(record_timestamp("Traceback (most recent call last):", 0), None);
+        // Behind Spark's console progress bar.
+        assert_eq!(
+            record_timestamp("\r[Stage 0:>      (0 + 1) / 1]\r24/11/26 14:14:02 ERROR Executor: x", 0),
+            Some(1_732_630_442_000)
+        );
     }
 }

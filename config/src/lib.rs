@@ -685,9 +685,9 @@ pub fn default_key_format() -> KeyTemplate {
 pub enum TimestampRule {
     /// The record's own time: log4j's date as Spark sets it (`yy/MM/dd HH:mm:ss`), an ISO-like
     /// `yyyy-MM-dd HH:mm:ss[,SSS]` (both in `time_zone`), or a JSON line's `ts`. A record without
-    /// one takes the time of the record before it in its chunk, else the read time (counted).
-    /// Never earlier than the record before (a batch must be in time order). `log4j` is its
-    /// earlier name.
+    /// one takes the time of the record before it; at the start of a chunk, that of the first
+    /// record after it that has one, else the read time (counted). Batches are sorted by time,
+    /// as PutLogEvents requires. `log4j` is its earlier name.
     #[default]
     #[serde(alias = "log4j")]
     Record,
@@ -1576,6 +1576,46 @@ dir = "/tmp/out"
         assert_eq!(o.time_slice_format, None);
         assert_eq!(o.secondary.directory, Some(PathBuf::from("/tmp/logship/secondary")));
         assert_eq!(o.secondary.basename.as_deref(), Some("output-0.chunk"));
+    }
+
+    #[test]
+    fn multiline_settings_are_checked_where_they_are_written() {
+        let bad_re = MINIMAL.replace("paths =", "multiline_start = \"([\"\npaths =");
+        let e = Config::parse(&bad_re, "x").unwrap_err().to_string();
+        assert!(
+            e.contains("source[0].multiline_start") && e.contains("regular expression"),
+            "{e}"
+        );
+        let off = MINIMAL.replace("paths =", "multiline = \"off\"\nmultiline_start = \"^x\"\npaths =");
+        let e = Config::parse(&off, "x").unwrap_err().to_string();
+        assert!(e.contains("source[0].multiline_start") && e.contains("off"), "{e}");
+        let zero = MINIMAL.replace("paths =", "multiline_flush = \"0s\"\npaths =");
+        assert!(
+            Config::parse(&zero, "x")
+                .unwrap_err()
+                .to_string()
+                .contains("source[0].multiline_flush")
+        );
+        // One CloudWatch output fed by sources that cut records differently: refused.
+        let cw = "[[output]]\ntype = \"cloudwatch\"\ncloudwatch = { log_group = \"g\" }\n";
+        let two = format!(
+            "[[source]]\ntype = \"tail\"\npaths = [\"/a/*\"]\n[[source]]\ntype = \"tail\"\npaths = [\"/b/*\"]\nmultiline = \"off\"\n{cw}"
+        );
+        let e = Config::parse(&two, "x").unwrap_err().to_string();
+        assert!(
+            e.contains("output[0]") && e.contains("source[0]") && e.contains("source[1]"),
+            "{e}"
+        );
+        let same = two.replace("multiline = \"off\"\n", "");
+        let c = Config::parse(&same, "x").unwrap();
+        assert_eq!(c.records_for_output(0), Records::Auto);
+        // Event logs and raw files are never joined.
+        let raw = MINIMAL.replace("paths =", "format = \"raw\"\npaths =");
+        assert_eq!(Config::parse(&raw, "x").unwrap().sources[0].records(), Records::Lines);
+        // The old name of the record timestamp rule still reads.
+        let old = cw.replace("log_group = \"g\"", "log_group = \"g\", timestamp = \"log4j\"");
+        let c = Config::parse(&format!("[[source]]\ntype = \"tail\"\npaths = [\"/a/*\"]\n{old}"), "x").unwrap();
+        assert_eq!(c.outputs[0].cloudwatch().unwrap().timestamp, TimestampRule::Record);
     }
 
     #[test]

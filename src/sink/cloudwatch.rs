@@ -126,6 +126,13 @@ struct EventBuilder {
     last_ts: Option<i64>,
     /// When the chunk was opened (the read time).
     read_ms: i64,
+    /// Untimed records before the chunk's first timed one, held (up to one batch's bytes) to
+    /// be sent with its time rather than the later read time.
+    pending: Vec<Event>,
+    /// Their message bytes.
+    pending_bytes: usize,
+    /// The chunk offset after the last of them.
+    pending_end: u64,
 }
 
 /// The last line of `record` (lines with their newlines), without its newline.
@@ -305,6 +312,9 @@ impl CloudWatchSink {
             batch_end: start,
             last_ts: None,
             read_ms: chunk.created_ms,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            pending_end: start,
         };
         // The record being joined (its lines with their newlines), and where it ends.
         let mut record: Vec<u8> = Vec::new();
@@ -339,6 +349,8 @@ impl CloudWatchSink {
             self.send_record(&stream, chunk, &record, record_lines, offset, &mut events)
                 .await?;
         }
+        let read_ms = events.read_ms;
+        self.release_pending(&stream, chunk, &mut events, read_ms).await?;
         if !events.batch.is_empty() {
             self.put(&stream, events.batch.take()).await?;
         }
@@ -368,7 +380,11 @@ impl CloudWatchSink {
         };
         if text.is_empty() {
             c.records_empty.fetch_add(1, Ordering::Relaxed);
-            b.batch_end = end;
+            if b.pending.is_empty() {
+                b.batch_end = end;
+            } else {
+                b.pending_end = end;
+            }
             return Ok(());
         }
         if lines > 1 {
@@ -381,28 +397,82 @@ impl CloudWatchSink {
             }
             TimestampRule::Read => Some(b.read_ms),
         };
-        let ts = own.unwrap_or_else(|| {
+        if own.is_none() {
             c.records_untimed.fetch_add(1, Ordering::Relaxed);
-            b.last_ts.unwrap_or(b.read_ms)
-        });
-        b.last_ts = Some(ts);
+        }
         let max_msg = self.settings.max_event_size.bytes() as usize - EVENT_OVERHEAD;
         let pieces = split_message(&text, max_msg);
         if pieces.len() > 1 {
             c.records_split.fetch_add(1, Ordering::Relaxed);
         }
+        let ts = match (own, b.last_ts) {
+            (Some(ts), _) => {
+                // Untimed records before the chunk's first timed one take its time.
+                self.release_pending(stream, chunk, b, ts).await?;
+                ts
+            }
+            (None, Some(previous)) => previous,
+            (None, None) => {
+                b.pending_bytes += text.len();
+                b.pending.extend(pieces.into_iter().map(|p| Event {
+                    timestamp: 0,
+                    message: p.to_string(),
+                }));
+                b.pending_end = end;
+                if b.pending_bytes > MAX_BATCH_BYTES {
+                    // No time in sight: the read time, rather than holding more.
+                    self.release_pending(stream, chunk, b, b.read_ms).await?;
+                }
+                return Ok(());
+            }
+        };
+        b.last_ts = Some(ts);
         for piece in pieces {
             let e = Event {
                 timestamp: ts,
                 message: piece.to_string(),
             };
-            if !b.batch.fits(&e) {
-                self.put(stream, b.batch.take()).await?;
-                self.record(&chunk.path, b.batch_end)?;
-            }
-            b.batch.push(e);
+            self.push(stream, chunk, b, e).await?;
         }
         b.batch_end = end;
+        Ok(())
+    }
+
+    /// Sends the untimed records held back at the start of a chunk with the time `ts`.
+    async fn release_pending(
+        &self,
+        stream: &str,
+        chunk: &SealedChunk,
+        b: &mut EventBuilder,
+        ts: i64,
+    ) -> Result<(), DeliveryError> {
+        if b.pending.is_empty() {
+            return Ok(());
+        }
+        b.last_ts = Some(ts);
+        for mut e in std::mem::take(&mut b.pending) {
+            e.timestamp = ts;
+            self.push(stream, chunk, b, e).await?;
+        }
+        b.pending_bytes = 0;
+        b.batch_end = b.pending_end;
+        Ok(())
+    }
+
+    /// Adds an event to the batch, sending the batch first (and recording the progress) when it
+    /// does not fit.
+    async fn push(
+        &self,
+        stream: &str,
+        chunk: &SealedChunk,
+        b: &mut EventBuilder,
+        e: Event,
+    ) -> Result<(), DeliveryError> {
+        if !b.batch.fits(&e) {
+            self.put(stream, b.batch.take()).await?;
+            self.record(&chunk.path, b.batch_end)?;
+        }
+        b.batch.push(e);
         Ok(())
     }
 

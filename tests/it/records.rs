@@ -100,9 +100,23 @@ fn stdout_records(t: i64) -> Vec<(String, i64)> {
     ]
 }
 
-fn config(env: &Env, moto: &Moto, s3: &S3Server, flush: &str, chunk_limit: &str) -> Vec<String> {
+/// One tail source to CloudWatch (dates read in `zone`) and to S3, following until the signal
+/// file; `/metrics` on `metrics` when given.
+fn config(
+    env: &Env,
+    moto: &Moto,
+    s3: &S3Server,
+    flush: &str,
+    chunk_limit: &str,
+    zone: &str,
+    metrics: Option<&str>,
+) -> Vec<String> {
+    let metrics = metrics
+        .map(|m| format!("[metrics]\nlisten = \"{m}\"\n"))
+        .unwrap_or_default();
     env.run_config(&format!(
         r#"
+{metrics}
 [buffer]
 dir = "{{buffer}}"
 timekey = "1s"
@@ -118,7 +132,7 @@ multiline_flush = "{flush}"
 [[output]]
 name = "cw"
 type = "cloudwatch"
-cloudwatch = {{ log_group = "{GROUP}", log_stream = "%{{tag}}", endpoint = "{}", time_zone = "+02:00" }}
+cloudwatch = {{ log_group = "{GROUP}", log_stream = "%{{tag}}", endpoint = "{}", time_zone = "{zone}" }}
 [[output]]
 name = "s3"
 type = "s3"
@@ -161,7 +175,12 @@ fn each_record_is_one_event_with_its_own_time_while_s3_gets_the_bytes_written_in
     let err_records = stderr_records(t, 2 * 3600);
     let out_records = stdout_records(t);
     // Nothing is let go by time: a record ends when the next one starts, or at the drain.
-    let d = spawn(&env, &s3, &config(&env, &moto, &s3, "10m", "32MiB"));
+    let addr = format!("127.0.0.1:{}", crate::common::free_port());
+    let d = spawn(
+        &env,
+        &s3,
+        &config(&env, &moto, &s3, "10m", "32MiB", "+02:00", Some(&addr)),
+    );
     // The first two records, and the stack trace's first line only.
     let trace = &err_records[1].0;
     let cut = trace.find("\n\tat org").unwrap() + 1;
@@ -176,6 +195,14 @@ fn each_record_is_one_event_with_its_own_time_while_s3_gets_the_bytes_written_in
         events(&moto, "driver/stderr").len() == 2
     });
     assert_eq!(events(&moto, "driver/stderr"), expected(&err_records[..2]));
+    let (_, body) = crate::common::http_get(&addr, "/metrics").unwrap();
+    let counter =
+        |name: &str| crate::common::metric(&body, &format!("logship_cloudwatch_{name}_total{{output=\"cw\"}}"));
+    assert_eq!(
+        (counter("events_sent"), counter("multiline_records")),
+        (Some(2), Some(1)),
+        "{body}"
+    );
     for (r, _) in &err_records[3..] {
         append(&err, r.as_bytes());
     }
@@ -218,7 +245,7 @@ fn the_last_record_of_a_quiet_file_is_sent_after_the_flush_time_without_waiting_
     let err = env.path("exec-1/stderr");
     std::fs::create_dir_all(err.parent().unwrap()).unwrap();
     let records = stderr_records(base_ms(), 2 * 3600);
-    let d = spawn(&env, &s3, &config(&env, &moto, &s3, "1s", "32MiB"));
+    let d = spawn(&env, &s3, &config(&env, &moto, &s3, "1s", "32MiB", "+02:00", None));
     append(&err, records[1].0.as_bytes());
     // No record follows and nothing ends the run: the flush time lets it go.
     d.wait_until("the stack trace", WAIT, || events(&moto, "exec-1/stderr").len() == 1);
@@ -253,7 +280,7 @@ fn full_chunks_end_between_records_and_a_crash_between_batches_repeats_no_record
     }
     let bytes: String = records.iter().map(|(r, _)| r.as_str()).collect();
     append(&err, bytes.as_bytes());
-    let args = config(&env, &moto, &s3, "10m", "256KiB");
+    let args = config(&env, &moto, &s3, "10m", "256KiB", "+02:00", None);
     let mut cmd = crate::common::logship_cmd();
     cmd.envs(s3.env())
         .env("LOGSHIP_CRASH_AT", "cloudwatch-batch-recorded:2");
@@ -296,5 +323,172 @@ fn full_chunks_end_between_records_and_a_crash_between_batches_repeats_no_record
     for k in keys {
         let o = s3.object("logs", &k).unwrap();
         assert!(o.starts_with(year), "{k} starts inside a record");
+    }
+}
+
+/// What a terminal shows of a line: the text after its last carriage return (Spark's console
+/// progress bar, `\r[Stage 0:> … ]\r`, can precede a log line on the same line).
+fn visible(line: &str) -> &str {
+    line.trim_end_matches('\r').rsplit('\r').next().unwrap_or("")
+}
+
+/// The time of a line starting with Spark's log4j date (`yy/MM/dd HH:mm:ss LEVEL `), in UTC.
+fn log4j_time(line: &str) -> Option<i64> {
+    let v = visible(line);
+    let level = v.get(18..)?.split(' ').next()?;
+    if !["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"].contains(&level) {
+        return None;
+    }
+    let t = chrono::NaiveDateTime::parse_from_str(v.get(..17)?, "%y/%m/%d %H:%M:%S").ok()?;
+    Some(t.and_utc().timestamp_millis())
+}
+
+/// The `ts` of a JSON log line.
+fn json_time(line: &str) -> Option<i64> {
+    let v: serde_json::Value = serde_json::from_str(visible(line)).ok()?;
+    Some(
+        chrono::DateTime::parse_from_rfc3339(v["ts"].as_str()?)
+            .ok()?
+            .timestamp_millis(),
+    )
+}
+
+/// Runs `tests/spark/failing_job.py` (with Spark's default log4j pattern, or with structured
+/// logging), its output in `driver/stdout` and `driver/stderr` under the input directory.
+fn run_failing_job(env: &Env, structured: bool) {
+    use crate::common::python::python_path;
+    use crate::common::spark::PYSPARK;
+    let py = python_path(&["pyspark"], &[PYSPARK]);
+    let dir = env.path("driver");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/spark/failing_job.py"))
+        .env("PYTHONPATH", &py)
+        .env("SPARK_LOCAL_IP", "127.0.0.1")
+        .env("TZ", "UTC")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(dir.join("stdout")).unwrap())
+        .stderr(std::fs::File::create(dir.join("stderr")).unwrap());
+    if structured {
+        cmd.env(
+            "PYSPARK_SUBMIT_ARGS",
+            "--conf spark.log.structuredLogging.enabled=true \
+             --driver-java-options -Dlog4j2.configurationFile=org/apache/spark/log4j2-json-layout.properties pyspark-shell",
+        );
+    }
+    let st = cmd.status().unwrap();
+    assert_eq!(st.code(), Some(1), "the job ends in its uncaught exception");
+}
+
+#[test]
+fn a_real_pyspark_job_failing_in_a_udf_and_on_the_jvm_gives_one_event_per_record_in_both_log_formats() {
+    let _spark = crate::common::spark::exclusive();
+    for structured in [false, true] {
+        let moto = Moto::start();
+        let s3 = S3Server::start(&["logs"]);
+        let env = Env::new();
+        run_failing_job(&env, structured);
+        let d = spawn(&env, &s3, &config(&env, &moto, &s3, "2s", "32MiB", "UTC", None));
+        // Main has ended: the drain reads everything and lets the last records go.
+        env.signal_end();
+        let mut d = d;
+        assert_eq!(d.wait_exit(WAIT).code(), Some(0), "{}", d.stderr());
+        let file = String::from_utf8(std::fs::read(env.path("driver/stderr")).unwrap()).unwrap();
+        let events = events(&moto, "driver/stderr");
+        let what = if structured { "structured logging" } else { "log4j text" };
+        // Every event is a piece of the file, and together they are every line of it.
+        let mut lines_of_events: Vec<&str> = events.iter().flat_map(|(_, m)| m.split('\n')).collect();
+        let mut lines_of_file: Vec<&str> = file.strip_suffix('\n').unwrap().split('\n').collect();
+        for (_, m) in &events {
+            assert!(
+                file.contains(&format!("{m}\n")),
+                "{what}: an event that is not a piece of the file: {m:?}"
+            );
+        }
+        lines_of_events.sort();
+        lines_of_file.sort();
+        assert_eq!(
+            lines_of_events, lines_of_file,
+            "{what}: the events hold every line once"
+        );
+        // One event per log record: each log4j or JSON line starts exactly one event, with its time.
+        let record_lines: Vec<(&str, i64)> = file
+            .lines()
+            .filter_map(|l| Some((l, log4j_time(l).or_else(|| json_time(l))?)))
+            .collect();
+        assert!(
+            record_lines.len() >= 6,
+            "{what}: {} log records in\n{file}",
+            record_lines.len()
+        );
+        for (line, ts) in &record_lines {
+            let starting: Vec<&(i64, String)> = events
+                .iter()
+                .filter(|(_, m)| m.split('\n').next() == Some(*line))
+                .collect();
+            assert_eq!(starting.len(), 1, "{what}: {line:?} starts {} events", starting.len());
+            assert_eq!(starting[0].0, *ts, "{what}: the time of {line:?}");
+        }
+        // No event starts inside a record.
+        for (_, m) in &events {
+            let first = visible(m.split('\n').next().unwrap());
+            for inside in [
+                "\tat ",
+                "Caused by: ",
+                "  File \"",
+                " SQLSTATE",
+                "ValueError: ",
+                "  warnings.warn(",
+            ] {
+                assert!(
+                    !first.starts_with(inside),
+                    "{what}: an event starts inside a record: {m:?}"
+                );
+            }
+        }
+        // Stack traces and tracebacks are whole inside their events.
+        if !structured {
+            let udf = events
+                .iter()
+                .find(|(_, m)| m.contains("ERROR Executor: Exception in task 0.0 in stage 0.0"))
+                .unwrap();
+            assert!(
+                udf.1.contains("ValueError: boom from the UDF")
+                    && udf.1.contains("\tat java.base/java.lang.Thread.run("),
+                "{what}: the UDF's failure: {:?}",
+                udf.1
+            );
+            let jvm = events
+                .iter()
+                .find(|(_, m)| m.contains("ERROR Executor: Exception in task 0.0 in stage 1.0"))
+                .unwrap();
+            assert!(
+                jvm.1.contains("jvm side failure") && jvm.1.contains("\n\tat org.apache.spark"),
+                "{:?}",
+                jvm.1
+            );
+        }
+        let driver: Vec<&(i64, String)> = events
+            .iter()
+            .filter(|(_, m)| m.starts_with("Traceback (most recent call last):"))
+            .collect();
+        assert_eq!(
+            driver.len(),
+            1,
+            "{what}: the driver's traceback is one event: {driver:?}"
+        );
+        assert!(
+            driver[0].1.ends_with("ValueError: boom from the UDF") && driver[0].1.matches("Traceback").count() == 2,
+            "{what}: {:?}",
+            driver[0].1
+        );
+        // S3 holds the files exactly.
+        for f in ["driver/stderr", "driver/stdout"] {
+            assert_eq!(
+                collect_s3(&s3, "spark", f, "text"),
+                std::fs::read(env.path(f)).unwrap(),
+                "{what}: {f}"
+            );
+        }
     }
 }
