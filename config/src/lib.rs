@@ -276,7 +276,7 @@ impl Config {
 }
 
 /// Whether records may span lines.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Multiline {
     /// Records span lines by the built-in rule (or `multiline_start`).

@@ -7,6 +7,7 @@ use super::{
     AppStatusMode, BufferConfig, CloudWatchSettings, Config, ConfigError, EventLogMode, FlushMode, Framing,
     LifecycleConfig, OutputConfig, OutputKind, S3Settings, SourceConfig, SourceKind, SparkEventsConfig, WatchMode,
 };
+use crate::Multiline;
 use crate::destination::Destination;
 use crate::units::{ByteSize, HumanDuration};
 
@@ -102,6 +103,13 @@ pub struct QuickArgs {
     /// Poll for changes instead of using inotify.
     #[arg(long)]
     pub poll: bool,
+    /// Which lines form one record (one CloudWatch event): auto (log4j stack traces, Python
+    /// tracebacks and JSON lines are recognised) or off (every line is a record).
+    #[arg(long, value_enum, default_value_t = Multiline::Auto, value_name = "MODE")]
+    pub multiline: Multiline,
+    /// A regular expression matching the first line of a record, for other log formats.
+    #[arg(long, value_name = "REGEX")]
+    pub multiline_start: Option<String>,
     /// Serve Prometheus metrics (/metrics) and a health check (/healthz) on this address, e.g.
     /// 127.0.0.1:9880. Off by default.
     #[arg(long, value_name = "ADDR")]
@@ -178,6 +186,8 @@ pub fn build(args: &QuickArgs, buffer_dir: PathBuf) -> Result<Config, ConfigErro
     source.refresh_interval = HumanDuration::secs(if args.once { 3600 } else { 5 });
     source.format = if args.raw { Framing::Raw } else { Framing::Lines };
     source.watch = if args.poll { WatchMode::Poll } else { WatchMode::Notify };
+    source.multiline = args.multiline;
+    source.multiline_start = args.multiline_start.clone();
     source.spark = spark;
     let mut config = Config {
         buffer: BufferConfig {
@@ -232,6 +242,7 @@ fn flag_for(key: &str) -> Option<&'static str> {
         ("lifecycle.signal_file", _) => "--signal-file",
         ("lifecycle.drain_deadline", _) => "--drain-deadline",
         ("metrics.listen", _) => "--metrics-listen",
+        ("source[0].multiline_start", _) => "--multiline-start",
         (k, _) if k.starts_with("source[0].") => "PATHS",
         _ => return None,
     })

@@ -106,6 +106,7 @@ fn quick_mode_errors_name_the_flag_and_are_usage_errors() {
             "--heartbeat-timeout",
             "lifecycle.",
         ),
+        (&["--multiline-start", "(["][..], "--multiline-start", "source[0]"),
     ] {
         let mut args = vec!["ship", "--to", "file:///tmp/logship-never-written", "/tmp/x.log"];
         if !extra.contains(&"--follow") {
