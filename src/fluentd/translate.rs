@@ -11,7 +11,7 @@ use crate::config::{
     AppStatusMode, BufferConfig, CloudWatchSettings, Config, EventLogMode, FlushMode, LifecycleConfig, OutputConfig,
     OutputKind, ReadFrom, S3Settings, SourceConfig, SourceKind, SparkEventsConfig,
 };
-use crate::sink::compress::StoreAs;
+use crate::config::StoreAs;
 use crate::units::{ByteSize, HumanDuration};
 
 /// Why a configuration cannot be translated.
