@@ -6,12 +6,12 @@
 use std::path::{Path, PathBuf};
 
 use super::parse::{Element, Pos};
+use crate::config::StoreAs;
 use crate::config::key::KeyTemplate;
 use crate::config::{
     AppStatusMode, BufferConfig, CloudWatchSettings, Config, EventLogMode, FlushMode, LifecycleConfig, OutputConfig,
     OutputKind, ReadFrom, S3Settings, SourceConfig, SourceKind, SparkEventsConfig,
 };
-use crate::config::StoreAs;
 use crate::units::{ByteSize, HumanDuration};
 
 /// Why a configuration cannot be translated.

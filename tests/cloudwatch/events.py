@@ -1,5 +1,6 @@
 """Prints every event of a CloudWatch Logs stream (JSON list of {timestamp, message}), oldest first,
-following nextForwardToken until it stops changing. usage: events.py ENDPOINT GROUP STREAM"""
+following nextForwardToken until it stops changing; [] when the group or stream does not exist,
+and a failure (exit 1) for anything else. usage: events.py ENDPOINT GROUP STREAM"""
 import json
 import sys
 
@@ -13,7 +14,11 @@ while True:
     kw = {"logGroupName": group, "logStreamName": stream, "startFromHead": True, "limit": 10000}
     if token:
         kw["nextToken"] = token
-    r = logs.get_log_events(**kw)
+    try:
+        r = logs.get_log_events(**kw)
+    except logs.exceptions.ResourceNotFoundException:
+        break  # no such group or stream (yet): no events; any other failure is an error
+
     out.extend({"timestamp": e["timestamp"], "message": e["message"]} for e in r["events"])
     if r["nextForwardToken"] == token or not r["events"]:
         break

@@ -236,3 +236,89 @@ cloudwatch = {{ log_group = "{GROUP}", log_stream = "%{{tag}}", endpoint = "{}" 
         std::fs::read(&f).unwrap()
     );
 }
+
+/// Issue 20: at `LOGSHIP_LOG=trace`, with credentials and a session token in the environment,
+/// neither the log nor `/metrics` holds a credential or a shipped line (moto takes any key).
+#[test]
+fn at_trace_level_no_credential_and_no_shipped_line_reaches_the_log_or_metrics() {
+    let moto = Moto::start();
+    let env = Env::new();
+    let f = env.path("pod/stdout");
+    std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+    let input = lines("cw-secret-line", 0, 300);
+    append(&f, &input);
+    let (key, secret, token) = (
+        "AKIACWTRACETEST00001",
+        "cw-trace-secret-0123456789abcdefghijklmn",
+        "FQoGZXIvYXdzEXAMPLECWSESSIONTOKEN",
+    );
+    let addr = format!("127.0.0.1:{}", crate::common::free_port());
+    let to = format!("cloudwatch://{GROUP}/%{{tag}}");
+    let args = ship(&env, &moto.endpoint, &to, &["--follow", "--metrics-listen", &addr]);
+    let mut cmd = crate::common::logship_cmd();
+    cmd.envs(moto.env())
+        .env("AWS_ACCESS_KEY_ID", key)
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .env("AWS_SESSION_TOKEN", token)
+        .env("LOGSHIP_LOG", "trace");
+    let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
+    d.wait_until("the lines", WAIT, || got(&moto, "pod/stdout").len() == 300);
+    let (_, metrics) = crate::common::http_get(&addr, "/metrics").unwrap();
+    env.signal_end();
+    assert_eq!(d.wait_exit(WAIT).code(), Some(0), "{}", d.stderr());
+    let err = d.stderr();
+    assert!(err.contains("TRACE"), "trace logging was on");
+    for (what, s) in [
+        ("the access key id", key),
+        ("the secret key", secret),
+        ("the session token", token),
+        ("a shipped line", "cw-secret-line"),
+    ] {
+        assert!(!err.contains(s), "{what} is in the log");
+        assert!(!metrics.contains(s), "{what} is in /metrics");
+    }
+}
+
+/// Issue 20: PutLogEvents' limits, written out (not taken from the code's constants) and counted
+/// on the wire: 10,000 events are one batch and 10,001 two; 16 events of 65,510 bytes (1,048,576
+/// with CloudWatch's 26 bytes each) are one batch, and one byte more makes two.
+#[test]
+fn a_batch_ends_exactly_at_ten_thousand_events_and_at_1_048_576_bytes() {
+    use s3::{Fault, FaultProxy};
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(&moto.endpoint, vec![], Fault::Pass);
+    let long = |len: usize, i: usize| [format!("{i:05}").into_bytes(), vec![b'm'; len - 5], b"\n".to_vec()].concat();
+    let cases: Vec<(&str, Vec<u8>, u64, usize)> = vec![
+        ("events-10000", lines("e", 0, 10_000), 1, 10_000),
+        ("events-10001", lines("e", 0, 10_001), 2, 10_001),
+        ("bytes-exact", (0..16).flat_map(|i| long(65_510, i)).collect(), 1, 16),
+        (
+            "bytes-over",
+            (0..16)
+                .flat_map(|i| long(if i == 15 { 65_511 } else { 65_510 }, i))
+                .collect(),
+            2,
+            16,
+        ),
+    ];
+    for (name, input, batches, events) in cases {
+        let env = Env::new();
+        let f = env.path(&format!("{name}/stdout"));
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        append(&f, &input);
+        let to = format!("cloudwatch://{GROUP}/%{{tag}}");
+        let args = ship(
+            &env,
+            &proxy.endpoint,
+            &to,
+            &["--once", "--chunk-limit", "64MB", "--multiline", "off"],
+        );
+        let before = proxy.put_log_events.load(std::sync::atomic::Ordering::SeqCst);
+        let mut d = spawn(&moto, &env, &args);
+        assert_eq!(d.wait_exit(WAIT).code(), Some(0), "{name}: {}", d.stderr());
+        let sent = proxy.put_log_events.load(std::sync::atomic::Ordering::SeqCst) - before;
+        assert_eq!(sent, batches, "{name}: PutLogEvents requests");
+        assert_eq!(got(&moto, &format!("{name}/stdout")), messages(&input), "{name}");
+        assert_eq!(got(&moto, &format!("{name}/stdout")).len(), events, "{name}");
+    }
+}

@@ -85,6 +85,8 @@ fn kill_9_at_random_points_loses_and_repeats_nothing() {
     // Nothing was left behind: no chunk files, no temporary files in the output.
     let leftover: Vec<_> = fs::read_dir(env.buffer.join("chunks")).unwrap().flatten().collect();
     assert!(leftover.is_empty(), "chunk files left: {leftover:?}");
+    let tags: Vec<&str> = files.iter().map(|f| f.file_name().unwrap().to_str().unwrap()).collect();
+    assert_only_chunks(&env.out, &tags, total);
 }
 
 /// Crashes at each named point (at several occurrences), restarts, and checks the output is
@@ -154,6 +156,7 @@ fn crash_and_recover(mode: &str, timekey: &str, point: &str, n: u64, big: &[u8],
             panic!("after a crash at {what}, {tag}: {}", first_diff(&got, &want));
         }
     }
+    assert_only_chunks(&env.out, &["a.log", "b.log"], (big.len() + small.len()) as u64);
 }
 
 /// Ships `file` with `--once` into `out` and aborts right after the first commit, leaving a

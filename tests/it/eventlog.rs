@@ -214,3 +214,60 @@ fn several_applications_in_one_directory_each_get_their_own_layout() {
         );
     }
 }
+
+/// Issue 20: the completion marker reaches S3 only after the application's last data object,
+/// even when data uploads are slow: the real S3 server holds each `events_N` upload 300 ms and
+/// records the order in which it lets requests through (no polling on the client side).
+#[test]
+fn the_complete_marker_reaches_s3_after_every_data_object_even_when_data_uploads_are_slow() {
+    use crate::common::s3::S3Server;
+    let server = S3Server::start_holding(&["logs"], Some(("/events_", Duration::from_millis(300))));
+    let env = Env::new();
+    // A finished application (Spark renamed its log), large enough for several objects.
+    let log = lines("ev", 0, 60_000);
+    append(&env.path("app-7"), &log);
+    let args: Vec<String> = [
+        "ship",
+        "--once",
+        "--spark-events",
+        env.input.to_str().unwrap(),
+        "--to",
+        "s3://logs/ev",
+        "--endpoint",
+        &server.endpoint,
+        "--path-style",
+        "--chunk-limit",
+        "256KiB",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut cmd = crate::common::logship_cmd();
+    cmd.envs(server.env());
+    let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
+    assert_eq!(d.wait_exit(WAIT).code(), Some(0), "{}", d.stderr());
+    let order = server.keys_in_order("PutObject");
+    let data: Vec<usize> = (0..order.len()).filter(|&i| order[i].contains("/events_")).collect();
+    let done: Vec<usize> = (0..order.len())
+        .filter(|&i| order[i].ends_with("/appstatus_app-7"))
+        .collect();
+    assert!(data.len() >= 4, "{order:?}");
+    assert_eq!(done.len(), 1, "{order:?}");
+    assert!(
+        done[0] > *data.last().unwrap(),
+        "the marker went up before the last data: {order:?}"
+    );
+    let mut objects: Vec<(u64, Vec<u8>)> = server
+        .keys("logs")
+        .into_iter()
+        .filter_map(|k| {
+            let n = k
+                .strip_prefix("ev/eventlog_v2_app-7/events_")?
+                .strip_suffix("_app-7")?
+                .parse()
+                .ok()?;
+            Some((n, server.object("logs", &k).unwrap()))
+        })
+        .collect();
+    objects.sort();
+    assert_bytes_eq(&objects.into_iter().flat_map(|(_, b)| b).collect::<Vec<u8>>(), &log);
+}

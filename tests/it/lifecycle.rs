@@ -33,8 +33,10 @@ fn heartbeat_args(env: &Env, hb: &std::path::Path) -> Vec<String> {
         env.buffer.display().to_string(),
         "--heartbeat-file".into(),
         hb.display().to_string(),
+        // Far above any stall of the test's toucher thread on a loaded machine; the tests make
+        // the heartbeat stale on purpose.
         "--heartbeat-timeout".into(),
-        "2s".into(),
+        "30s".into(),
         // Lazy flush with a long time key: nothing is sealed before the drain, so the drain
         // itself must seal and deliver everything.
         "--timekey".into(),
@@ -69,7 +71,16 @@ fn heartbeat_end_delivers_everything(end: impl FnOnce(&std::path::Path)) {
 
 #[test]
 fn stale_heartbeat_drains_and_exits_zero() {
-    heartbeat_end_delivers_everything(|_| {});
+    // As if the main container stopped touching it an hour ago.
+    heartbeat_end_delivers_everything(|hb| {
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        fs::File::options()
+            .write(true)
+            .open(hb)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+    });
 }
 
 #[test]
@@ -134,6 +145,17 @@ fn sigterm_mid_stream_delivers_everything_written_before_it() {
         got.len()
     );
     assert_bytes_eq(&got, &file[..got.len()]);
+    // The drain stopped at the drain point: what was written after it is still to ship, and a
+    // restart on the same buffer ships exactly that (issue 20).
+    assert!(got.len() < file.len(), "the writer kept writing after the drain point");
+    let mut again = env.once_args(
+        "*.log",
+        &["--buffer-dir", env.buffer.to_str().unwrap(), "--timekey", "1h"],
+    );
+    set_flag(&mut again, "--to", &format!("file://{}", env.out.display()));
+    let mut d = Daemon::spawn(&again, env.dir.path());
+    assert!(d.wait_exit(T).success(), "{}", d.stderr());
+    assert_bytes_eq(&collect(&env.out, "stream.log"), &file);
 }
 
 #[test]
@@ -411,4 +433,86 @@ drain_deadline = "60s"
     // Every line exactly once, in order (one file, one tag).
     assert_bytes_eq(&collect(&env.out, "app.log"), &lines("reload", 0, written));
     assert_bytes_eq(&collect(&env.out, "new.txt"), &lines("only-in-the-new-config", 0, 200));
+}
+
+/// Issue 20: a drain that cannot finish says so with exit 4, and nothing is lost: the output is
+/// stalled and the buffer full, so at the drain deadline most of the file was never read. What was
+/// read goes to the secondary directory, the rest is reported as not read (its exact byte count),
+/// and a restart on the same buffer ships exactly the rest.
+#[test]
+fn a_drain_that_cannot_finish_exits_4_and_a_restart_ships_exactly_the_rest() {
+    use crate::common::s3::{Fault, FaultProxy, S3Server, collect_s3};
+    let server = S3Server::start(&["logs"]);
+    let proxy = FaultProxy::start(&server.endpoint, vec![], Fault::Stall);
+    let env = Env::new();
+    let file = lines("stalled", 0, 120_000);
+    append(&env.path("app.log"), &file);
+    let secondary = env.dir.path().join("secondary");
+    let config = |deadline: &str| {
+        env.run_config(&format!(
+            r#"
+[buffer]
+dir = "{{buffer}}"
+chunk_limit = "256KiB"
+total_limit = "512KiB"
+flush_mode = "immediate"
+[lifecycle]
+signal_file = "{{signal}}"
+drain_deadline = "{deadline}"
+[[source]]
+type = "tail"
+paths = ["{{input}}/app.log"]
+[[output]]
+name = "s3"
+type = "s3"
+path = "rest"
+key_format = "%{{path}}/%{{tag}}/%{{time_slice}}_%{{index}}.%{{file_extension}}"
+secondary = {{ directory = "{}" }}
+s3 = {{ bucket = "logs", endpoint = "{}", force_path_style = true, request_timeout = "60s" }}
+"#,
+            secondary.display(),
+            proxy.endpoint
+        ))
+    };
+    let mut cmd = logship_cmd();
+    cmd.envs(server.env());
+    let mut d = Daemon::spawn_cmd(cmd, &config("2s"), env.dir.path());
+    wait_until("reading pauses on the full buffer", T, || {
+        d.stderr().contains("reading pauses")
+    });
+    env.signal_end();
+    assert_eq!(d.wait_exit(T).code(), Some(4), "{}", d.stderr());
+    // What was read is in the secondary directory, in order; the rest is reported, to the byte.
+    let mut parts: Vec<(u64, std::path::PathBuf)> = fs::read_dir(&secondary)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            (
+                e.path().extension().unwrap().to_str().unwrap().parse().unwrap(),
+                e.path(),
+            )
+        })
+        .collect();
+    parts.sort();
+    let aside: Vec<u8> = parts.iter().flat_map(|(_, p)| fs::read(p).unwrap()).collect();
+    assert!(
+        !aside.is_empty() && aside.len() < file.len() / 2,
+        "{} bytes set aside",
+        aside.len()
+    );
+    assert_bytes_eq(&aside, &file[..aside.len()]);
+    let unread = &d.summary()["unread"];
+    assert_eq!(
+        unread[0][1].as_u64(),
+        Some((file.len() - aside.len()) as u64),
+        "{unread}"
+    );
+    assert!(d.stderr().contains("NOT READ"), "{}", d.stderr());
+    // The output is back: a restart ships exactly the rest, once.
+    proxy.set_always(Fault::Pass);
+    let mut cmd = logship_cmd();
+    cmd.envs(server.env());
+    let mut d = Daemon::spawn_cmd(cmd, &config("120s"), env.dir.path());
+    assert_eq!(d.wait_exit(T).code(), Some(0), "{}", d.stderr());
+    assert_bytes_eq(&collect_s3(&server, "rest", "app.log", "text"), &file[aside.len()..]);
 }

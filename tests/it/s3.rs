@@ -651,3 +651,171 @@ fn a_canned_acl_goes_with_every_object_and_a_bad_one_is_refused() {
         assert!(err.contains("output[0].s3.acl") && err.contains(why), "{err}");
     }
 }
+
+/// Issue 20: at `LOGSHIP_LOG=trace`, with every credential in the environment, neither the log nor
+/// `/metrics` holds a presigned POST's signature or policy, a credential, or a shipped line.
+#[test]
+fn at_trace_level_a_presigned_posts_signature_and_policy_and_the_shipped_lines_stay_out_of_logs_and_metrics() {
+    let server = S3Server::start(&["logs"]);
+    let env = Env::new();
+    let json = presign(&server, "trace/", "1h", "1GB");
+    let post: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    let field = |name: &str| post["fields"][name].as_str().unwrap().to_string();
+    let (signature, policy) = (field("x-amz-signature"), field("policy"));
+    let post_file = env.dir.path().join("presigned-post");
+    fs::write(&post_file, &json).unwrap();
+    let a = lines("trace-secret-line", 0, 200);
+    append(&env.path("app.log"), &a);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut args = env.follow_args("app.log");
+    set_flag(&mut args, "--to", "s3://logs/trace");
+    args.extend(["--presigned-post".into(), post_file.display().to_string()]);
+    args.extend(["--metrics-listen".into(), addr.clone()]);
+    let mut cmd = logship_cmd();
+    cmd.envs(server.env())
+        .env("AWS_SESSION_TOKEN", "FQoGZXIvYXdzEXAMPLESESSIONTOKENPOST")
+        .env("LOGSHIP_LOG", "trace");
+    let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
+    d.wait_until("the lines are in S3", T, || {
+        collect_s3(&server, "trace", "app.log", "text") == a
+    });
+    let (_, metrics) = http_get(&addr, "/metrics").unwrap();
+    env.signal_end();
+    assert!(d.wait_exit(T).success(), "{}", d.stderr());
+    let err = d.stderr();
+    assert!(err.contains("TRACE"), "trace logging was on");
+    for (what, secret) in [
+        ("the signature", signature.as_str()),
+        ("the policy", &policy[..40]),
+        ("the access key id", s3server::ACCESS_KEY),
+        ("the secret key", s3server::SECRET_KEY),
+        ("the session token", "FQoGZXIvYXdzEXAMPLESESSIONTOKENPOST"),
+        ("a shipped line", "trace-secret-line"),
+    ] {
+        assert!(!err.contains(secret), "{what} is in the log");
+        assert!(!metrics.contains(secret), "{what} is in /metrics");
+    }
+}
+
+/// Issue 20: a presigned POST that S3 itself refuses (403: signed with the wrong secret; the
+/// policy passes every local check) keeps the chunk in the buffer, retried and never dropped;
+/// the drain deadline then puts exactly those bytes in the secondary directory, and exit 3.
+#[test]
+fn a_403_keeps_the_chunk_and_the_drain_deadline_puts_its_bytes_in_the_secondary_directory() {
+    let server = S3Server::start(&["logs"]);
+    let env = Env::new();
+    let out = logship_cmd()
+        .args([
+            "presign",
+            "--bucket",
+            "logs",
+            "--key-prefix",
+            "denied/",
+            "--expires",
+            "1h",
+        ])
+        .args(["--max-size", "1GB", "--endpoint", &server.endpoint])
+        .envs(server.env())
+        .env("AWS_SECRET_ACCESS_KEY", "not-the-secret-the-server-knows-000000000")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let post = env.dir.path().join("presigned-post");
+    fs::write(&post, &out.stdout).unwrap();
+    let a = lines("denied", 0, 500);
+    append(&env.path("app.log"), &a);
+    let secondary = env.dir.path().join("secondary");
+    let mut args = env.follow_args("app.log");
+    set_flag(&mut args, "--to", "s3://logs/denied");
+    args.extend(["--presigned-post".into(), post.display().to_string()]);
+    args.extend(["--secondary-dir".into(), secondary.display().to_string()]);
+    set_flag(&mut args, "--drain-deadline", "3s");
+    let mut d = Daemon::spawn(&args, env.dir.path());
+    d.wait_until("S3 refuses the upload (403) at least twice", T, || {
+        d.stderr().matches("403").count() >= 2
+    });
+    // Still in the buffer (the last line, held back as a record that may continue, in a chunk
+    // of its own), nothing uploaded, nothing given up.
+    let in_order = |dir: &Path, ext: &str| -> Vec<u8> {
+        let mut files: Vec<(u64, PathBuf)> = fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter_map(|p| {
+                let name = p.file_name()?.to_str()?.to_string();
+                let n = if ext == "chunk" {
+                    name.strip_suffix(".chunk")?.parse().ok()?
+                } else {
+                    name.rsplit_once('.')?.1.parse().ok()?
+                };
+                Some((n, p))
+            })
+            .collect();
+        files.sort();
+        files.iter().flat_map(|(_, p)| fs::read(p).unwrap()).collect()
+    };
+    d.wait_until("every line in the buffer", T, || {
+        in_order(&env.buffer.join("chunks"), "chunk") == a
+    });
+    assert!(server.keys("logs").is_empty());
+    assert!(!secondary.exists());
+    env.signal_end();
+    assert_eq!(d.wait_exit(T).code(), Some(3), "{}", d.stderr());
+    assert_bytes_eq(&in_order(&secondary, "secondary"), &a);
+    assert!(server.keys("logs").is_empty());
+}
+
+/// Issue 20: the presigned POST file is read again before every upload, not only after a refusal.
+/// After a kubelet-style swap (the old generation removed), the very next upload is signed with
+/// the new credential, and nothing was refused on the way.
+#[test]
+fn after_a_secret_swap_the_next_upload_carries_the_new_credential_without_a_refusal() {
+    let server = S3Server::start(&["logs"]);
+    let env = Env::new();
+    let secret_dir = env.dir.path().join("s3-secret");
+    fs::create_dir_all(&secret_dir).unwrap();
+    let first = (s3server::ACCESS_KEY, s3server::SECRET_KEY);
+    let second = (s3server::ACCESS_KEY_2, s3server::SECRET_KEY_2);
+    kubelet_write(
+        &secret_dir,
+        &server.presign_with("logs", "swap/", "1h", "1GB", first),
+        1,
+    );
+    let mut args = env.follow_args("app.log");
+    set_flag(&mut args, "--to", "s3://logs/swap");
+    args.extend([
+        "--presigned-post".into(),
+        secret_dir.join("presigned-post").display().to_string(),
+    ]);
+    let mut d = Daemon::spawn(&args, env.dir.path());
+    let a = lines("before-swap", 0, 100);
+    append(&env.path("app.log"), &a);
+    d.wait_until("the first lines", T, || {
+        collect_s3(&server, "swap", "app.log", "text") == a
+    });
+    let before = server.access_keys("PostObject");
+    assert!(!before.is_empty() && before.iter().all(|k| k == first.0), "{before:?}");
+    kubelet_write(
+        &secret_dir,
+        &server.presign_with("logs", "swap/", "1h", "1GB", second),
+        2,
+    );
+    let b = lines("after-swap", 0, 100);
+    append(&env.path("app.log"), &b);
+    let all = [a.clone(), b].concat();
+    d.wait_until("the lines after the swap", T, || {
+        collect_s3(&server, "swap", "app.log", "text") == all
+    });
+    let after = server.access_keys("PostObject");
+    assert!(
+        after.len() > before.len() && after[before.len()..].iter().all(|k| k == second.0),
+        "{after:?}"
+    );
+    env.signal_end();
+    assert!(d.wait_exit(T).success(), "{}", d.stderr());
+    assert!(
+        !d.stderr().contains("403") && !d.stderr().contains("refuse"),
+        "{}",
+        d.stderr()
+    );
+}

@@ -115,10 +115,13 @@ fn copytruncate_is_detected_and_the_new_content_is_read_from_the_start() {
     wait_until("content after truncation shipped", T, || {
         collect(&env.out, "app.log") == want
     });
-    // Truncate and immediately write *more* than before: caught by the fingerprint, not the size.
+    // Truncate and write *more* than before while logship is stopped, so it never sees the
+    // shorter file: caught by the fingerprint, not the size.
+    d.signal("STOP");
     fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(0).unwrap();
     let bigger = lines("bigger", 0, 4000);
     append(&p, &bigger);
+    d.signal("CONT");
     let want = [want, bigger].concat();
     wait_until("rewritten content shipped", T, || {
         collect(&env.out, "app.log").len() >= want.len()
@@ -208,9 +211,12 @@ fn a_file_deleted_before_it_was_fully_read_is_read_to_its_end() {
     wait_until("file opened and first lines shipped", T, || {
         collect(&env.out, "app.log") == head
     });
+    // Written and deleted while logship is stopped: none of it can have been read before.
+    d.signal("STOP");
     let body = lines("body", 0, 100_000);
     append(&p, &body);
     fs::remove_file(&p).unwrap();
+    d.signal("CONT");
     let want = [head, body].concat();
     wait_until("deleted file read to its end", T, || {
         collect(&env.out, "app.log").len() >= want.len()

@@ -253,6 +253,29 @@ pub fn chunk_files(out: &Path, tag: &str) -> Vec<PathBuf> {
     files.into_iter().map(|(_, _, p)| p).collect()
 }
 
+/// Asserts that `out` holds nothing but the chunk files of `tags` (no temporary or hidden file
+/// anywhere, no other directory) and that they hold `total` bytes in all, so no chunk was written
+/// twice under two keys.
+#[track_caller]
+pub fn assert_only_chunks(out: &Path, tags: &[&str], total: u64) {
+    fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
+        for e in fs::read_dir(dir).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                walk(&e.path(), found);
+            } else {
+                found.push(e.path());
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(out, &mut found);
+    let chunks: Vec<PathBuf> = tags.iter().flat_map(|t| chunk_files(out, t)).collect();
+    let strays: Vec<&PathBuf> = found.iter().filter(|f| !chunks.contains(f)).collect();
+    assert!(strays.is_empty(), "files in the output that are not chunks: {strays:?}");
+    let bytes: u64 = chunks.iter().map(|f| fs::metadata(f).unwrap().len()).sum();
+    assert_eq!(bytes, total, "bytes in the output's chunk files");
+}
+
 /// Everything delivered for `tag`, concatenated in key order.
 pub fn collect(out: &Path, tag: &str) -> Vec<u8> {
     let mut all = Vec::new();

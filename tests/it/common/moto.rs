@@ -68,9 +68,11 @@ impl Moto {
             .env("PYTHONPATH", &self.py)
             .output()
             .unwrap();
-        if !out.status.success() {
-            return Vec::new();
-        }
+        assert!(
+            out.status.success(),
+            "reading {group}/{stream} from moto failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
         v.into_iter()
             .map(|e| {

@@ -11,11 +11,18 @@ pub fn python_path(modules: &[&str], packages: &[&str]) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("python");
     std::fs::create_dir_all(&dir).unwrap();
     let imports = |path: &PathBuf| {
-        let code = modules
+        // Every module imports, and every pinned package (`name==version`) is that version, so
+        // an other version installed elsewhere on the machine is not taken for it.
+        let mut code = modules
             .iter()
             .map(|m| format!("import {m}"))
             .collect::<Vec<_>>()
             .join("; ");
+        for (name, version) in packages.iter().filter_map(|p| p.split_once("==")) {
+            code.push_str(&format!(
+                "; import importlib.metadata as md; assert md.version({name:?}) == {version:?}"
+            ));
+        }
         Command::new("python3")
             .arg("-c")
             .arg(code)

@@ -11,6 +11,10 @@ use hyper_util::server::conn::auto::Builder as ConnBuilder;
 pub const ACCESS_KEY: &str = "AKIALOGSHIPTEST00001";
 /// Its secret.
 pub const SECRET_KEY: &str = "logship-test-secret-key-0000000000000000";
+/// A second key pair the server accepts (to tell which credential signed a request).
+pub const ACCESS_KEY_2: &str = "AKIALOGSHIPTEST00002";
+/// Its secret.
+pub const SECRET_KEY_2: &str = "logship-test-secret-key-0000000000000002";
 
 /// A running S3 server.
 pub struct S3Server {
@@ -20,21 +24,42 @@ pub struct S3Server {
     pub root: tempfile::TempDir,
     rt: Option<tokio::runtime::Runtime>,
     /// Every authenticated request the server accepted: its operation and headers.
-    requests: std::sync::Arc<std::sync::Mutex<Vec<(String, http::HeaderMap)>>>,
+    requests: Requests,
 }
 
 /// The server's access check, as s3s does it by default (a signed request is required), that
 /// also records each request's operation and headers, so tests can see what reached the server.
-struct Recorder(std::sync::Arc<std::sync::Mutex<Vec<(String, http::HeaderMap)>>>);
+struct Recorder {
+    requests: Requests,
+    /// Requests for keys containing this are held this long before they are let through (and
+    /// recorded): slow uploads, to show what a client does while they are in flight.
+    hold: Option<(String, std::time::Duration)>,
+}
+
+/// Every authenticated request, in the order the server let it through: its operation, headers,
+/// the access key that signed it, and its object key ("" when it names none).
+type Requests = std::sync::Arc<std::sync::Mutex<Vec<(String, http::HeaderMap, String, String)>>>;
 
 #[async_trait::async_trait]
 impl s3s::access::S3Access for Recorder {
     async fn check(&self, cx: &mut s3s::access::S3AccessContext<'_>) -> s3s::S3Result<()> {
-        if cx.credentials().is_none() {
+        let Some(key) = cx.credentials().map(|c| c.access_key.clone()) else {
             return Err(s3s::s3_error!(AccessDenied, "Signature is required"));
-        }
+        };
         let op = cx.s3_op().name().to_string();
-        self.0.lock().unwrap().push((op, cx.headers().clone()));
+        let object = match cx.s3_path() {
+            s3s::path::S3Path::Object { key, .. } => key.to_string(),
+            _ => String::new(),
+        };
+        if let Some((part, delay)) = &self.hold
+            && object.contains(part.as_str())
+        {
+            tokio::time::sleep(*delay).await;
+        }
+        self.requests
+            .lock()
+            .unwrap()
+            .push((op, cx.headers().clone(), key, object));
         Ok(())
     }
 }
@@ -42,6 +67,11 @@ impl s3s::access::S3Access for Recorder {
 impl S3Server {
     /// Starts a server with the given buckets.
     pub fn start(buckets: &[&str]) -> S3Server {
+        Self::start_holding(buckets, None)
+    }
+
+    /// [`S3Server::start`], holding each request for a key that contains `hold.0` for `hold.1`.
+    pub fn start_holding(buckets: &[&str], hold: Option<(&str, std::time::Duration)>) -> S3Server {
         let root = tempfile::tempdir().unwrap();
         for b in buckets {
             std::fs::create_dir_all(root.path().join(b)).unwrap();
@@ -55,9 +85,15 @@ impl S3Server {
         let addr = listener.local_addr().unwrap();
         let fs = s3s_fs::FileSystem::new(root.path()).unwrap();
         let mut builder = s3s::service::S3ServiceBuilder::new(fs);
-        builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+        let mut auth = s3s::auth::SimpleAuth::new();
+        auth.register(ACCESS_KEY.into(), SECRET_KEY.into());
+        auth.register(ACCESS_KEY_2.into(), SECRET_KEY_2.into());
+        builder.set_auth(auth);
         let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        builder.set_access(Recorder(requests.clone()));
+        builder.set_access(Recorder {
+            requests: requests.clone(),
+            hold: hold.map(|(k, d)| (k.to_string(), d)),
+        });
         let service = builder.build();
         rt.spawn(async move {
             loop {
@@ -96,6 +132,18 @@ impl S3Server {
 
     /// A presigned POST JSON made by `logship presign` for writing under `prefix` in `bucket`.
     pub fn presign(&self, bucket: &str, prefix: &str, expires: &str, max_size: &str) -> Vec<u8> {
+        self.presign_with(bucket, prefix, expires, max_size, (ACCESS_KEY, SECRET_KEY))
+    }
+
+    /// [`S3Server::presign`], signed with the key pair `(access key, secret)`.
+    pub fn presign_with(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        expires: &str,
+        max_size: &str,
+        key: (&str, &str),
+    ) -> Vec<u8> {
         let out = crate::common::logship_cmd()
             .args([
                 "presign",
@@ -108,6 +156,8 @@ impl S3Server {
             ])
             .args(["--max-size", max_size, "--endpoint", &self.endpoint])
             .envs(self.env())
+            .env("AWS_ACCESS_KEY_ID", key.0)
+            .env("AWS_SECRET_ACCESS_KEY", key.1)
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -117,7 +167,28 @@ impl S3Server {
     /// The headers of every request of operation `op` (e.g. `PutObject`) so far.
     pub fn requests(&self, op: &str) -> Vec<http::HeaderMap> {
         let all = self.requests.lock().unwrap();
-        all.iter().filter(|(o, _)| o == op).map(|(_, h)| h.clone()).collect()
+        all.iter()
+            .filter(|(o, _, _, _)| o == op)
+            .map(|(_, h, _, _)| h.clone())
+            .collect()
+    }
+
+    /// The access key that signed each request of operation `op` so far, in order.
+    pub fn access_keys(&self, op: &str) -> Vec<String> {
+        let all = self.requests.lock().unwrap();
+        all.iter()
+            .filter(|(o, _, _, _)| o == op)
+            .map(|(_, _, k, _)| k.clone())
+            .collect()
+    }
+
+    /// The object keys of every request of operation `op` so far, in the order they were let through.
+    pub fn keys_in_order(&self, op: &str) -> Vec<String> {
+        let all = self.requests.lock().unwrap();
+        all.iter()
+            .filter(|(o, _, _, _)| o == op)
+            .map(|(_, _, _, k)| k.clone())
+            .collect()
     }
 
     /// Environment for logship / boto3 to use the server with static credentials.
@@ -165,6 +236,13 @@ pub fn kubelet_write(dir: &Path, content: &[u8], generation: u32) {
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(gen_dir.file_name().unwrap(), &tmp).unwrap();
     std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    // The kubelet then removes the earlier generations.
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("..2") && e.path() != gen_dir {
+            std::fs::remove_dir_all(e.path()).unwrap();
+        }
+    }
     let link = dir.join("presigned-post");
     if std::fs::symlink_metadata(&link).is_err() {
         std::os::unix::fs::symlink("..data/presigned-post", &link).unwrap();
@@ -199,6 +277,8 @@ pub struct FaultProxy {
     pub endpoint: String,
     /// Connections handled so far, by fault.
     pub seen: std::sync::Arc<std::sync::Mutex<Vec<Fault>>>,
+    /// CloudWatch PutLogEvents requests forwarded so far (counted on the wire).
+    pub put_log_events: std::sync::Arc<std::sync::atomic::AtomicU64>,
     always: std::sync::Arc<std::sync::Mutex<Fault>>,
     passing: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
     _rt: tokio::runtime::Runtime,
@@ -220,6 +300,8 @@ impl FaultProxy {
         let always2 = always.clone();
         let passing = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let passing2 = passing.clone();
+        let put_log_events = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let puts2 = put_log_events.clone();
         rt.spawn(async move {
             let mut n = 0;
             loop {
@@ -231,11 +313,39 @@ impl FaultProxy {
                 seen2.lock().unwrap().push(fault);
                 let target = target.clone();
                 let passing = passing2.clone();
+                let puts = puts2.clone();
                 let task = tokio::spawn(async move {
                     use tokio::io::{AsyncReadExt, AsyncWriteExt};
                     if fault == Fault::Pass {
-                        if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        if let Ok(server) = tokio::net::TcpStream::connect(&target).await {
+                            // Forward both ways, counting the PutLogEvents requests going up.
+                            let (mut from_client, mut to_server) = (client, server);
+                            let (mut cr, mut cw) = from_client.split();
+                            let (mut sr, mut sw) = to_server.split();
+                            let up = async {
+                                let mut buf = vec![0u8; 64 * 1024];
+                                let mut tail: Vec<u8> = Vec::new();
+                                loop {
+                                    let n = match cr.read(&mut buf).await {
+                                        Ok(0) | Err(_) => break,
+                                        Ok(n) => n,
+                                    };
+                                    tail.extend_from_slice(&buf[..n]);
+                                    let found = tail.windows(PUT_LOG_EVENTS.len()).filter(|w| *w == PUT_LOG_EVENTS).count();
+                                    puts.fetch_add(found as u64, std::sync::atomic::Ordering::SeqCst);
+                                    let keep = tail.len().min(PUT_LOG_EVENTS.len() - 1);
+                                    tail.drain(..tail.len() - keep);
+                                    if sw.write_all(&buf[..n]).await.is_err() {
+                                        break;
+                                    }
+                                }
+                                let _ = sw.shutdown().await;
+                            };
+                            let down = async {
+                                let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                                let _ = cw.shutdown().await;
+                            };
+                            tokio::join!(up, down);
                         }
                         return;
                     }
@@ -295,6 +405,7 @@ impl FaultProxy {
         FaultProxy {
             endpoint,
             seen,
+            put_log_events,
             always,
             passing,
             _rt: rt,
@@ -310,6 +421,9 @@ impl FaultProxy {
         }
     }
 }
+
+/// The `X-Amz-Target` value of a PutLogEvents request.
+const PUT_LOG_EVENTS: &[u8] = b"Logs_20140328.PutLogEvents";
 
 const THROTTLE: &str = r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#;
 

@@ -15,10 +15,13 @@ use super::s3::S3Server;
 pub const PYSPARK: &str = "pyspark==4.3.0";
 
 /// One Spark scenario at a time: several drivers and History Servers at once on a 2-core machine
-/// only make each slower. Each test holds this for its whole run.
-pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+/// only make each slower. nextest runs each test in its own process, so the lock is a file lock
+/// (`flock`) in the build's temporary directory; each test holds the guard for its whole run.
+pub fn exclusive() -> std::fs::File {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("spark.lock");
+    let f = std::fs::File::create(path).unwrap();
+    f.lock().unwrap();
+    f
 }
 
 fn script(name: &str) -> PathBuf {
