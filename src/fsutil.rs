@@ -48,6 +48,12 @@ pub fn private_dir(dir: &Path) -> io::Result<()> {
 /// content, never a mix. With `durable`, the data and the rename are fsynced. The temporary file
 /// is private (0600) and never a symlink's target.
 pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
+    write_atomic_hooked(path, bytes, durable, &|| {})
+}
+
+/// [`write_atomic`], calling `before_rename` once the temporary file is complete (and synced)
+/// and not yet renamed: where a test crashes to show that a half-done write is harmless.
+pub fn write_atomic_hooked(path: &Path, bytes: &[u8], durable: bool, before_rename: &dyn Fn()) -> io::Result<()> {
     let tmp = temp_path_for(path);
     let result = (|| {
         let mut f = private_file().truncate(true).open(&tmp)?;
@@ -56,6 +62,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> 
             f.sync_all()?;
         }
         drop(f);
+        before_rename();
         fs::rename(&tmp, path)?;
         if durable {
             sync_parent(path)?;

@@ -21,7 +21,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::config::key::{KeyTemplate, KeyValues};
-use crate::fsutil::{sync_parent, write_atomic};
+use crate::fsutil::{sync_parent, write_atomic, write_atomic_hooked};
 use crate::record::RecordRule;
 pub use state::{ChunkMeta, IndexCounter, KeyAlternatives, MarkerRecord, SourceCheckpoint, StateFile};
 
@@ -321,6 +321,7 @@ impl ChunkStore {
                     source,
                 })?;
             f.set_len(c.len).map_err(|source| BufferError::Write { path, source })?;
+            crate::crashpoint::hit("recovery-chunk-cut");
         }
         for o in &outputs {
             state.destinations.insert(o.name.clone(), o.destination.clone());
@@ -649,13 +650,14 @@ impl ChunkStore {
         if self.state != self.committed {
             crate::crashpoint::hit("before-state-write");
             let bytes = self.state.to_bytes();
-            let mut written = write_atomic(&self.state_path, &bytes, self.limits.fsync);
+            let state_written = || crate::crashpoint::hit("state-temp-written");
+            let mut written = write_atomic_hooked(&self.state_path, &bytes, self.limits.fsync, &state_written);
             if written.as_ref().is_err_and(|e| e.raw_os_error() == Some(libc::ENOSPC))
                 && fs::remove_file(self.reserve_path()).is_ok()
             {
                 // The disk is full of chunks, some of them delivered: only a state write lets
                 // their files go. The reserve makes room for that one write.
-                written = write_atomic(&self.state_path, &bytes, self.limits.fsync);
+                written = write_atomic_hooked(&self.state_path, &bytes, self.limits.fsync, &state_written);
             }
             written.map_err(|source| BufferError::Write {
                 path: self.state_path.clone(),

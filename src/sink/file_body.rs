@@ -152,6 +152,10 @@ impl Body for FileBody {
             }
         };
         this.remaining -= len as u64;
+        if this.remaining > 0 {
+            // Part of the body is on its way to the server, the rest is not.
+            crate::crashpoint::hit("request-body-partly-sent");
+        }
         this.read_ahead();
         Poll::Ready(Some(Ok(Frame::data(Bytes::from_owner(Piece { buf, len })))))
     }

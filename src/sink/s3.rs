@@ -305,6 +305,7 @@ impl S3Sink {
                     .send()
                     .await
                     .map_err(|e| classify("UploadPart", bucket, key, e))?;
+                crate::crashpoint::hit("multipart-part-uploaded");
                 done.push(
                     aws_sdk_s3::types::CompletedPart::builder()
                         .part_number(number)

@@ -55,17 +55,48 @@ fn kill_9_at_random_points_loses_and_repeats_nothing() {
 
     let mut args = env.follow_args("*.log");
     set_flag(&mut args, "--chunk-limit", "2MiB");
+    // Chunks stay open up to a second (appended to across commits), then are delivered: most
+    // instants have chunk files in the buffer, committed or not.
+    set_flag(&mut args, "--flush-mode", "lazy");
+    args.extend(["--timekey".into(), "1s".into()]);
     let mut rng = fastrand::Rng::with_seed(42);
     // At least KILLS kills, and keep killing until the writer has finished.
     let mut k = 0;
+    let mut phases = std::collections::BTreeMap::new();
     while k < KILLS || !done.load(Ordering::SeqCst) {
         k += 1;
         let mut d = Daemon::spawn(&args, env.dir.path());
         // Random instant: during start-up, reading, committing or delivering.
         std::thread::sleep(Duration::from_millis(rng.u64(20..900)));
+        // Where it is, as far as the outside can tell: still starting (no file followed yet),
+        // or running with chunks committed and not yet delivered, or with none.
+        let in_buffer = fs::read_dir(env.buffer.join("chunks"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".chunk"))
+                    .count()
+            })
+            .unwrap_or(0);
+        let phase = if !d.stderr().contains("following file") {
+            "start-up"
+        } else if in_buffer > 0 {
+            "chunks in the buffer"
+        } else {
+            "all delivered"
+        };
         d.kill9();
-        eprintln!("kill {k}: {} MB written so far", written.load(Ordering::SeqCst) >> 20);
+        *phases.entry(phase).or_insert(0) += 1;
+        eprintln!(
+            "kill {k} ({phase}, {in_buffer} chunk files): {} MB written so far",
+            written.load(Ordering::SeqCst) >> 20
+        );
     }
+    eprintln!("kills by phase: {phases:?}");
+    // The kills must land where it matters: with chunks being written, committed or delivered.
+    assert!(
+        phases.get("chunks in the buffer").copied().unwrap_or(0) >= KILLS / 3,
+        "{phases:?}"
+    );
     writer.join().unwrap();
     assert!(done.load(Ordering::SeqCst));
 
@@ -102,10 +133,10 @@ fn crash_at_each_commit_and_delivery_step_recovers_exactly() {
     assert!(big.len() > 17 << 20);
     let small = lines("small", 0, 20_000);
     for (mode, timekey) in [("immediate", "30s"), ("lazy", "1h")] {
-        // The directory output's points (tests/cloudwatch.rs crashes at CloudWatch's).
-        for point in logship::crashpoint::POINTS
+        // The directory output's points (tests/s3.rs and tests/cloudwatch.rs crash at theirs).
+        for (point, _) in logship::crashpoint::POINTS
             .iter()
-            .filter(|p| !p.starts_with("cloudwatch-"))
+            .filter(|(_, output)| output.is_none_or(|o| o == "file"))
         {
             // Block writes: 16 MiB per commit / 256 KiB per write = 64 writes in the first batch.
             let counts: &[u64] = if *point == "chunk-written" {
@@ -114,13 +145,22 @@ fn crash_at_each_commit_and_delivery_step_recovers_exactly() {
                 &[1, 2, 3]
             };
             for &n in counts {
-                crash_and_recover(mode, timekey, point, n, &big, &small);
+                let crashes = if *point == "recovery-chunk-cut" {
+                    // A crash that leaves chunk files longer than committed, then a crash in
+                    // the recovery that cuts them back.
+                    vec!["chunk-written:70".to_string(), format!("{point}:{n}")]
+                } else {
+                    vec![format!("{point}:{n}")]
+                };
+                crash_and_recover(mode, timekey, &crashes, &big, &small);
             }
         }
     }
 }
 
-fn crash_and_recover(mode: &str, timekey: &str, point: &str, n: u64, big: &[u8], small: &[u8]) {
+/// Runs once per entry of `crashes` (`point:n`), each run crashing there, then once to the end;
+/// the output must be the input exactly.
+fn crash_and_recover(mode: &str, timekey: &str, crashes: &[String], big: &[u8], small: &[u8]) {
     let env = Env::new();
     let a = env.path("a.log");
     let b = env.path("b.log");
@@ -139,13 +179,19 @@ fn crash_and_recover(mode: &str, timekey: &str, point: &str, n: u64, big: &[u8],
             timekey,
         ],
     );
-    let what = format!("{mode} {point}:{n}");
-    let mut cmd = crate::common::logship_cmd();
-    cmd.env("LOGSHIP_CRASH_AT", format!("{point}:{n}"));
-    let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
-    let st = d.wait_exit(Duration::from_secs(60));
-    assert!(!st.success(), "{what} should have crashed; stderr:\n{}", d.stderr());
-    assert!(d.stderr().contains("crash point"), "{what}: {}", d.stderr());
+    let what = format!("{mode} {}", crashes.join(" then "));
+    for crash in crashes {
+        let mut cmd = crate::common::logship_cmd();
+        cmd.env("LOGSHIP_CRASH_AT", crash);
+        let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
+        let st = d.wait_exit(Duration::from_secs(60));
+        assert!(
+            !st.success(),
+            "{what}: {crash} should have crashed; stderr:\n{}",
+            d.stderr()
+        );
+        assert!(d.stderr().contains("crash point"), "{what}: {}", d.stderr());
+    }
     let mut d = Daemon::spawn(&args, env.dir.path());
     let st = d.wait_exit(Duration::from_secs(60));
     assert!(st.success(), "{what}: recovery run failed; stderr:\n{}", d.stderr());
