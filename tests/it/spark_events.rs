@@ -108,11 +108,15 @@ fn history_server_reads_shipped_event_logs_in_every_layout() {
     let auto = logship(&server, &ev, "auto", work, &[]);
     let mirror = logship(&server, &ev, "mirror", work, &["--mode", "mirror"]);
 
+    // Every codec Spark has, in one layout or the other.
     let layouts = [
         ("single", "none"),
         ("single", "zstd"),
         ("rolling", "none"),
         ("rolling", "zstd"),
+        ("single", "lz4"),
+        ("rolling", "snappy"),
+        ("single", "lzf"),
     ];
     let mut apps: Vec<SparkApp> = layouts
         .iter()
@@ -167,6 +171,14 @@ fn history_server_reads_shipped_event_logs_in_every_layout() {
         let st = d.wait_exit(LONG);
         assert_eq!(st.code(), Some(0), "logship stderr:\n{}", d.stderr());
     }
+    // The uncompressed rolling log really rolled (2 MiB files): more than one `events_N`.
+    let (rolling, _) = ids.iter().zip(layouts).find(|(_, l)| *l == ("rolling", "none")).unwrap();
+    let rolled = std::fs::read_dir(ev.join(format!("eventlog_v2_{rolling}")))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("events_"))
+        .count();
+    assert!(rolled >= 2, "the rolling log has {rolled} events_N file(s)");
     let a_objs_final = download(&server, BUCKET, "auto", &a_dir);
     let m_objs_final = download(&server, BUCKET, "mirror", &m_dir);
     assert!(a_objs_final.len() >= a_objs.len() && m_objs_final.len() >= m_objs.len());
