@@ -172,7 +172,11 @@ fn history_server_reads_shipped_event_logs_in_every_layout() {
         assert_eq!(st.code(), Some(0), "logship stderr:\n{}", d.stderr());
     }
     // The uncompressed rolling log really rolled (2 MiB files): more than one `events_N`.
-    let (rolling, _) = ids.iter().zip(layouts).find(|(_, l)| *l == ("rolling", "none")).unwrap();
+    let (rolling, _) = ids
+        .iter()
+        .zip(layouts)
+        .find(|(_, l)| *l == ("rolling", "none"))
+        .unwrap();
     let rolled = std::fs::read_dir(ev.join(format!("eventlog_v2_{rolling}")))
         .unwrap()
         .flatten()
