@@ -76,6 +76,55 @@ pub fn parse(text: &str, origin: &str) -> Result<Value, DocumentError> {
     Ok(v)
 }
 
+/// Parses every document of a YAML stream (`---` between them), in order, whatever their kind:
+/// what is patched and what passes through is the caller's choice. An empty input is one empty
+/// pod; empty documents between separators are dropped.
+pub fn parse_all(text: &str, origin: &str) -> Result<Vec<Value>, DocumentError> {
+    use serde::Deserialize;
+    if text.trim().is_empty() {
+        return Ok(vec![serde_json::json!({"apiVersion": "v1", "kind": "Pod"})]);
+    }
+    let mut docs = Vec::new();
+    for (i, d) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        // The first document is named as the file; later ones by their number too.
+        let origin = if i == 0 {
+            origin.to_string()
+        } else {
+            format!("{origin} (document {})", i + 1)
+        };
+        let v = Value::deserialize(d).map_err(|e| DocumentError::Syntax {
+            origin: origin.clone(),
+            message: e.to_string(),
+        })?;
+        match v {
+            Value::Null => {}
+            Value::Object(_) => docs.push(v),
+            other => {
+                return Err(DocumentError::NotAPod {
+                    origin,
+                    kind: format!("a {} instead of a mapping", type_name(&other)),
+                });
+            }
+        }
+    }
+    if docs.is_empty() {
+        docs.push(serde_json::json!({"apiVersion": "v1", "kind": "Pod"}));
+    }
+    Ok(docs)
+}
+
+/// Prints several documents: YAML separated by `---`, or one JSON `List`.
+pub fn print_all(docs: &[Value], format: Format) -> String {
+    match (docs, format) {
+        ([one], _) => print(one, format),
+        (_, Format::Yaml) => docs.iter().map(|d| print(d, format)).collect::<Vec<_>>().join("---\n"),
+        (_, Format::Json) => print(
+            &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": docs}),
+            format,
+        ),
+    }
+}
+
 fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",

@@ -4,10 +4,12 @@
 //!
 //! One concern per module: `document` reads, validates and prints pods; `patch` adds the
 //! sidecar; `sidecar` writes the sidecar's config; `spark_conf` the matching Spark settings;
-//! `configmap` bundles all of it as EMR's job runner does; `webhook` serves AdmissionReviews.
+//! `configmap` bundles all of it as EMR's job runner does; `operator` patches Spark Operator
+//! resources; `webhook` serves AdmissionReviews.
 
 pub mod configmap;
 pub mod document;
+pub mod operator;
 pub mod options;
 pub mod patch;
 pub mod sidecar;

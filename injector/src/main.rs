@@ -4,11 +4,12 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 use logship_inject::configmap::{ConfigMapRequest, configmap, spark_container_name};
 use logship_inject::document::{self, Format};
+use logship_inject::operator::{self, Resource};
 use logship_inject::options::{EventLogLayout, Role, SidecarOptions};
 use logship_inject::patch::{Target, inject};
 use logship_inject::spark_conf::{SparkConf, as_properties, as_submit_args, spark_conf};
@@ -25,13 +26,16 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Print a pod template with the sidecar added (YAML, or JSON with --output json). Notes
-    /// (what was changed beyond the sidecar) go to stderr.
+    /// Print a pod template, or a Spark Operator SparkApplication, with the sidecar added (YAML,
+    /// or JSON with --output json). Notes (what was changed beyond the sidecar) go to stderr.
     Template {
-        /// driver or executor.
+        /// driver or executor: the role of a pod template. Not for a SparkApplication, which
+        /// holds both roles (both are patched).
         #[arg(long, value_enum)]
-        role: Role,
-        /// The template to patch (default: stdin; an empty input is an empty pod).
+        role: Option<Role>,
+        /// The template or resources to patch (default: stdin; an empty input is an empty pod).
+        /// Several YAML documents: Pods, Kubeflow `SparkApplication` / `ScheduledSparkApplication`
+        /// and the Apache operator's `SparkApplication` are patched, the others pass through.
         #[arg(long = "in", value_name = "FILE")]
         input: Option<PathBuf>,
         /// Output format.
@@ -156,16 +160,55 @@ fn real_main(cli: Cli) -> Result<()> {
             sidecar,
         } => {
             let (text, origin) = read_input(input.as_ref())?;
-            let mut pod = document::parse(&text, &origin)?;
-            note(&document::validate(&pod, &origin)?);
-            let notes = inject(&mut pod, role, &sidecar, Target::Template).with_context(|| origin.clone())?;
-            note(&notes);
-            eprintln!(
-                "logship-inject: Spark container: {} (set spark.kubernetes.{}.podTemplateContainerName to it)",
-                spark_container_name(&pod, &sidecar, role),
-                role.label()
-            );
-            print!("{}", document::print(&pod, output));
+            let docs = document::parse_all(&text, &origin)?;
+            let several = docs.len() > 1;
+            let mut out = Vec::new();
+            let mut patched = 0;
+            for (i, mut doc) in docs.into_iter().enumerate() {
+                let what = if several {
+                    format!("{origin} (document {})", i + 1)
+                } else {
+                    origin.clone()
+                };
+                match Resource::of(&doc) {
+                    Resource::Pod => {
+                        let Some(role) = role else {
+                            bail!("{what}: a pod template is one role: give --role driver or --role executor");
+                        };
+                        note(&document::validate(&doc, &what)?);
+                        let notes = inject(&mut doc, role, &sidecar, Target::Template).with_context(|| what.clone())?;
+                        note(&notes);
+                        eprintln!(
+                            "logship-inject: Spark container: {} (set spark.kubernetes.{}.podTemplateContainerName to it)",
+                            spark_container_name(&doc, &sidecar, role),
+                            role.label()
+                        );
+                        patched += 1;
+                    }
+                    Resource::Other(kind) if !several => {
+                        bail!("{what}: not a Pod, SparkApplication or ScheduledSparkApplication (kind: {kind})");
+                    }
+                    Resource::Other(_) => {}
+                    resource => {
+                        if let Some(role) = role {
+                            bail!(
+                                "{what}: --role {} does not apply: a {} holds both roles, and both are patched",
+                                role.label(),
+                                doc["kind"].as_str().unwrap_or_default()
+                            );
+                        }
+                        let notes =
+                            operator::inject_resource(&mut doc, &resource, &sidecar).with_context(|| what.clone())?;
+                        note(&notes);
+                        patched += 1;
+                    }
+                }
+                out.push(doc);
+            }
+            if patched == 0 {
+                bail!("{origin}: no Pod, SparkApplication or ScheduledSparkApplication to patch");
+            }
+            print!("{}", document::print_all(&out, output));
             Ok(())
         }
         Command::SparkConf {

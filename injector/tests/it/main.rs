@@ -3,6 +3,7 @@
 
 mod common;
 
+mod operator;
 mod pod;
 mod spark;
 mod template;
