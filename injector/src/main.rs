@@ -310,7 +310,7 @@ mod tests {
     #[test]
     fn the_example_deployment_passes_arguments_the_webhook_accepts() {
         use clap::Parser;
-        let text = include_str!("../deploy/webhook.yaml");
+        let text = include_str!("../deploy/kustomize/base/deployment.yaml");
         let mut found = false;
         for doc in serde_yaml_ng::Deserializer::from_str(text) {
             let v = <serde_json::Value as serde::Deserialize>::deserialize(doc).unwrap();

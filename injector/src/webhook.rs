@@ -1,6 +1,6 @@
 //! A Kubernetes mutating admission webhook: AdmissionReview v1 in, a JSONPatch that adds the
 //! sidecar out, over HTTPS (rustls). Opt-in is the MutatingWebhookConfiguration's business (a
-//! namespace label and the pod label `spark-role`, see `deploy/webhook.yaml`); here a pod is
+//! namespace label and the pod label `spark-role`, see `deploy/kustomize/base/mutatingwebhook.yaml`); here a pod is
 //! patched only when it carries `spark-role: driver|executor` and not the annotation
 //! `logship.io/inject: "false"`. Patching an already patched pod yields an empty patch.
 

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod deploy;
 mod operator;
 mod pod;
 mod spark;
