@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -17,11 +18,82 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use serde_json::{Value, json};
 
-use crate::options::{Role, SidecarOptions};
+use crate::options::{Role, SidecarOptions, Termination};
 use crate::patch::{Target, inject};
 
 /// The annotation that opts a pod out.
 pub const OPT_OUT_ANNOTATION: &str = "logship.io/inject";
+
+/// Pod annotations that override the webhook's defaults for one pod (one webhook serves many
+/// teams), with what each takes. Any other `logship.io/` annotation is refused as a typo.
+pub const ANNOTATIONS: &[(&str, &str)] = &[
+    (
+        "logship.io/inject",
+        "\"false\" leaves the pod alone (\"true\" is the default)",
+    ),
+    ("logship.io/to", "where container logs go, as --to"),
+    (
+        "logship.io/events-to",
+        "where the driver's event logs go, as --events-to",
+    ),
+    (
+        "logship.io/presigned-post-secret",
+        "a Secret holding a presigned POST, as --presigned-post-secret",
+    ),
+    ("logship.io/termination", "heartbeat, native or wrap, as --termination"),
+    ("logship.io/store-as", "text, gzip or zstd, as --store-as"),
+];
+
+/// The sidecar options for one pod: the webhook's, overridden by the pod's `logship.io/`
+/// annotations. An annotation that is unknown or has a bad value is an error naming it.
+pub fn options_for(meta: &Value, defaults: &SidecarOptions) -> Result<SidecarOptions, String> {
+    let mut o = defaults.clone();
+    let Some(annotations) = meta["annotations"].as_object() else {
+        return Ok(o);
+    };
+    let known = || ANNOTATIONS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ");
+    for (key, value) in annotations {
+        let Some(name) = key.strip_prefix("logship.io/") else {
+            continue;
+        };
+        let bad = |why: String| format!("annotation {key}: {value}: {why}");
+        let v = value.as_str().ok_or_else(|| bad("must be a string".into()))?;
+        match name {
+            "inject" if v == "true" || v == "false" => {}
+            "inject" => return Err(bad("must be \"true\" or \"false\"".into())),
+            "to" => {
+                crate::sidecar::parse_destination("logship.io/to", v).map_err(|e| bad(e.to_string()))?;
+                o.to = v.to_string();
+            }
+            "events-to" => {
+                crate::sidecar::parse_destination("logship.io/events-to", v).map_err(|e| bad(e.to_string()))?;
+                o.events_to = Some(v.to_string());
+            }
+            "presigned-post-secret" => {
+                let dns = !v.is_empty()
+                    && v.len() <= 253
+                    && v.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+                    && !v.starts_with(['-', '.'])
+                    && !v.ends_with(['-', '.']);
+                if !dns {
+                    return Err(bad("not a Secret name (lowercase letters, digits, '-' and '.')".into()));
+                }
+                o.presigned_post_secret = Some(v.to_string());
+            }
+            "termination" => {
+                o.termination = <Termination as clap::ValueEnum>::from_str(v, false)
+                    .map_err(|_| bad("one of heartbeat, native, wrap".into()))?;
+            }
+            "store-as" => {
+                logship_config::StoreAs::parse(v).ok_or_else(|| bad("one of text, gzip, zstd".into()))?;
+                o.store_as = v.to_string();
+            }
+            _ => return Err(format!("annotation {key}: unknown; logship reads {}", known())),
+        }
+    }
+    Ok(o)
+}
 
 /// Largest AdmissionReview accepted (a pod is at most about 1.5 MB).
 const MAX_BODY: usize = 4 << 20;
@@ -95,8 +167,19 @@ pub fn review(body: &[u8], opts: &SidecarOptions, on_error: OnError) -> Result<V
         .or(meta["generateName"].as_str())
         .unwrap_or("(unnamed)");
     let namespace = request["namespace"].as_str().unwrap_or("");
+    // An annotation the pod got wrong is its owner's to fix: refused, whatever --on-error says.
+    let opts = match options_for(meta, opts) {
+        Ok(o) => o,
+        Err(why) => {
+            let message = format!("logship cannot patch {namespace}/{name}: {why}");
+            tracing::warn!("{message}");
+            return Ok(respond(
+                json!({"allowed": false, "status": {"code": 400, "message": message}}),
+            ));
+        }
+    };
     let mut patched = pod.clone();
-    match inject(&mut patched, role, opts, Target::Pod) {
+    match inject(&mut patched, role, &opts, Target::Pod) {
         Ok(notes) => {
             let patch = json_patch::diff(pod, &patched);
             tracing::info!(
@@ -209,11 +292,76 @@ pub struct WebhookConfig {
     pub on_error: OnError,
 }
 
+/// What the webhook did, for `GET /metrics` (Prometheus text).
+#[derive(Debug, Default)]
+pub struct WebhookMetrics {
+    /// AdmissionReviews received.
+    pub requests: AtomicU64,
+    /// Pods that got the sidecar (a non-empty patch).
+    pub patched: AtomicU64,
+    /// Reviews answered without a change: not a Spark pod, opted out, already patched.
+    pub skipped: AtomicU64,
+    /// Pods refused (a bad annotation, or a pod that cannot be patched with `--on-error deny`).
+    pub denied: AtomicU64,
+    /// Requests that were not a readable AdmissionReview.
+    pub errors: AtomicU64,
+    /// Time spent answering reviews, in microseconds (with `requests`, the mean latency).
+    pub latency_micros: AtomicU64,
+}
+
+impl WebhookMetrics {
+    /// Counts one answered review by what it answered.
+    fn record(&self, answer: &Result<Value, String>, took: std::time::Duration) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.latency_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        let counter = match answer {
+            Err(_) => &self.errors,
+            Ok(v) if v["response"]["allowed"] == false => &self.denied,
+            Ok(v) if v["response"].get("patch").is_some() => &self.patched,
+            Ok(_) => &self.skipped,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let v = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut s = String::new();
+        for (name, help, value) in [
+            ("requests", "AdmissionReviews received.", v(&self.requests)),
+            ("patched", "Pods given the sidecar.", v(&self.patched)),
+            (
+                "skipped",
+                "Reviews answered without a change (not Spark, opted out, already patched).",
+                v(&self.skipped),
+            ),
+            ("denied", "Pods refused, with the reason.", v(&self.denied)),
+            (
+                "errors",
+                "Requests that were not a readable AdmissionReview.",
+                v(&self.errors),
+            ),
+        ] {
+            s.push_str(&format!(
+                "# HELP logship_inject_{name}_total {help}\n# TYPE logship_inject_{name}_total counter\nlogship_inject_{name}_total {value}\n"
+            ));
+        }
+        let secs = v(&self.latency_micros) as f64 / 1e6;
+        s.push_str(&format!(
+            "# HELP logship_inject_review_seconds Time spent answering AdmissionReviews.\n# TYPE logship_inject_review_seconds summary\nlogship_inject_review_seconds_sum {secs:.6}\nlogship_inject_review_seconds_count {}\n",
+            v(&self.requests)
+        ));
+        s
+    }
+}
+
 /// A bound, ready webhook.
 pub struct Webhook {
     listener: tokio::net::TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     config: Arc<WebhookConfig>,
+    metrics: Arc<WebhookMetrics>,
 }
 
 impl Webhook {
@@ -241,6 +389,7 @@ impl Webhook {
             listener,
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
             config: Arc::new(config),
+            metrics: Arc::default(),
         })
     }
 
@@ -266,6 +415,7 @@ impl Webhook {
             };
             let acceptor = self.acceptor.clone();
             let config = self.config.clone();
+            let metrics = self.metrics.clone();
             tokio::spawn(async move {
                 let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(s)) => s,
@@ -275,7 +425,7 @@ impl Webhook {
                     }
                     Err(_) => return,
                 };
-                let service = hyper::service::service_fn(move |req| handle(req, config.clone()));
+                let service = hyper::service::service_fn(move |req| handle(req, config.clone(), metrics.clone()));
                 let io = hyper_util::rt::TokioIo::new(tls);
                 if let Err(e) = hyper::server::conn::http1::Builder::new()
                     .serve_connection(io, service)
@@ -297,15 +447,20 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 async fn handle(
     req: Request<Incoming>,
     config: Arc<WebhookConfig>,
+    metrics: Arc<WebhookMetrics>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => Ok(text(StatusCode::OK, "ok\n".into())),
+        (&Method::GET, "/metrics") => Ok(text(StatusCode::OK, metrics.render())),
         (&Method::POST, "/mutate") => {
             let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
                 Ok(b) => b.to_bytes(),
                 Err(e) => return Ok(text(StatusCode::PAYLOAD_TOO_LARGE, format!("{e}\n"))),
             };
-            match review(&body, &config.options, config.on_error) {
+            let started = std::time::Instant::now();
+            let answer = review(&body, &config.options, config.on_error);
+            metrics.record(&answer, started.elapsed());
+            match answer {
                 Ok(v) => {
                     let mut r = text(StatusCode::OK, v.to_string());
                     r.headers_mut().insert(
@@ -319,7 +474,7 @@ async fn handle(
         }
         _ => Ok(text(
             StatusCode::NOT_FOUND,
-            "POST /mutate (AdmissionReview v1) or GET /healthz\n".into(),
+            "POST /mutate (AdmissionReview v1), GET /healthz or GET /metrics\n".into(),
         )),
     }
 }

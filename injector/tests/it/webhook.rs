@@ -308,43 +308,65 @@ fn a_replaced_certificate_is_served_without_a_restart() {
 fn the_binary_serves_until_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     certificate(dir.path(), "logship-inject");
-    let log = dir.path().join("stderr");
-    let mut child = Command::new(bin())
-        .args(["webhook", "--listen", "127.0.0.1:0", "--tls-cert"])
-        .arg(dir.path().join("cert.pem"))
-        .arg("--tls-key")
-        .arg(dir.path().join("key.pem"))
-        .args(SIDECAR_ARGS)
-        .env("NO_COLOR", "1")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    struct Kill(u32);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            // SAFETY: our own child; harmless when it already exited and was reaped.
-            unsafe { libc_kill(self.0 as i32, 9) };
+    // Text logs (no colour codes: stderr is a file, not a terminal), then JSON lines.
+    for format in ["text", "json"] {
+        let log = dir.path().join(format!("stderr-{format}"));
+        let mut child = Command::new(bin())
+            .args(["webhook", "--listen", "127.0.0.1:0", "--tls-cert"])
+            .arg(dir.path().join("cert.pem"))
+            .arg("--tls-key")
+            .arg(dir.path().join("key.pem"))
+            .args(SIDECAR_ARGS)
+            .env("LOGSHIP_LOG_FORMAT", format)
+            .env_remove("NO_COLOR")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        struct Kill(u32);
+        impl Drop for Kill {
+            fn drop(&mut self) {
+                // SAFETY: our own child; harmless when it already exited and was reaped.
+                unsafe { libc_kill(self.0 as i32, 9) };
+            }
+        }
+        let _guard = Kill(child.id());
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let addr = loop {
+            let text = std::fs::read_to_string(&log).unwrap();
+            let found = match format {
+                "text" => text.find("addr=").map(|i| {
+                    let rest = &text[i + 5..];
+                    rest[..rest.find(|c: char| c.is_whitespace()).unwrap_or(rest.len())].to_string()
+                }),
+                _ => text
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .find_map(|v| v["fields"]["addr"].as_str().map(str::to_string)),
+            };
+            if let Some(a) = found {
+                break a;
+            }
+            assert!(std::time::Instant::now() < deadline, "no address logged: {text}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let c = client(dir.path());
+        let r = c.get(format!("https://{addr}/healthz")).send().unwrap();
+        assert_eq!(r.status(), 200);
+        // SAFETY: our own child.
+        unsafe { libc_kill(child.id() as i32, 15) };
+        let st = child.wait().unwrap();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(st.success(), "{st:?}: {text}");
+        assert!(
+            !text.contains('\x1b'),
+            "{format}: colour codes in a log that is not a terminal: {text:?}"
+        );
+        if format == "json" {
+            for line in text.lines() {
+                serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+            }
         }
     }
-    let _guard = Kill(child.id());
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let addr = loop {
-        let text = std::fs::read_to_string(&log).unwrap();
-        if let Some(i) = text.find("addr=") {
-            let rest = &text[i + 5..];
-            let end = rest.find(|c: char| c.is_whitespace()).unwrap_or(rest.len());
-            break rest[..end].to_string();
-        }
-        assert!(std::time::Instant::now() < deadline, "no address logged: {text}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let c = client(dir.path());
-    let r = c.get(format!("https://{addr}/healthz")).send().unwrap();
-    assert_eq!(r.status(), 200);
-    // SAFETY: our own child.
-    unsafe { libc_kill(child.id() as i32, 15) };
-    let st = child.wait().unwrap();
-    assert!(st.success(), "{st:?}: {}", std::fs::read_to_string(&log).unwrap());
     // A bad certificate path is an error at start that names the file.
     let out = Command::new(bin())
         .args([
@@ -366,4 +388,107 @@ fn the_binary_serves_until_sigterm() {
 unsafe extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// One webhook, many teams: a pod's `logship.io/` annotations override the webhook's defaults for
+/// that pod; a bad value or an unknown annotation (a typo) refuses the pod with a message naming
+/// it, even with `--on-error allow`; `/metrics` counts what the webhook did.
+#[test]
+fn pod_annotations_override_the_defaults_bad_ones_are_refused_and_metrics_count_it_all() {
+    let dir = tempfile::tempdir().unwrap();
+    certificate(dir.path(), "logship-inject");
+    let served = serve(dir.path(), &[], OnError::Allow);
+    let c = client(dir.path());
+    let review = review_json();
+    let with = |annotations: Value| {
+        let mut r = review.clone();
+        let a = r["request"]["object"]["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .entry("annotations")
+            .or_insert_with(|| json!({}));
+        for (k, v) in annotations.as_object().unwrap() {
+            a[k] = v.clone();
+        }
+        r
+    };
+    // Overrides: the patch equals the CLI's with the same flags.
+    let r = with(json!({
+        "logship.io/to": "cloudwatch://team-a/spark",
+        "logship.io/termination": "native",
+        "logship.io/store-as": "zstd",
+    }));
+    let response = post(&c, &served.url, &r);
+    assert_eq!(response["allowed"], true, "{response}");
+    let patched = apply(&r["request"]["object"], &response);
+    let mut args = vec![
+        "template",
+        "--role",
+        "driver",
+        "--spark-container",
+        "spark",
+        "--output",
+        "json",
+    ];
+    args.extend([
+        "--image",
+        IMAGE,
+        "--to",
+        "cloudwatch://team-a/spark",
+        "--termination",
+        "native",
+        "--store-as",
+        "zstd",
+    ]);
+    let cli: Value = serde_json::from_str(&ok(&args, r["request"]["object"].to_string().as_bytes())).unwrap();
+    assert_eq!(patched, cli, "the annotations are the CLI's flags");
+    assert!(
+        container(&patched, "initContainers", "logship").is_some(),
+        "native: an init container"
+    );
+    // Refused, naming the annotation: a bad destination, a bad mode, a typo.
+    for (annotations, named) in [
+        (json!({"logship.io/to": "gs://bucket"}), "logship.io/to"),
+        (json!({"logship.io/termination": "sometimes"}), "logship.io/termination"),
+        (json!({"logship.io/too": "s3://b/x"}), "logship.io/too"),
+        (
+            json!({"logship.io/presigned-post-secret": "Not_A_Name"}),
+            "logship.io/presigned-post-secret",
+        ),
+    ] {
+        let response = post(&c, &served.url, &with(annotations.clone()));
+        assert_eq!(response["allowed"], false, "{annotations}: {response}");
+        let msg = response["status"]["message"].as_str().unwrap();
+        assert!(msg.contains(named) && msg.contains("spark-jobs/"), "{msg}");
+    }
+    // Opted out: untouched.
+    assert!(
+        post(&c, &served.url, &with(json!({"logship.io/inject": "false"})))
+            .get("patch")
+            .is_none()
+    );
+    // What the webhook did, counted: 1 patched, 4 denied, 1 skipped, 1 error.
+    let r = c.post(format!("{}/mutate", served.url)).body("{}").send().unwrap();
+    assert_eq!(r.status(), 400);
+    let metrics = c.get(format!("{}/metrics", served.url)).send().unwrap().text().unwrap();
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("logship_inject_{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+            .parse::<f64>()
+            .unwrap() as u64
+    };
+    assert_eq!(
+        (
+            value("requests_total"),
+            value("patched_total"),
+            value("denied_total"),
+            value("skipped_total"),
+            value("errors_total")
+        ),
+        (7, 1, 4, 1, 1),
+        "{metrics}"
+    );
+    assert_eq!(value("review_seconds_count"), 7);
 }
