@@ -208,6 +208,17 @@ async fn run_config(
         tracing::info!("configuration reloaded; running with it");
     }
 
+    // A follower settles into a steady state: once start-up is well behind, its binary's
+    // start-up code leaves the resident set (crate::memory).
+    let _trim = (!config.lifecycle.once).then(|| {
+        AbortOnDrop(Some(tokio::spawn(async {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            let bytes = tokio::task::spawn_blocking(crate::memory::trim_code_pages)
+                .await
+                .unwrap_or(0);
+            tracing::debug!(bytes, "start-up code pages released");
+        })))
+    });
     let end = lifecycle::wait_for_end(&config.lifecycle);
     tokio::pin!(end);
     let mut shutdown = Shutdown::new(ctl_tx.clone(), deliveries_tx, config.lifecycle.drain_deadline());

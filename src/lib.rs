@@ -13,6 +13,7 @@ pub mod engine;
 pub mod fluentd;
 pub mod fsutil;
 pub mod lifecycle;
+pub mod memory;
 pub mod metrics;
 pub mod pipeline;
 pub mod presign;
