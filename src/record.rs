@@ -104,7 +104,8 @@ fn next_line(data: &[u8]) -> &[u8] {
     memchr::memchr(b'\n', data).map_or(data, |i| &data[..i])
 }
 
-fn last_line(data: &[u8]) -> &[u8] {
+/// The last line of `data` (lines ending with a newline), without its newline.
+pub fn last_line(data: &[u8]) -> &[u8] {
     let body = data.strip_suffix(b"\n").unwrap_or(data);
     memchr::memrchr(b'\n', body).map_or(body, |i| &body[i + 1..])
 }

@@ -18,7 +18,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::options::{Role, SidecarOptions, Termination};
-use crate::patch::{Notes, PatchError, Target, inject};
+use crate::patch::{Notes, PatchError, Target, inject, shape};
 
 /// What a document is, as far as patching goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,13 +52,6 @@ impl Resource {
             (Some("spark.apache.org"), Some("SparkApplication")) => Resource::ApacheApplication,
             (_, k) => Resource::Other(k.unwrap_or("(none)").to_string()),
         }
-    }
-}
-
-fn shape(path: &str, message: &str) -> PatchError {
-    PatchError::Shape {
-        path: path.to_string(),
-        message: message.to_string(),
     }
 }
 

@@ -297,7 +297,7 @@ pub fn config_key(role: Role) -> &'static str {
     }
 }
 
-fn shape(path: &str, message: &str) -> PatchError {
+pub(crate) fn shape(path: &str, message: &str) -> PatchError {
     PatchError::Shape {
         path: if path.is_empty() {
             "(document)".into()

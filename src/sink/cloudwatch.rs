@@ -135,12 +135,6 @@ struct EventBuilder {
     pending_end: u64,
 }
 
-/// The last line of `record` (lines with their newlines), without its newline.
-fn last_line(record: &[u8]) -> &[u8] {
-    let body = record.strip_suffix(b"\n").unwrap_or(record);
-    memchr::memrchr(b'\n', body).map_or(body, |i| &body[i + 1..])
-}
-
 /// Uploads chunks as CloudWatch Logs events.
 #[derive(Debug)]
 pub struct CloudWatchSink {
@@ -329,7 +323,7 @@ impl CloudWatchSink {
             }
             if !record.is_empty() {
                 let body = line.strip_suffix(b"\n").unwrap_or(&line);
-                let continues = !self.rule.starts_record(body, Some(last_line(&record)));
+                let continues = !self.rule.starts_record(body, Some(crate::record::last_line(&record)));
                 if !continues || record.len() + line.len() > max_msg {
                     if continues {
                         // Larger than an event: the rest of the record becomes the next event.

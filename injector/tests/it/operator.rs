@@ -118,20 +118,7 @@ fn check_kubeflow_role(spec: &Value, role: &str, native: bool) {
         "{role}: the Spark container writes its stdout where the sidecar reads"
     );
     assert_eq!(r["podSecurityContext"]["fsGroup"], 1000, "{role}");
-    set_pod_env();
-    let text = config_of(sidecar);
-    logship::config::Config::parse(&text, "LOGSHIP_CONFIG_TOML")
-        .unwrap_or_else(|e| panic!("{role}: the daemon refuses the sidecar config: {e}\n{text}"));
-}
-
-fn set_pod_env() {
-    // SAFETY: every test of this binary sets the same values, and nothing reads them concurrently.
-    unsafe {
-        std::env::set_var("SPARK_APPLICATION_ID", "spark-0123");
-        std::env::set_var("K8S_SPARK_EVENT_LOG_DIR", "/var/log/spark/apps");
-        std::env::set_var("SIDECAR_SIGNAL_FILE", "/var/log/fluentd/main-container-terminated");
-        std::env::set_var("LOGSHIP_SIGNAL_FILE", "/var/log/fluentd/logship-main-ended");
-    }
+    assert_daemon_accepts(sidecar);
 }
 
 #[test]

@@ -44,27 +44,6 @@ fn assert_idempotent(role: &str, out: &str, extra: &[&str]) {
     );
 }
 
-/// The variables a pod spec gives the sidecar (the same values in every test, so setting them
-/// from parallel tests is harmless).
-fn set_pod_env() {
-    // SAFETY: every test sets the same values, and nothing else in this process reads them.
-    unsafe {
-        std::env::set_var("SPARK_APPLICATION_ID", "spark-0123");
-        std::env::set_var("K8S_SPARK_EVENT_LOG_DIR", "/var/log/spark/apps");
-        std::env::set_var("SIDECAR_SIGNAL_FILE", "/var/log/fluentd/main-container-terminated");
-        std::env::set_var("LOGSHIP_SIGNAL_FILE", "/var/log/fluentd/logship-main-ended");
-    }
-}
-
-/// The daemon accepts the sidecar's config, with the variables the pod spec provides.
-fn assert_daemon_accepts(sidecar: &Value) {
-    let text = config_of(sidecar);
-    set_pod_env();
-    let c = logship::config::Config::parse(&text, "LOGSHIP_CONFIG_TOML")
-        .unwrap_or_else(|e| panic!("the daemon refuses the sidecar config: {e}\n{text}"));
-    assert!(!c.outputs.is_empty());
-}
-
 #[test]
 fn emr_templates_keep_every_field_and_gain_the_sidecar_in_every_mode() {
     for (role, file) in [

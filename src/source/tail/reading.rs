@@ -139,7 +139,7 @@ impl TailSource {
                     let partial = &data[last_nl + 1..];
                     let at_end = f.pos + n as u64 >= size;
                     let next_starts =
-                        !partial.is_empty() && self.rule.starts_record(partial, Some(last_line_of(lines)));
+                        !partial.is_empty() && self.rule.starts_record(partial, Some(crate::record::last_line(lines)));
                     if complete > 0 {
                         lines = &lines[..complete];
                     } else if !at_end || next_starts {
@@ -260,10 +260,4 @@ impl TailSource {
         f.scan_hint = 0;
         Ok(())
     }
-}
-
-/// The last line of `lines` (which end with a newline), without its newline.
-fn last_line_of(lines: &[u8]) -> &[u8] {
-    let body = lines.strip_suffix(b"\n").unwrap_or(lines);
-    memchr::memrchr(b'\n', body).map_or(body, |i| &body[i + 1..])
 }
