@@ -135,9 +135,11 @@ fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
     let (f, t) = (c(from)?, c(to)?);
+    // The system call, not libc's wrapper: the static (musl) build's libc has none.
     // SAFETY: two valid NUL-terminated paths relative to the working directory.
     let r = unsafe {
-        libc::renameat2(
+        libc::syscall(
+            libc::SYS_renameat2,
             libc::AT_FDCWD,
             f.as_ptr(),
             libc::AT_FDCWD,

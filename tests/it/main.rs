@@ -14,6 +14,7 @@ mod fluentd;
 mod lifecycle;
 mod metrics;
 mod pod;
+mod podman;
 mod records;
 mod s3;
 mod spark_events;
