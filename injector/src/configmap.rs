@@ -89,6 +89,12 @@ pub fn configmap(req: &ConfigMapRequest) -> Result<(Value, Vec<String>), ConfigM
         executor_container: &containers[1],
         event_log_dir: &opts.event_log_dir,
         layout: opts.event_logs,
+        log_url: crate::log_links::url_pattern(&opts)
+            .map_err(|e| ConfigMapError::Patch {
+                role: Role::Executor.label(),
+                source: e.into(),
+            })?
+            .as_deref(),
     });
     data.insert("spark-defaults.conf".into(), json!(as_properties(&conf)));
     let mut metadata = json!({"name": req.name, "labels": {"app.kubernetes.io/managed-by": "logship-inject"}});

@@ -68,6 +68,16 @@ enum Command {
         /// spark-defaults.conf format.
         #[arg(long)]
         properties: bool,
+        /// The sidecar's --to: adds the executors' log links to where it puts their logs
+        /// (spark.ui.custom.executor.log.url; see `template --log-url`).
+        #[arg(long)]
+        to: Option<String>,
+        /// The AWS region of --to, for the console links.
+        #[arg(long)]
+        region: Option<String>,
+        /// The log-link pattern (as `template --log-url`); `none` for no links.
+        #[arg(long, value_name = "PATTERN")]
+        log_url: Option<String>,
     },
     /// Print a ConfigMap holding the patched driver and executor templates, each role's
     /// sidecar config (which the templates mount from it) and a matching spark-defaults.conf.
@@ -227,7 +237,12 @@ fn real_main(cli: Cli) -> Result<()> {
             event_log_dir,
             event_logs,
             properties,
+            to,
+            region,
+            log_url,
         } => {
+            let pattern =
+                logship_inject::log_links::pattern_for(to.as_deref(), region.as_deref(), false, log_url.as_deref())?;
             let conf = spark_conf(&SparkConf {
                 driver_template: &driver_template,
                 executor_template: &executor_template,
@@ -235,6 +250,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 executor_container: &executor_container,
                 event_log_dir: &event_log_dir,
                 layout: event_logs,
+                log_url: pattern.as_deref(),
             });
             print!(
                 "{}",

@@ -79,15 +79,20 @@ pub fn inject_resource(doc: &mut Value, resource: &Resource, opts: &SidecarOptio
     }
 }
 
-/// The event-log settings of the driver's sidecar, as `sparkConf` entries.
-fn event_log_conf(opts: &SidecarOptions) -> Vec<(String, String)> {
-    vec![
+/// The event-log settings of the driver's sidecar and the executors' log links, as `sparkConf`
+/// entries.
+fn event_log_conf(opts: &SidecarOptions) -> Result<Vec<(String, String)>, PatchError> {
+    let mut v = vec![
         ("spark.eventLog.enabled".into(), "true".into()),
         (
             "spark.eventLog.dir".into(),
             format!("file://{}", opts.event_log_dir.display()),
         ),
-    ]
+    ];
+    if let Some(p) = crate::log_links::url_pattern(opts)? {
+        v.extend(crate::log_links::spark_conf(&p));
+    }
+    Ok(v)
 }
 
 /// Sets `sparkConf` entries (a map of strings), noting the ones that replace another value.
@@ -231,7 +236,7 @@ fn kubeflow(spec: &mut Value, opts: &SidecarOptions, path: &str) -> Result<Notes
         }
         spec.insert(key.to_string(), pod_spec);
     }
-    set_spark_conf(spec, path, &event_log_conf(opts), &mut notes)?;
+    set_spark_conf(spec, path, &event_log_conf(opts)?, &mut notes)?;
     if opts.termination == Termination::Heartbeat {
         notes.push(format!(
             "{path}: --termination heartbeat needs a Spark image that touches the heartbeat file (EMR's do); with Apache Spark's images use --termination native (Kubernetes >= 1.29)"
@@ -299,7 +304,7 @@ fn patch_template(template: &mut Value, role: Role, opts: &SidecarOptions, path:
 fn apache(spec: &mut Value, opts: &SidecarOptions) -> Result<Notes, PatchError> {
     let spec = spec.as_object_mut().ok_or_else(|| shape("spec", "must be a mapping"))?;
     let mut notes = Vec::new();
-    let mut conf = event_log_conf(opts);
+    let mut conf = event_log_conf(opts)?;
     for (role, key) in [(Role::Driver, "driverSpec"), (Role::Executor, "executorSpec")] {
         let path = format!("spec.{key}.podTemplateSpec");
         let role_spec = spec

@@ -147,6 +147,12 @@ pub struct SidecarOptions {
     /// Sidecar memory limit.
     #[arg(long, default_value = "64Mi")]
     pub memory_limit: String,
+    /// The executors' stdout/stderr links in the Spark UI and History Server (Spark's
+    /// spark.ui.custom.executor.log.url), with {{APP_ID}}, {{EXECUTOR_ID}}, {{LOGSHIP_POD_NAME}} and
+    /// {{FILE_NAME}}; `none` for Spark's own links. Default: the AWS console at the pod's logs
+    /// (S3 prefix or CloudWatch stream of --to; none for file:// or an --endpoint).
+    #[arg(long, value_name = "PATTERN")]
+    pub log_url: Option<String>,
 }
 
 /// Where the sidecar's volumes are mounted and which files it reads; fixed paths, so the Spark

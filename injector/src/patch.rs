@@ -175,6 +175,12 @@ pub fn inject(pod: &mut Value, role: Role, opts: &SidecarOptions, target: Target
     if let Some(hb) = &heartbeat {
         add_env(spark_env, json!({"name": SIDECAR_SIGNAL_FILE, "value": hb}));
     }
+    // An executor names where its sidecar writes, for its log links (`log_links`).
+    if role == Role::Executor && crate::log_links::url_pattern(opts)?.is_some() {
+        for var in crate::log_links::attribute_env() {
+            add_env(spark_env, var);
+        }
+    }
 
     let signal_file = heartbeat
         .as_ref()

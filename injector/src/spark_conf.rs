@@ -20,6 +20,8 @@ pub struct SparkConf<'a> {
     pub event_log_dir: &'a Path,
     /// How Spark writes event logs.
     pub layout: EventLogLayout,
+    /// The executors' log-link pattern (`log_links`), if any.
+    pub log_url: Option<&'a str>,
 }
 
 /// The settings as (key, value) pairs, in a stable order.
@@ -58,7 +60,11 @@ pub fn spark_conf(c: &SparkConf) -> Vec<(String, String)> {
             ("spark.eventLog.compress", "false".into()),
         ]),
     }
-    v.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    let mut v: Vec<(String, String)> = v.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    if let Some(p) = c.log_url {
+        v.extend(crate::log_links::spark_conf(p));
+    }
+    v
 }
 
 /// `--conf k=v` lines for spark-submit.

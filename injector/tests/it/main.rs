@@ -4,6 +4,7 @@
 mod common;
 
 mod deploy;
+mod links;
 mod operator;
 mod pod;
 mod spark;

@@ -332,6 +332,171 @@ fn spark_asks_for_executor_pods_with_the_wrapped_entrypoint_and_the_sidecar() {
     );
 }
 
+/// The executors' log links, end to end through real Spark. The driver runs here (client mode)
+/// with the settings `spark-conf --to` prints, and asks the API server for an executor pod from
+/// the patched template. That pod is then run as the kubelet would run its Spark container, as
+/// a local process: Spark's executor backend with the pod's own `SPARK_EXECUTOR_ATTRIBUTE_*`
+/// variables, their downward-API values resolved from the pod Spark created. The driver renders
+/// the executor's stdout/stderr links (its REST API shows what the UI shows and what goes into
+/// the event log); each must open the S3 prefix that the pod's sidecar writes that file to.
+#[test]
+fn an_executors_log_links_open_where_its_sidecar_ships_its_logs() {
+    let _one = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let api = KubeApi::start(&dir.path().join("api"));
+    let driver = dir.path().join("driver.yaml");
+    let executor = dir.path().join("executor.yaml");
+    patch("driver", &fixture("pod-template-driver.yaml"), &driver, &[]);
+    let patched = patch("executor", &fixture("pod-template-executor.yaml"), &executor, &[]);
+    let out = ok(
+        &[
+            "spark-conf",
+            "--driver-template",
+            driver.to_str().unwrap(),
+            "--executor-template",
+            executor.to_str().unwrap(),
+            "--to",
+            "s3://logs-bucket/spark",
+        ],
+        b"",
+    );
+    let mut conf: Vec<String> = out
+        .lines()
+        .map(|l| l.strip_prefix("--conf ").unwrap().to_string())
+        .collect();
+    let pattern = conf
+        .iter()
+        .find_map(|c| c.strip_prefix("spark.ui.custom.executor.log.url="))
+        .expect("spark-conf --to sets the log links")
+        .to_string();
+    let events = dir.path().join("events");
+    std::fs::create_dir_all(&events).unwrap();
+    conf.retain(|c| !c.starts_with("spark.eventLog.dir="));
+    conf.push(format!("spark.eventLog.dir=file://{}", events.display()));
+    conf.push("spark.executor.instances=1".into());
+    let ui_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    conf.push(format!("spark.ui.port={ui_port}"));
+    let app = dir.path().join("app.py");
+    std::fs::write(
+        &app,
+        "import time\nfrom pyspark.sql import SparkSession\nspark = SparkSession.builder.getOrCreate()\ntime.sleep(600)\n",
+    )
+    .unwrap();
+    let log = dir.path().join("submit.log");
+    let mut child = submit(&conf, "client", &app, &log, &api);
+    struct Group(i32);
+    impl Drop for Group {
+        fn drop(&mut self) {
+            // SAFETY: a process group this test started.
+            unsafe { killpg(self.0, 9) };
+        }
+    }
+    let _driver = Group(child.id() as i32);
+    wait("an executor pod", || {
+        !api.pods().is_empty() || child.try_wait().unwrap().is_some()
+    });
+    let pods = api.pods();
+    let stderr = std::fs::read_to_string(log.with_extension("err")).unwrap();
+    assert!(!pods.is_empty(), "spark exited without asking for executors: {stderr}");
+    let created = &pods[0];
+    assert_spark_kept(created, &patched, "spark-kubernetes-executor", "executor", "containers");
+
+    // The Spark container's variables as the kubelet resolves them.
+    let pod_name = created["metadata"]["name"].as_str().unwrap().to_string();
+    let app_id = created["metadata"]["labels"]["spark-app-selector"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let spark = container(created, "containers", "spark-kubernetes-executor").unwrap();
+    let mut vars = std::collections::BTreeMap::new();
+    for e in spark["env"].as_array().unwrap() {
+        let name = e["name"].as_str().unwrap().to_string();
+        let value = match (e["value"].as_str(), e["valueFrom"]["fieldRef"]["fieldPath"].as_str()) {
+            (Some(v), _) => v.to_string(),
+            (None, Some("metadata.name")) => pod_name.clone(),
+            (None, Some("metadata.labels['spark-app-selector']")) => app_id.clone(),
+            (None, Some("status.podIP")) => "127.0.0.1".into(),
+            _ => continue,
+        };
+        vars.insert(name, value);
+    }
+    let attributes: Vec<(&String, &String)> = vars
+        .iter()
+        .filter(|(k, _)| k.starts_with("SPARK_EXECUTOR_ATTRIBUTE_"))
+        .collect();
+    for a in ["APP_ID", "LOGSHIP_POD_NAME", "LOG_FILES"] {
+        assert!(
+            vars.contains_key(&format!("SPARK_EXECUTOR_ATTRIBUTE_{a}")),
+            "the executor carries {a}: {vars:?}"
+        );
+    }
+
+    // Its Spark container, run here: what the image's entrypoint runs for `executor`.
+    let (submit_bin, py) = spark_submit();
+    let spark_class = submit_bin.with_file_name("spark-class");
+    let mut backend = Command::new(spark_class);
+    backend
+        .arg("org.apache.spark.scheduler.cluster.k8s.KubernetesExecutorBackend")
+        .args(["--driver-url", &vars["SPARK_DRIVER_URL"]])
+        .args(["--executor-id", &vars["SPARK_EXECUTOR_ID"]])
+        .args(["--cores", "1", "--app-id", &vars["SPARK_APPLICATION_ID"]])
+        .args(["--hostname", "127.0.0.1", "--resourceProfileId", "0"])
+        .args(["--podName", &pod_name])
+        .envs(attributes.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("PYTHONPATH", py)
+        .env("SPARK_LOCAL_IP", "127.0.0.1")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.path().join("executor.log")).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("executor.err")).unwrap())
+        .process_group(0);
+    let mut backend = backend.spawn().unwrap();
+    let executor_group = Group(backend.id() as i32);
+
+    // The links the driver rendered for it.
+    let base = format!("http://127.0.0.1:{ui_port}/api/v1/applications");
+    let client = reqwest::blocking::Client::new();
+    let mut links = None;
+    wait("the executor's links in the driver's REST API", || {
+        let Ok(r) = client.get(format!("{base}/{app_id}/executors")).send() else {
+            return false;
+        };
+        let Ok(list) = r.text().map(|t| serde_json::from_str::<Value>(&t)) else {
+            return false;
+        };
+        let Ok(list) = list else { return false };
+        links = list
+            .as_array()
+            .and_then(|l| l.iter().find(|e| e["id"] != "driver"))
+            .map(|e| e["executorLogs"].clone());
+        links.is_some()
+    });
+    let links = links.unwrap();
+    let sidecar = container(created, "containers", "logship").unwrap();
+    let config = config_of(sidecar);
+    let path = config
+        .lines()
+        .filter_map(|l| l.strip_prefix("path = \""))
+        .find(|p| p.contains("containers"))
+        .unwrap()
+        .trim_end_matches('"')
+        .replace("${SPARK_APPLICATION_ID}", &app_id);
+    assert!(config.contains("bucket = \"logs-bucket\""), "{config}");
+    for file in ["stdout", "stderr"] {
+        // The sidecar's key for /var/log/spark/user/<pod>/<file>: <path>/<pod>/<file>/<slice>_<n>.gz
+        let prefix = format!("{path}/{pod_name}/{file}/");
+        assert_eq!(
+            links[file].as_str().unwrap_or_else(|| panic!("{file}: {links}")),
+            format!("https://s3.console.aws.amazon.com/s3/buckets/logs-bucket?prefix={prefix}"),
+            "pattern {pattern}"
+        );
+    }
+    drop(executor_group);
+    let _ = backend.wait();
+}
+
 fn quantities_as_strings(v: Value) -> Value {
     match v {
         Value::Number(n) => Value::String(n.to_string()),
