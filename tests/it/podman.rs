@@ -509,84 +509,127 @@ fn both_images_are_from_scratch_static_and_small() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "999:1000");
 }
 
+/// One pod test's world: the S3 server, a scratch directory, the pod's name, what the job writes
+/// and the presigned POST's Secret directory.
+struct PodCase {
+    server: S3Server,
+    dir: tempfile::TempDir,
+    name: String,
+    role: &'static str,
+    data: JobData,
+    secret: PathBuf,
+}
+
+impl PodCase {
+    /// A case for a pod of `role` named after `what`, whose job writes `rounds` pieces, with a
+    /// presigned POST for `spark/` in its Secret (`presigned` changes its text first).
+    fn new(what: &str, role: &'static str, rounds: usize, presigned: impl Fn(String) -> String) -> PodCase {
+        let server = S3Server::start(&["logs"]);
+        let dir = tempfile::tempdir().unwrap();
+        let data = job_data(&dir.path().join("data"), role, rounds);
+        let secret = dir.path().join("secret");
+        std::fs::create_dir_all(&secret).unwrap();
+        let post = String::from_utf8(server.presign("logs", "spark/", "1h", "5GB")).unwrap();
+        kubelet_write(&secret, presigned(post).as_bytes(), 1);
+        PodCase {
+            server,
+            dir,
+            name: pod_name(what),
+            role,
+            data,
+            secret,
+        }
+    }
+
+    /// `logship-inject template` for this role to `s3://logs/spark` through the Secret.
+    fn template(&self, extra: &[&str], input: &[u8]) -> Value {
+        let image = images().sidecar.as_str();
+        let mut args = vec![
+            "template",
+            "--role",
+            self.role,
+            "--image",
+            image,
+            "--to",
+            "s3://logs/spark",
+        ];
+        args.extend(["--presigned-post-secret", "logship-s3"]);
+        args.extend(extra);
+        inject(&args, input)
+    }
+
+    /// Runs `pod` (see [`for_podman`]) with the stand-in's behaviour `standin_env`.
+    fn play(&self, pod: Value, app: &str, standin_env: &[(&str, &str)]) -> Pod {
+        let yaml = for_podman(
+            pod,
+            &self.name,
+            self.role,
+            app,
+            &self.data.dir,
+            &self.secret,
+            standin_env,
+        );
+        play(&self.name, yaml, self.dir.path())
+    }
+
+    /// Waits for the Spark container to exit 0 and then the sidecar; the sidecar's exit code
+    /// and log, and the seconds between the two ends.
+    fn ends(&self, pod: &Pod) -> (i32, String, f64) {
+        let spark = format!("spark-kubernetes-{}", self.role);
+        let code = wait_exited(&pod.name, &spark, WAIT);
+        assert_eq!(code, 0, "{}", logs(&pod.name, &spark));
+        let code = wait_exited(&pod.name, "logship", WAIT);
+        let log = logs(&pod.name, "logship");
+        let after = seconds_between_ends(&pod.name, &spark, "logship");
+        eprintln!(
+            "{}: the sidecar exited {after:.1} s after the Spark container",
+            self.name
+        );
+        (code, log, after)
+    }
+}
+
+fn emr_template(name: &str) -> Vec<u8> {
+    std::fs::read(repo().join("../shared/fixtures/emr").join(name))
+        .or_else(|_| std::fs::read(repo().join("tests/fixtures/emr").join(name)))
+        .unwrap()
+}
+
 /// EMR's driver template, its fluentd container replaced, in heartbeat mode, with the presigned
 /// POST in a Secret volume that the "kubelet" refreshes mid-run.
 #[test]
 fn emr_driver_template_runs_as_a_pod_and_ships_everything_in_heartbeat_mode() {
-    let server = S3Server::start(&["logs"]);
-    let dir = tempfile::tempdir().unwrap();
+    let case = PodCase::new("emr-driver", "driver", 6, |p| p);
     let app = "spark-0123abcd4567ef";
-    let name = pod_name("emr-driver");
-    let data = job_data(&dir.path().join("data"), "driver", 6);
-    let secret = dir.path().join("secret");
-    std::fs::create_dir_all(&secret).unwrap();
-    kubelet_write(&secret, &server.presign("logs", "spark/", "1h", "5GB"), 1);
-    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-
-    let template = std::fs::read(repo().join("../shared/fixtures/emr/pod-template-driver.yaml"))
-        .or_else(|_| std::fs::read(repo().join("tests/fixtures/emr/pod-template-driver.yaml")))
-        .unwrap();
-    let pod = inject(
-        &[
-            "template",
-            "--role",
-            "driver",
-            "--image",
-            &images().sidecar,
-            "--to",
-            "s3://logs/spark",
-            "--presigned-post-secret",
-            "emr-containers-s3",
-            "--event-logs",
-            "single",
-            "--remove-container",
-            "emr-container-fluentd",
-        ],
-        &template,
-    );
-    let yaml = for_podman(
-        pod,
-        &name,
-        "driver",
-        app,
-        &data.dir,
-        &secret,
-        &[
-            ("STANDIN_OUTPUT", "files"),
-            ("STANDIN_HEARTBEAT", "1"),
-            ("STANDIN_EVENTS", "single"),
-            ("STANDIN_EVENT_DIR", "/var/log/spark/apps"),
-        ],
-    );
-    let pod = play(&name, yaml, dir.path());
+    let extra = ["--event-logs", "single", "--remove-container", "emr-container-fluentd"];
+    let pod = case.template(&extra, &emr_template("pod-template-driver.yaml"));
+    let standin = [
+        ("STANDIN_OUTPUT", "files"),
+        ("STANDIN_HEARTBEAT", "1"),
+        ("STANDIN_EVENTS", "single"),
+        ("STANDIN_EVENT_DIR", "/var/log/spark/apps"),
+    ];
+    let pod = case.play(pod, app, &standin);
 
     // Midway, the kubelet refreshes the Secret (a new presigned POST, same policy).
     std::thread::sleep(Duration::from_secs(3));
-    kubelet_write(&secret, &server.presign("logs", "spark/", "1h", "5GB"), 2);
+    kubelet_write(&case.secret, &case.server.presign("logs", "spark/", "1h", "5GB"), 2);
 
-    let spark = wait_exited(&pod.name, "spark-kubernetes-driver", WAIT);
-    assert_eq!(spark, 0, "{}", logs(&pod.name, "spark-kubernetes-driver"));
-    let code = wait_exited(&pod.name, "logship", WAIT);
-    let log = logs(&pod.name, "logship");
+    let (code, log, after) = case.ends(&pod);
     assert_eq!(code, 0, "{log}");
-    let after = seconds_between_ends(&pod.name, "spark-kubernetes-driver", "logship");
-    eprintln!("{name}: the sidecar exited {after:.1} s after the Spark container");
     assert!(
         after <= STALE.as_secs_f64() + 10.0,
-        "the sidecar took {after} s after Spark ended: {log}"
+        "{after} s after Spark ended: {log}"
     );
     assert!(log.contains("went stale"), "{log}");
-
-    assert_bytes_eq(&joined_events(&server, app), &data.events);
+    assert_bytes_eq(&joined_events(&case.server, app), &case.data.events);
+    let keys = case.server.keys("logs");
     assert!(
-        server
-            .keys("logs")
-            .contains(&format!("spark/event-logs/eventlog_v2_{app}/appstatus_{app}")),
-        "{:?}",
-        server.keys("logs")
+        keys.contains(&format!("spark/event-logs/eventlog_v2_{app}/appstatus_{app}")),
+        "{keys:?}"
     );
-    assert_container_logs(&server, app, &name, &data);
-    let posts = server.requests("PostObject").len();
+    assert_container_logs(&case.server, app, &case.name, &case.data);
+    let posts = case.server.requests("PostObject").len();
     assert!(posts >= 3, "{posts} POSTs");
 }
 
@@ -594,175 +637,69 @@ fn emr_driver_template_runs_as_a_pod_and_ships_everything_in_heartbeat_mode() {
 /// sidecar reaches through the pod's `/tmp` volume.
 #[test]
 fn emr_executor_template_runs_as_a_pod_and_ships_everything_in_heartbeat_mode() {
-    let server = S3Server::start(&["logs"]);
-    let dir = tempfile::tempdir().unwrap();
+    let case = PodCase::new("emr-exec", "executor", 4, |p| p);
     let app = "spark-0123abcd4567ef";
-    let name = pod_name("emr-exec");
-    let data = job_data(&dir.path().join("data"), "executor", 4);
-    let secret = dir.path().join("secret");
-    std::fs::create_dir_all(&secret).unwrap();
-    kubelet_write(&secret, &server.presign("logs", "spark/", "1h", "5GB"), 1);
-
-    let template = std::fs::read(repo().join("../shared/fixtures/emr/pod-template-executor.yaml"))
-        .or_else(|_| std::fs::read(repo().join("tests/fixtures/emr/pod-template-executor.yaml")))
-        .unwrap();
-    let pod = inject(
-        &[
-            "template",
-            "--role",
-            "executor",
-            "--image",
-            &images().sidecar,
-            "--to",
-            "s3://logs/spark",
-            "--presigned-post-secret",
-            "emr-containers-s3",
-            "--remove-container",
-            "emr-container-fluentd",
-        ],
-        &template,
-    );
-    let yaml = for_podman(
-        pod,
-        &name,
-        "executor",
-        app,
-        &data.dir,
-        &secret,
-        &[("STANDIN_OUTPUT", "files"), ("STANDIN_HEARTBEAT", "1")],
-    );
-    let pod = play(&name, yaml, dir.path());
-    let spark = wait_exited(&pod.name, "spark-kubernetes-executor", WAIT);
-    assert_eq!(spark, 0, "{}", logs(&pod.name, "spark-kubernetes-executor"));
-    let code = wait_exited(&pod.name, "logship", WAIT);
-    let log = logs(&pod.name, "logship");
+    let extra = ["--remove-container", "emr-container-fluentd"];
+    let pod = case.template(&extra, &emr_template("pod-template-executor.yaml"));
+    let pod = case.play(pod, app, &[("STANDIN_OUTPUT", "files"), ("STANDIN_HEARTBEAT", "1")]);
+    let (code, log, after) = case.ends(&pod);
     assert_eq!(code, 0, "{log}");
-    let after = seconds_between_ends(&pod.name, "spark-kubernetes-executor", "logship");
-    eprintln!("{name}: the sidecar exited {after:.1} s after the Spark container");
     assert!(after <= STALE.as_secs_f64() + 10.0, "{after} s: {log}");
-    assert_container_logs(&server, app, &name, &data);
+    assert_container_logs(&case.server, app, &case.name, &case.data);
 }
 
 /// A plain template (no EMR volumes) in wrap mode: the init container copies logship into the
 /// stand-in image, which has no libc, and `logship wrap` runs the entrypoint, copies its output
 /// into the container-log files and signals the end. Spark 4's rolling layout, uncompressed.
+/// The presigned POST names its endpoint `localhost`: the static binary resolves it (musl's
+/// resolver, /etc/hosts).
 #[test]
 fn a_plain_template_in_wrap_mode_runs_logship_in_an_image_without_libc() {
-    let server = S3Server::start(&["logs"]);
-    let dir = tempfile::tempdir().unwrap();
+    let case = PodCase::new("plain-driver", "driver", 4, |p| {
+        assert!(p.contains("127.0.0.1"), "{p}");
+        p.replace("127.0.0.1", "localhost")
+    });
     let app = "spark-fedcba9876543210";
-    let name = pod_name("plain-driver");
-    let data = job_data(&dir.path().join("data"), "driver", 4);
-    let secret = dir.path().join("secret");
-    std::fs::create_dir_all(&secret).unwrap();
-    // The endpoint by name: the static binary resolves it (musl's resolver, /etc/hosts).
-    let endpoint_by_name = server.presign("logs", "spark/", "1h", "5GB");
-    let text = String::from_utf8(endpoint_by_name)
-        .unwrap()
-        .replace("127.0.0.1", "localhost");
-    assert!(text.contains("localhost"), "{text}");
-    kubelet_write(&secret, text.as_bytes(), 1);
-
-    let pod = inject(
-        &[
-            "template",
-            "--role",
-            "driver",
-            "--image",
-            &images().sidecar,
-            "--to",
-            "s3://logs/spark",
-            "--presigned-post-secret",
-            "logship-s3",
-            "--termination",
-            "wrap",
-            "--event-logs",
-            "rolling",
-        ],
-        b"",
-    );
-    let yaml = for_podman(
-        pod,
-        &name,
-        "driver",
-        app,
-        &data.dir,
-        &secret,
-        &[
-            ("STANDIN_OUTPUT", "streams"),
-            ("STANDIN_EVENTS", "rolling"),
-            ("STANDIN_EVENT_DIR", "/var/log/spark/apps"),
-        ],
-    );
-    let pod = play(&name, yaml, dir.path());
-    let spark = wait_exited(&pod.name, "spark-kubernetes-driver", WAIT);
-    let spark_log = logs(&pod.name, "spark-kubernetes-driver");
-    assert_eq!(spark, 0, "{spark_log}");
-    let code = wait_exited(&pod.name, "logship", WAIT);
-    let log = logs(&pod.name, "logship");
+    let pod = case.template(&["--termination", "wrap", "--event-logs", "rolling"], b"");
+    let standin = [
+        ("STANDIN_OUTPUT", "streams"),
+        ("STANDIN_EVENTS", "rolling"),
+        ("STANDIN_EVENT_DIR", "/var/log/spark/apps"),
+    ];
+    let pod = case.play(pod, app, &standin);
+    let (code, log, after) = case.ends(&pod);
     assert_eq!(code, 0, "{log}");
-    let after = seconds_between_ends(&pod.name, "spark-kubernetes-driver", "logship");
-    eprintln!("{name}: the sidecar exited {after:.1} s after the Spark container");
     assert!(after <= 10.0, "wrap signals the end at once, yet {after} s: {log}");
-
-    assert_bytes_eq(&joined_events(&server, app), &data.events);
-    let keys = server.keys("logs");
+    assert_bytes_eq(&joined_events(&case.server, app), &case.data.events);
+    let keys = case.server.keys("logs");
     assert!(
         keys.contains(&format!("spark/event-logs/eventlog_v2_{app}/appstatus_{app}")),
         "{keys:?}"
     );
-    assert_container_logs(&server, app, &name, &data);
+    assert_container_logs(&case.server, app, &case.name, &case.data);
 }
 
 /// A pod stopped from outside (the job killed, a node drained): the kubelet sends SIGTERM and
 /// waits the grace period. The sidecar drains what the stand-in wrote and exits 0 within it.
 #[test]
 fn a_pod_stopped_with_a_grace_period_drains_within_it() {
-    let server = S3Server::start(&["logs"]);
-    let dir = tempfile::tempdir().unwrap();
+    let case = PodCase::new("stopped", "executor", 3, |p| p);
     let app = "spark-5151515151";
-    let name = pod_name("stopped");
-    let data = job_data(&dir.path().join("data"), "executor", 3);
-    let secret = dir.path().join("secret");
-    std::fs::create_dir_all(&secret).unwrap();
-    kubelet_write(&secret, &server.presign("logs", "spark/", "1h", "5GB"), 1);
-    let pod = inject(
-        &[
-            "template",
-            "--role",
-            "executor",
-            "--image",
-            &images().sidecar,
-            "--to",
-            "s3://logs/spark",
-            "--presigned-post-secret",
-            "logship-s3",
-        ],
-        b"",
-    );
-    let yaml = for_podman(
-        pod,
-        &name,
-        "executor",
-        app,
-        &data.dir,
-        &secret,
-        &[
-            ("STANDIN_OUTPUT", "files"),
-            ("STANDIN_HEARTBEAT", "1"),
-            ("STANDIN_HOLD", "/standin-data/never"),
-        ],
-    );
-    let pod = play(&name, yaml, dir.path());
-    // Wait until the stand-in has written everything (its last stderr piece is shipped), then stop.
+    let pod = case.template(&[], b"");
+    let standin = [
+        ("STANDIN_OUTPUT", "files"),
+        ("STANDIN_HEARTBEAT", "1"),
+        ("STANDIN_HOLD", "/standin-data/never"),
+    ];
+    let pod = case.play(pod, app, &standin);
+    // Wait until the stand-in has written everything and it is shipped, then stop the pod.
+    let (server, name, data) = (&case.server, &case.name, &case.data);
     let prefix = format!("spark/containers/{app}");
-    let last = data.stdout.len();
     let deadline = Instant::now() + WAIT;
-    while collect_s3(&server, &prefix, &format!("{name}/stdout"), "gzip").len() < last {
+    while collect_s3(server, &prefix, &format!("{name}/stdout"), "gzip").len() < data.stdout.len() {
         assert!(Instant::now() < deadline, "{}", logs(&pod.name, "logship"));
         std::thread::sleep(Duration::from_millis(500));
     }
-    // Nothing is held back by the stop: what is in the files now is what must arrive.
     let started = Instant::now();
     let mut stop = podman().args(["pod", "stop", "-t", "20", &pod.name]).spawn().unwrap();
     let code = wait_exited(&pod.name, "logship", WAIT);
@@ -773,41 +710,20 @@ fn a_pod_stopped_with_a_grace_period_drains_within_it() {
     // 137 would be the SIGKILL at the end of the grace period.
     assert_eq!(code, 0, "the sidecar drained and exited 0 on SIGTERM: {log}");
     assert!(log.contains("SIGTERM"), "{log}");
-    let stdout = collect_s3(&server, &prefix, &format!("{name}/stdout"), "gzip");
+    let stdout = collect_s3(server, &prefix, &format!("{name}/stdout"), "gzip");
     assert_bytes_eq(&stdout, &data.stdout);
-    // The stand-in was killed before its last line ("standin executor: done").
-    let stderr = collect_s3(&server, &prefix, &format!("{name}/stderr"), "gzip");
-    assert_bytes_eq(
-        &stderr,
-        &data.stderr[..data.stderr.len() - "standin executor: done\n".len()],
-    );
+    // The stand-in was stopped before its last line ("standin executor: done").
+    let stderr = collect_s3(server, &prefix, &format!("{name}/stderr"), "gzip");
+    let last = "standin executor: done\n".len();
+    assert_bytes_eq(&stderr, &data.stderr[..data.stderr.len() - last]);
 }
 
 /// The failure path: the sidecar has no writable buffer directory (its emptyDir mount removed)
 /// on a read-only root. One clear line, a non-zero exit, and the Spark container is unaffected.
 #[test]
 fn a_sidecar_without_a_writable_buffer_directory_says_so_and_fails() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = "spark-0000dead";
-    let name = pod_name("nobuffer");
-    let data = job_data(&dir.path().join("data"), "executor", 1);
-    let secret = dir.path().join("secret");
-    std::fs::create_dir_all(&secret).unwrap();
-    kubelet_write(&secret, b"{}", 1);
-    let mut pod = inject(
-        &[
-            "template",
-            "--role",
-            "executor",
-            "--image",
-            &images().sidecar,
-            "--to",
-            "s3://logs/spark",
-            "--presigned-post-secret",
-            "logship-s3",
-        ],
-        b"",
-    );
+    let case = PodCase::new("nobuffer", "executor", 1, |p| p);
+    let mut pod = case.template(&[], b"");
     for c in pod["spec"]["containers"].as_array_mut().unwrap() {
         if c["name"] == "logship" {
             c["volumeMounts"]
@@ -816,16 +732,11 @@ fn a_sidecar_without_a_writable_buffer_directory_says_so_and_fails() {
                 .retain(|m| m["name"] != "logship-buffer");
         }
     }
-    let yaml = for_podman(
+    let pod = case.play(
         pod,
-        &name,
-        "executor",
-        app,
-        &data.dir,
-        &secret,
+        "spark-0000dead",
         &[("STANDIN_OUTPUT", "files"), ("STANDIN_HEARTBEAT", "1")],
     );
-    let pod = play(&name, yaml, dir.path());
     let code = wait_exited(&pod.name, "logship", WAIT);
     let log = logs(&pod.name, "logship");
     assert_ne!(code, 0, "{log}");

@@ -265,6 +265,42 @@ fn spark_submit_creates_the_driver_pod_with_the_sidecar_as_patched() {
     }
 }
 
+/// A process group this test started, killed when dropped.
+struct Group(i32);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        // SAFETY: a process group this test started.
+        unsafe { killpg(self.0, 9) };
+    }
+}
+
+/// A driver in client mode (here, a Python app that sleeps) with `conf`, its event logs in a local
+/// directory, asking for one executor; waits until the API server has an executor pod.
+fn client_driver(dir: &Path, api: &KubeApi, mut conf: Vec<String>) -> (Child, Group, Vec<Value>) {
+    let events = dir.join("events");
+    std::fs::create_dir_all(&events).unwrap();
+    conf.retain(|c| !c.starts_with("spark.eventLog.dir="));
+    conf.push(format!("spark.eventLog.dir=file://{}", events.display()));
+    conf.push("spark.executor.instances=1".into());
+    let app = dir.join("app.py");
+    std::fs::write(
+        &app,
+        "import time\nfrom pyspark.sql import SparkSession\nspark = SparkSession.builder.getOrCreate()\ntime.sleep(600)\n",
+    )
+    .unwrap();
+    let log = dir.join("submit.log");
+    let mut child = submit(&conf, "client", &app, &log, api);
+    let group = Group(child.id() as i32);
+    wait("an executor pod", || {
+        !api.pods().is_empty() || child.try_wait().unwrap().is_some()
+    });
+    let pods = api.pods();
+    let stderr = std::fs::read_to_string(log.with_extension("err")).unwrap();
+    assert!(!pods.is_empty(), "spark exited without asking for executors: {stderr}");
+    (child, group, pods)
+}
+
 #[test]
 fn spark_asks_for_executor_pods_with_the_wrapped_entrypoint_and_the_sidecar() {
     let _one = exclusive();
@@ -279,41 +315,14 @@ fn spark_asks_for_executor_pods_with_the_wrapped_entrypoint_and_the_sidecar() {
         &executor,
         &["--termination", "wrap"],
     );
-    let mut conf = spark_conf(
+    let conf = spark_conf(
         &driver,
         &executor,
         "spark-kubernetes-driver",
         "spark-kubernetes-executor",
     );
-    // The driver runs here (client mode): its event logs go to a local directory.
-    let events = dir.path().join("events");
-    std::fs::create_dir_all(&events).unwrap();
-    conf.retain(|c| !c.starts_with("spark.eventLog.dir="));
-    conf.push(format!("spark.eventLog.dir=file://{}", events.display()));
-    conf.push("spark.executor.instances=1".into());
-    let app = dir.path().join("app.py");
-    std::fs::write(
-        &app,
-        "import time\nfrom pyspark.sql import SparkSession\nspark = SparkSession.builder.getOrCreate()\ntime.sleep(600)\n",
-    )
-    .unwrap();
-    let log = dir.path().join("submit.log");
-    let mut child = submit(&conf, "client", &app, &log, &api);
-    let pgid = child.id() as i32;
-    struct Group(i32);
-    impl Drop for Group {
-        fn drop(&mut self) {
-            // SAFETY: the process group spark-submit leads.
-            unsafe { killpg(self.0, 9) };
-        }
-    }
-    let _group = Group(pgid);
-    wait("an executor pod", || {
-        !api.pods().is_empty() || child.try_wait().unwrap().is_some()
-    });
-    let stderr = std::fs::read_to_string(log.with_extension("err")).unwrap();
-    let pods = api.pods();
-    assert!(!pods.is_empty(), "spark exited without asking for executors: {stderr}");
+    // The driver runs here (client mode).
+    let (_child, _group, pods) = client_driver(dir.path(), &api, conf);
     let created = &pods[0];
     assert_spark_kept(created, &patched, "spark-kubernetes-executor", "executor", "containers");
     assert_eq!(names(created, "initContainers"), ["logship-install"]);
@@ -369,38 +378,12 @@ fn an_executors_log_links_open_where_its_sidecar_ships_its_logs() {
         .find_map(|c| c.strip_prefix("spark.ui.custom.executor.log.url="))
         .expect("spark-conf --to sets the log links")
         .to_string();
-    let events = dir.path().join("events");
-    std::fs::create_dir_all(&events).unwrap();
-    conf.retain(|c| !c.starts_with("spark.eventLog.dir="));
-    conf.push(format!("spark.eventLog.dir=file://{}", events.display()));
-    conf.push("spark.executor.instances=1".into());
     let ui_port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
     conf.push(format!("spark.ui.port={ui_port}"));
-    let app = dir.path().join("app.py");
-    std::fs::write(
-        &app,
-        "import time\nfrom pyspark.sql import SparkSession\nspark = SparkSession.builder.getOrCreate()\ntime.sleep(600)\n",
-    )
-    .unwrap();
-    let log = dir.path().join("submit.log");
-    let mut child = submit(&conf, "client", &app, &log, &api);
-    struct Group(i32);
-    impl Drop for Group {
-        fn drop(&mut self) {
-            // SAFETY: a process group this test started.
-            unsafe { killpg(self.0, 9) };
-        }
-    }
-    let _driver = Group(child.id() as i32);
-    wait("an executor pod", || {
-        !api.pods().is_empty() || child.try_wait().unwrap().is_some()
-    });
-    let pods = api.pods();
-    let stderr = std::fs::read_to_string(log.with_extension("err")).unwrap();
-    assert!(!pods.is_empty(), "spark exited without asking for executors: {stderr}");
+    let (_child, _group, pods) = client_driver(dir.path(), &api, conf);
     let created = &pods[0];
     assert_spark_kept(created, &patched, "spark-kubernetes-executor", "executor", "containers");
 
