@@ -7,6 +7,7 @@ mod deploy;
 mod links;
 mod operator;
 mod pod;
+mod running;
 mod spark;
 mod template;
 mod webhook;
