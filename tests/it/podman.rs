@@ -679,6 +679,43 @@ fn a_plain_template_in_wrap_mode_runs_logship_in_an_image_without_libc() {
     assert_container_logs(&case.server, app, &case.name, &case.data);
 }
 
+/// The rest of the template × mode matrix: EMR's driver and executor templates in wrap mode, and
+/// the plain driver template in heartbeat mode. Each pod ships every byte and its sidecar exits 0.
+#[test]
+fn the_other_template_and_mode_pairs_ship_everything_too() {
+    let cases: [(&str, &'static str, Option<&str>, &str); 3] = [
+        ("emr-driver-wrap", "driver", Some("pod-template-driver.yaml"), "wrap"),
+        ("emr-exec-wrap", "executor", Some("pod-template-executor.yaml"), "wrap"),
+        ("plain-driver-hb", "driver", None, "heartbeat"),
+    ];
+    for (what, role, emr, mode) in cases {
+        let case = PodCase::new(what, role, 3, |p| p);
+        let app = "spark-7777aaaa";
+        let input = emr.map(emr_template).unwrap_or_default();
+        let mut extra = vec!["--termination", mode, "--event-logs", "single"];
+        if emr.is_some() {
+            extra.extend(["--remove-container", "emr-container-fluentd"]);
+        }
+        let pod = case.template(&extra, &input);
+        let output = if mode == "wrap" { "streams" } else { "files" };
+        let heartbeat = if mode == "wrap" { "0" } else { "1" };
+        let standin = [
+            ("STANDIN_OUTPUT", output),
+            ("STANDIN_HEARTBEAT", heartbeat),
+            ("STANDIN_EVENTS", "single"),
+            ("STANDIN_EVENT_DIR", "/var/log/spark/apps"),
+        ];
+        let pod = case.play(pod, app, &standin);
+        let (code, log, after) = case.ends(&pod);
+        assert_eq!(code, 0, "{what}: {log}");
+        assert!(after <= STALE.as_secs_f64() + 10.0, "{what}: {after} s: {log}");
+        if role == "driver" {
+            assert_bytes_eq(&joined_events(&case.server, app), &case.data.events);
+        }
+        assert_container_logs(&case.server, app, &case.name, &case.data);
+    }
+}
+
 /// A pod stopped from outside (the job killed, a node drained): the kubelet sends SIGTERM and
 /// waits the grace period. The sidecar drains what the stand-in wrote and exits 0 within it.
 #[test]
