@@ -146,39 +146,39 @@ pub fn spark_conf(pattern: &str) -> Vec<(String, String)> {
     vec![(UI_KEY.to_string(), pattern.to_string())]
 }
 
-/// What Spark does with a pattern and an executor's attributes (`ExecutorLogUrlHandler`): each
-/// `{{NAME}}` replaced by the attribute, one link per file in `LOG_FILES`. `None` when an
-/// attribute is missing (Spark then keeps the default links).
-pub fn render(pattern: &str, attributes: &std::collections::BTreeMap<String, String>) -> Option<Vec<(String, String)>> {
-    let mut names = Vec::new();
-    let mut rest = pattern;
-    while let Some(i) = rest.find("{{") {
-        let after = &rest[i + 2..];
-        let end = after.find("}}")?;
-        names.push(after[..end].to_string());
-        rest = &after[end + 2..];
-    }
-    let mut url = pattern.to_string();
-    for n in names.iter().filter(|n| *n != "FILE_NAME") {
-        url = url.replace(&var(n), attributes.get(n)?);
-    }
-    if names.iter().any(|n| n == "FILE_NAME") {
-        let files = attributes.get(LOG_FILES_ATTRIBUTE)?;
-        Some(
-            files
-                .split(',')
-                .map(|f| (f.to_string(), url.replace(&var("FILE_NAME"), f)))
-                .collect(),
-        )
-    } else {
-        Some(vec![("log".into(), url)])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    /// What Spark does with a pattern and an executor's attributes (`ExecutorLogUrlHandler`): each
+    /// `{{NAME}}` replaced by the attribute, one link per file in `LOG_FILES`. `None` when an
+    /// attribute is missing (Spark then keeps the default links).
+    fn render(pattern: &str, attributes: &BTreeMap<String, String>) -> Option<Vec<(String, String)>> {
+        let mut names = Vec::new();
+        let mut rest = pattern;
+        while let Some(i) = rest.find("{{") {
+            let after = &rest[i + 2..];
+            let end = after.find("}}")?;
+            names.push(after[..end].to_string());
+            rest = &after[end + 2..];
+        }
+        let mut url = pattern.to_string();
+        for n in names.iter().filter(|n| *n != "FILE_NAME") {
+            url = url.replace(&var(n), attributes.get(n)?);
+        }
+        if names.iter().any(|n| n == "FILE_NAME") {
+            let files = attributes.get(LOG_FILES_ATTRIBUTE)?;
+            Some(
+                files
+                    .split(',')
+                    .map(|f| (f.to_string(), url.replace(&var("FILE_NAME"), f)))
+                    .collect(),
+            )
+        } else {
+            Some(vec![("log".into(), url)])
+        }
+    }
 
     fn attrs() -> BTreeMap<String, String> {
         [
