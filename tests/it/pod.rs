@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::{Daemon, append, assert_bytes_eq, bin, http_get, lines, metric};
-use s3::{S3Server, kubelet_write};
+use s3::{S3Server, joined, kubelet_write};
 
 const WAIT: Duration = Duration::from_secs(90);
 const POD: &str = "spark-job-1-driver";
@@ -45,25 +45,6 @@ fn in_pod(writable: &[&Path], secret: &Path, config: &Path) -> Command {
     .args(["run", "--config"])
     .arg(config);
     cmd
-}
-
-/// The objects under `prefix`, concatenated in index order (`<prefix><n>_<hex>.txt` or `events_<n>_`).
-fn joined(server: &S3Server, prefix: &str, index_of: impl Fn(&str) -> Option<u64>) -> Vec<u8> {
-    let mut keys: Vec<(u64, String)> = server
-        .keys("logs")
-        .into_iter()
-        .filter_map(|k| Some((index_of(k.strip_prefix(prefix)?)?, k)))
-        .collect();
-    keys.sort();
-    let idx: Vec<u64> = keys.iter().map(|k| k.0).collect();
-    assert_eq!(
-        idx,
-        (1..=idx.len() as u64).collect::<Vec<_>>(),
-        "{prefix}: indices run 1..N"
-    );
-    keys.iter()
-        .flat_map(|(_, k)| server.object("logs", k).unwrap())
-        .collect()
 }
 
 #[test]

@@ -19,7 +19,7 @@
 //!   `--termination native` is tested by its nearest thing: SIGTERM with a grace period
 //!   (`podman pod stop -t`), which is what the kubelet sends the sidecar once Spark has ended.
 
-use crate::common::s3::{S3Server, collect_s3, kubelet_write};
+use crate::common::s3::{S3Server, collect_s3, joined, kubelet_write};
 use crate::common::{assert_bytes_eq, bin, lines};
 
 use rustls_pki_types::pem::PemObject;
@@ -466,27 +466,10 @@ fn assert_container_logs(server: &S3Server, app: &str, pod: &str, data: &JobData
     assert_bytes_eq(&stderr, &data.stderr);
 }
 
-/// The event-log objects `prefix` + `events_<n>_<app>`, joined in `n` order.
+/// The event-log objects `events_<n>_<app>` of `app`, joined in `n` order (which must run 1..N).
 fn joined_events(server: &S3Server, app: &str) -> Vec<u8> {
     let prefix = format!("spark/event-logs/eventlog_v2_{app}/events_");
-    let mut keys: Vec<(u64, String)> = server
-        .keys("logs")
-        .into_iter()
-        .filter_map(|k| {
-            let n = k
-                .strip_prefix(&prefix)?
-                .strip_suffix(&format!("_{app}"))?
-                .parse()
-                .ok()?;
-            Some((n, k))
-        })
-        .collect();
-    keys.sort();
-    let idx: Vec<u64> = keys.iter().map(|k| k.0).collect();
-    assert_eq!(idx, (1..=idx.len() as u64).collect::<Vec<_>>(), "event-log files 1..N");
-    keys.iter()
-        .flat_map(|(_, k)| server.object("logs", k).unwrap())
-        .collect()
+    joined(server, &prefix, |r| r.strip_suffix(&format!("_{app}"))?.parse().ok())
 }
 
 #[test]

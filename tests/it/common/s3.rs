@@ -447,6 +447,26 @@ pub fn decode(bytes: &[u8], store_as: &str) -> Vec<u8> {
     }
 }
 
+/// The objects of bucket `logs` under `prefix`, concatenated in the order of the index that
+/// `index_of` reads from the rest of each key (`<n>_<hex>.txt`, `<n>_<app>`); the indices run 1..N.
+pub fn joined(server: &S3Server, prefix: &str, index_of: impl Fn(&str) -> Option<u64>) -> Vec<u8> {
+    let mut keys: Vec<(u64, String)> = server
+        .keys("logs")
+        .into_iter()
+        .filter_map(|k| Some((index_of(k.strip_prefix(prefix)?)?, k)))
+        .collect();
+    keys.sort();
+    let idx: Vec<u64> = keys.iter().map(|k| k.0).collect();
+    assert_eq!(
+        idx,
+        (1..=idx.len() as u64).collect::<Vec<_>>(),
+        "{prefix}: indices run 1..N"
+    );
+    keys.iter()
+        .flat_map(|(_, k)| server.object("logs", k).unwrap())
+        .collect()
+}
+
 /// The objects of bucket `logs` under `prefix/<tag>/`, in time slice and index order, decoded, joined.
 pub fn collect_s3(server: &S3Server, prefix: &str, tag: &str, store_as: &str) -> Vec<u8> {
     let dir = format!("{prefix}/{tag}/");
