@@ -15,6 +15,8 @@ pub const POINTS: &[(&str, Option<&str>)] = &[
     ("chunk-written", None),
     ("before-state-write", None),
     ("state-temp-written", None),
+    // Half of a journal record written (a commit between snapshots).
+    ("journal-record-half-written", None),
     ("after-state-write", None),
     // Reached only when a restart finds a chunk to cut back to its committed length.
     ("recovery-chunk-cut", None),

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::buffer::{BufferError, ChunkLimits, ChunkStore, OutputKeying, SealedChunk};
 use crate::config::key::default_time_slice_format;
-use crate::config::{Config, RetryConfig, WatchMode};
+use crate::config::{Config, OutputKind, RetryConfig, SourceKind, WatchMode};
 use crate::lifecycle;
 use crate::metrics::Metrics;
 use crate::pipeline::{Control, Pipeline, WakeFlags};
@@ -116,7 +116,8 @@ async fn run_config(
     let keying = config
         .outputs
         .iter()
-        .map(|o| OutputKeying {
+        .enumerate()
+        .map(|(i, o)| OutputKeying {
             name: o.name.clone(),
             template: o.key_format.clone(),
             path: o.path.clone(),
@@ -126,6 +127,12 @@ async fn run_config(
                 .unwrap_or_else(|| default_time_slice_format(config.buffer.timekey.get().as_secs()).to_string()),
             file_extension: Sink::file_extension(o).to_string(),
             index_start: o.index_start,
+            by_tag: o.key_format.has_tag()
+                || !matches!(o.kind, OutputKind::File { .. } | OutputKind::Stdout | OutputKind::S3(_))
+                || config
+                    .sources
+                    .iter()
+                    .any(|s| s.kind == SourceKind::SparkEvents && config.routes(s).contains(&i)),
             destination: Sink::destination(o),
         })
         .collect();
@@ -135,7 +142,7 @@ async fn run_config(
         fsync: config.buffer.fsync,
     };
     let store = ChunkStore::open(&config.buffer.dir, limits, keying)?;
-    if !store.chunks().is_empty() {
+    if store.chunks().len() > 0 {
         tracing::info!(
             chunks = store.chunks().len(),
             bytes = store.total_bytes(),
@@ -447,6 +454,10 @@ async fn progress(metrics: Arc<Metrics>) {
                 f.len(),
             )
         };
+        if files == 0 {
+            // Nothing found yet (the first scan has not been published): nothing to report.
+            continue;
+        }
         let delivered: u64 = metrics
             .outputs
             .iter()
@@ -503,13 +514,33 @@ fn start_watcher(config: &Config, ctl: Sender<Control>, wake: Arc<WakeFlags>) ->
         return None;
     }
     let handler = move |res: notify::Result<notify::Event>| {
-        let Ok(event) = res else { return };
+        let event = match res {
+            Ok(event) if !event.need_rescan() => event,
+            // Events were lost (the kernel's queue overflowed): look at everything.
+            _ => {
+                wake.rescan.store(true, Ordering::SeqCst);
+                wake.full.store(true, Ordering::SeqCst);
+                if !wake.pending.swap(true, Ordering::SeqCst) {
+                    let _ = ctl.send(Control::Wake);
+                }
+                return;
+            }
+        };
         match event.kind {
             EventKind::Access(_) => return,
             EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(notify::event::ModifyKind::Name(_)) => {
                 wake.rescan.store(true, Ordering::SeqCst);
             }
-            _ => {}
+            _ => {
+                // Written to: the next pass reads these files (and not every file).
+                let mut changed = wake.changed.lock().expect("changed paths lock");
+                if changed.len() + event.paths.len() > crate::pipeline::CHANGED_PATHS_MAX {
+                    changed.clear();
+                    wake.full.store(true, Ordering::SeqCst);
+                } else {
+                    changed.extend(event.paths.into_iter().map(std::path::PathBuf::into_os_string));
+                }
+            }
         }
         if !wake.pending.swap(true, Ordering::SeqCst) {
             let _ = ctl.send(Control::Wake);

@@ -20,12 +20,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::buffer::{ChunkStore, SealedChunk};
+use crate::buffer::{CheckpointChanges, ChunkStore, SealedChunk};
 use crate::config::{Config, FlushMode};
 use crate::lifecycle::EndReason;
 use crate::metrics::Metrics;
 use crate::sink::secondary::write_secondary;
-use crate::source::Source;
+use crate::source::{Source, Targets};
 use crate::summary::{SecondaryFile, Summary};
 
 /// Messages to the pipeline thread.
@@ -56,10 +56,20 @@ pub struct WakeFlags {
     pub pending: AtomicBool,
     /// Files were created, renamed or removed: look for new files.
     pub rescan: AtomicBool,
+    /// Files that events say were written to since the last pass: the next pass reads only
+    /// them (unless a full pass is due).
+    pub changed: std::sync::Mutex<HashSet<std::ffi::OsString>>,
+    /// Events were lost (queue overflow) or named too many files: look at every file.
+    pub full: AtomicBool,
 }
+
+/// More changed paths than this between two passes: a full pass is as cheap.
+pub const CHANGED_PATHS_MAX: usize = 100_000;
 
 /// How much to read before committing (bounds the work lost to a crash and the commit latency).
 const COMMIT_EVERY_BYTES: u64 = 16 << 20;
+/// How often the per-file metrics are rebuilt at most.
+const FILES_PUBLISH_EVERY: Duration = Duration::from_secs(1);
 /// The smallest batch after write errors: on a nearly full disk, small batches still fit.
 const MIN_BATCH_BYTES: u64 = 64 << 10;
 
@@ -97,6 +107,14 @@ pub struct Pipeline {
     watched: HashSet<PathBuf>,
     /// What the metrics endpoint shows.
     metrics: Option<Arc<Metrics>>,
+    /// The next pass looks at every file (see `targets`).
+    full_next: bool,
+    /// When the files' metrics were last published, and whether they changed since.
+    files_published: Option<Instant>,
+    files_stale: bool,
+    /// Whether this run has committed: its first commit records every checkpoint (dropping
+    /// those of files gone while it was not running), later ones only what changed.
+    committed_once: bool,
 }
 
 fn now_ms() -> i64 {
@@ -142,6 +160,10 @@ impl Pipeline {
             watcher: None,
             watched: HashSet::new(),
             metrics: None,
+            committed_once: false,
+            files_published: None,
+            full_next: true,
+            files_stale: false,
         }
     }
 
@@ -150,14 +172,23 @@ impl Pipeline {
         self.metrics = Some(metrics);
     }
 
-    /// Publishes the buffer's and the files' state.
-    fn publish(&self) {
+    /// Publishes the buffer's state, and the files' at most once a second (with thousands of
+    /// files followed, their list costs more than the work of a pass); `next_wake` makes sure a
+    /// list held back is published within that second.
+    fn publish(&mut self) {
         let Some(m) = &self.metrics else { return };
         m.buffer_bytes.store(self.store.total_bytes(), Ordering::Relaxed);
         m.buffer_chunks
             .store(self.store.chunks().len() as u64, Ordering::Relaxed);
+        let now = Instant::now();
+        if self.files_published.is_some_and(|t| now < t + FILES_PUBLISH_EVERY) {
+            self.files_stale = true;
+            return;
+        }
         let files: Vec<_> = self.sources.iter().flat_map(|s| s.files()).collect();
         *m.files.lock().expect("metrics lock") = files;
+        self.files_published = Some(now);
+        self.files_stale = false;
     }
 
     fn output_metrics(&self, name: &str) -> Option<&crate::metrics::OutputMetrics> {
@@ -249,7 +280,7 @@ impl Pipeline {
             self.publish();
 
             // 3. Done when everything read was delivered (or put aside).
-            if reading_done && self.store.chunks().iter().all(|c| self.stuck.contains(&c.seq)) {
+            if reading_done && self.store.chunks().all(|c| self.stuck.contains(&c.seq)) {
                 break;
             }
             if progressed {
@@ -303,11 +334,12 @@ impl Pipeline {
     }
 
     fn scan_all(&mut self) {
+        self.full_next = true;
         self.add_watches();
         let now = Instant::now();
-        let checkpoints = self.store.checkpoints().to_vec();
+        let checkpoints = self.store.checkpoints();
         for s in &mut self.sources {
-            s.scan(&checkpoints, now);
+            s.scan(checkpoints, now);
         }
     }
 
@@ -330,6 +362,23 @@ impl Pipeline {
 
     /// Reads every source until there is nothing new, or enough for one commit. Err after a
     /// write error (rolled back; reading resumes after a pause).
+    /// The files the next pass may be limited to: the ones events named, when nothing else
+    /// asks for a look at every file (the safety poll, a scan, a deadline, the drain, a pass
+    /// that stopped at its budget, a rollback, events lost or named under another spelling).
+    fn targets(&mut self, now: Instant, draining: bool) -> Option<Targets> {
+        let paths = std::mem::take(&mut *self.wake.changed.lock().expect("changed paths lock"));
+        let poll = self.sources.iter().map(|s| s.poll_interval()).min();
+        let full = std::mem::take(&mut self.full_next) | self.wake.full.swap(false, Ordering::SeqCst)
+            || draining
+            || self.watcher.is_none()
+            || poll.is_none_or(|p| now >= self.last_poll + p)
+            || self.sources.iter().any(|s| s.next_deadline().is_some_and(|t| t <= now));
+        (!full).then(|| Targets {
+            paths,
+            matched: Default::default(),
+        })
+    }
+
     fn read_all(&mut self, draining: bool) -> Result<u64, ()> {
         if self.backing_off() {
             return Err(());
@@ -343,7 +392,10 @@ impl Pipeline {
             }
         }
         let now = Instant::now();
-        self.last_poll = now;
+        let mut targets = self.targets(now, draining);
+        if targets.is_none() {
+            self.last_poll = now;
+        }
         let mut total = 0;
         let batch = self.batch;
         let limit = self.config.buffer.total_limit.bytes();
@@ -370,7 +422,7 @@ impl Pipeline {
                 if budget == 0 {
                     continue;
                 }
-                match s.read(&mut self.store, budget, draining, now, now_ms()) {
+                match s.read(&mut self.store, budget, draining, now, now_ms(), targets.as_ref()) {
                     Ok(n) => pass += n,
                     Err(e) => {
                         self.undo_batch("reading into the buffer failed", &e);
@@ -379,10 +431,21 @@ impl Pipeline {
                 }
             }
             total += pass;
+            if let Some(t) = &targets
+                && t.matched.get() < t.paths.len()
+            {
+                // An event named a path no source follows by that name: look at every file.
+                targets = None;
+                self.last_poll = now;
+                continue;
+            }
             if pass == 0 {
                 break;
             }
         }
+        // Stopped at the batch (or the buffer limit) with more to read: the next pass looks
+        // at every file again.
+        self.full_next |= total >= batch || self.over_limit();
         Ok(total)
     }
 
@@ -400,13 +463,23 @@ impl Pipeline {
     }
 
     fn commit(&mut self) {
-        let checkpoints = self.sources.iter().flat_map(|s| s.checkpoints()).collect::<Vec<_>>();
-        let positions_moved = checkpoints.as_slice() != self.store.checkpoints();
-        if !positions_moved && !self.store.is_dirty() {
-            return;
-        }
-        match self.store.commit(checkpoints, now_ms()) {
+        let changes = if self.committed_once {
+            let (mut set, mut removed) = (Vec::new(), Vec::new());
+            for s in &self.sources {
+                let (s_set, s_removed) = s.checkpoint_changes();
+                set.extend(s_set);
+                removed.extend(s_removed);
+            }
+            if set.is_empty() && removed.is_empty() && !self.store.is_dirty() {
+                return;
+            }
+            CheckpointChanges::Some { set, removed }
+        } else {
+            CheckpointChanges::All(self.sources.iter().flat_map(|s| s.checkpoints()).collect())
+        };
+        match self.store.commit(changes, now_ms()) {
             Ok(sealed) => {
+                self.committed_once = true;
                 if std::mem::take(&mut self.write_failing) {
                     tracing::info!(dir = %self.store.dir().display(), "the buffer can be written again; reading resumes");
                 }
@@ -437,6 +510,7 @@ impl Pipeline {
         for s in &mut self.sources {
             s.rewind();
         }
+        self.full_next = true;
         self.write_backoff = Some(Instant::now() + Duration::from_secs(1));
     }
 
@@ -462,7 +536,7 @@ impl Pipeline {
 
     fn delivered(&mut self, seq: u64) {
         self.in_flight.remove(&seq);
-        if let Some(c) = self.store.chunks().iter().find(|c| c.seq == seq) {
+        if let Some(c) = self.store.chunk(seq) {
             tracing::debug!(seq, key = %c.key, bytes = c.len, "delivered");
             if let Some(o) = self.summary.output_mut(&c.output) {
                 o.chunks_delivered += 1;
@@ -482,7 +556,7 @@ impl Pipeline {
 
     fn failed(&mut self, seq: u64, error: &str) {
         self.in_flight.remove(&seq);
-        let Some(c) = self.store.chunks().iter().find(|c| c.seq == seq).cloned() else {
+        let Some(c) = self.store.chunk(seq).cloned() else {
             return;
         };
         tracing::error!(seq, key = %c.key, output = %c.output, %error, "delivery failed for good; writing the chunk to the secondary directory");
@@ -490,7 +564,7 @@ impl Pipeline {
     }
 
     fn put_in_secondary(&mut self, seq: u64, reason: &str) {
-        let Some(c) = self.store.chunks().iter().find(|c| c.seq == seq).cloned() else {
+        let Some(c) = self.store.chunk(seq).cloned() else {
             return;
         };
         let Some(out) = self.config.outputs.iter().find(|o| o.name == c.output) else {
@@ -533,7 +607,7 @@ impl Pipeline {
         // Whatever was read stays consistent: commit it first (seal everything).
         self.store.seal_all();
         self.commit();
-        let left: Vec<u64> = self.store.chunks().iter().map(|c| c.seq).collect();
+        let left: Vec<u64> = self.store.chunks().map(|c| c.seq).collect();
         for seq in left {
             self.in_flight.remove(&seq);
             self.put_in_secondary(seq, "not delivered before the drain deadline");
@@ -576,6 +650,11 @@ impl Pipeline {
         }
         if draining && !reading_done && self.write_backoff.is_none() {
             next = next.min(now + Duration::from_millis(200));
+        }
+        if self.files_stale
+            && let Some(t) = self.files_published
+        {
+            next = next.min(t + FILES_PUBLISH_EVERY);
         }
         // Never less than a millisecond: a due time that is due now is acted on at the next pass.
         next.saturating_duration_since(now).max(Duration::from_millis(1))

@@ -136,6 +136,11 @@ impl KeyTemplate {
         Some((part(&self.parts[..at]), part(&self.parts[at + 1..])))
     }
 
+    /// Whether it holds `%{tag}`: without it, records of every tag may share a chunk.
+    pub fn has_tag(&self) -> bool {
+        self.parts.contains(&Part::Tag)
+    }
+
     /// Whether two chunks can never get the same key from it: it holds `%{index}` (counted) or
     /// a per-chunk random part. Without one, every chunk of a tag in a time slice would land on
     /// one key, each replacing the last.

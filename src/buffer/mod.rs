@@ -1,9 +1,10 @@
 //! Chunks by time key, in files, committed atomically with the read positions that filled them.
 //!
 //! The [`ChunkStore`] is owned by the pipeline thread. Reading appends bytes to open chunks;
-//! [`ChunkStore::commit`] makes them durable (fsync of the chunk files, then an atomic rewrite of
-//! `state.json` that records chunk lengths *and* the tail checkpoints) and returns the chunks
-//! sealed since the last commit, which may then be delivered. Anything that fails between two
+//! [`ChunkStore::commit`] makes them durable (fsync of the chunk files, then one atomic write of
+//! what changed in the chunk lengths *and* the tail checkpoints: a journal record, or a new
+//! `state.json` snapshot now and then; see [`journal`]) and returns the chunks sealed since the
+//! last commit, which may then be delivered. Anything that fails between two
 //! commits is undone with [`ChunkStore::rollback`]: chunk files are cut back to their committed
 //! length and the reader goes back to its committed positions, so a failed write (full disk)
 //! neither loses nor repeats data.
@@ -12,10 +13,11 @@
 //! commit are re-read from the source), files the state does not know are removed, and every
 //! recovered chunk is sealed and delivered again under its recorded key.
 
+pub mod journal;
 pub mod siblings;
 pub mod state;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -23,7 +25,10 @@ use std::path::{Path, PathBuf};
 use crate::config::key::{KeyTemplate, KeyValues};
 use crate::fsutil::{sync_parent, write_atomic, write_atomic_hooked};
 use crate::record::RecordRule;
-pub use state::{ChunkMeta, IndexCounter, KeyAlternatives, MarkerRecord, SourceCheckpoint, StateFile};
+use journal::{COMPACT_MIN_BYTES, Journal, LiveState};
+pub use state::{
+    ChunkMeta, IndexCounter, KeyAlternatives, MarkerRecord, SourceCheckpoint, SourceKey, StateFile, source_key,
+};
 
 /// Why the buffer could not do what was asked; every variant names the path involved.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +97,11 @@ pub struct OutputKeying {
     pub file_extension: String,
     /// First `%{index}` of each prefix.
     pub index_start: u64,
+    /// Whether each tag gets chunks of its own. Not needed when nothing the output makes of a
+    /// chunk depends on its tag (a key without `%{tag}`, no CloudWatch stream, no Spark event
+    /// logs): then files share a chunk per time key, as fluentd's `<buffer time>` does, and a
+    /// node's thousands of files make one object per time key, not thousands.
+    pub by_tag: bool,
     /// Where the output delivers (a directory, bucket, log group; no secrets). Recorded with the
     /// chunks, so a buffer directory reused by another configuration never sends one run's
     /// chunks to another run's destination.
@@ -166,6 +176,57 @@ impl SealedChunk {
     }
 }
 
+/// The committed checkpoints, by source, file and tag.
+pub type Checkpoints = BTreeMap<SourceKey, SourceCheckpoint>;
+
+/// The checkpoints of `source` for the file `id` (one, unless an event-log source both follows
+/// and mirrors files of that identity).
+pub fn checkpoints_of_file<'a>(
+    cps: &'a Checkpoints,
+    source: &'a str,
+    id: crate::fsutil::FileId,
+) -> impl Iterator<Item = &'a SourceCheckpoint> + 'a {
+    cps.range((source.to_string(), id, String::new())..)
+        .take_while(move |(k, _)| k.0 == source && k.1 == id)
+        .map(|(_, c)| c)
+}
+
+/// The checkpoints of `source`.
+pub fn checkpoints_of_source<'a>(
+    cps: &'a Checkpoints,
+    source: &'a str,
+) -> impl Iterator<Item = &'a SourceCheckpoint> + 'a {
+    let first = crate::fsutil::FileId { dev: 0, ino: 0 };
+    cps.range((source.to_string(), first, String::new())..)
+        .take_while(move |(k, _)| k.0 == source)
+        .map(|(_, c)| c)
+}
+
+/// The checkpoints a commit records.
+#[derive(Debug, Clone)]
+pub enum CheckpointChanges {
+    /// Every checkpoint the sources hold: any other in the state is dropped (the first commit
+    /// of a run, which forgets files that are gone or no longer configured).
+    All(Vec<SourceCheckpoint>),
+    /// Only what changed since the last commit.
+    Some {
+        /// New or moved checkpoints.
+        set: Vec<SourceCheckpoint>,
+        /// Files no longer followed.
+        removed: Vec<SourceKey>,
+    },
+}
+
+impl CheckpointChanges {
+    /// No change.
+    pub fn none() -> CheckpointChanges {
+        CheckpointChanges::Some {
+            set: Vec::new(),
+            removed: Vec::new(),
+        }
+    }
+}
+
 /// How many counter-less hours an index counter of a timed key survives.
 const TIMED_COUNTER_TTL_SECS: i64 = 3600;
 
@@ -189,10 +250,16 @@ pub struct ChunkStore {
     limits: ChunkLimits,
     outputs: Vec<OutputKeying>,
     hostname: String,
-    /// The live state (includes uncommitted changes).
-    state: StateFile,
-    /// The state as last committed.
-    committed: StateFile,
+    /// The live state (includes uncommitted changes, and remembers what they replaced).
+    state: LiveState,
+    /// Where commits go between snapshots.
+    journal: Journal,
+    /// Length of the last snapshot written (or found).
+    snapshot_len: u64,
+    /// Whether `state.json` exists (the first commit writes one).
+    have_snapshot: bool,
+    /// Bytes in chunks (committed or not).
+    total: u64,
     /// Open chunk per (output, tag, timekey).
     open: HashMap<(usize, String, i64), u64>,
     /// Write handles of open chunks.
@@ -205,7 +272,7 @@ pub struct ChunkStore {
     to_delete: Vec<u64>,
     /// What recovery found damaged (reported at exit).
     damaged: Vec<DamagedChunk>,
-    /// Size of the last state written, and of the reserve held for the next one.
+    /// Size of the next snapshot, about, and of the reserve held for it.
     state_len: u64,
     reserve_len: u64,
     _lock: File,
@@ -247,14 +314,31 @@ impl ChunkStore {
         })?;
 
         let state_path = dir.join("state.json");
-        let mut state = StateFile::load(&state_path)?;
+        let have_snapshot = state_path.exists();
+        let snapshot = StateFile::load(&state_path)?;
+        let mut state = LiveState::from_snapshot(snapshot);
+        let journal_path = dir.join("state.journal");
+        let journal_err = |source| BufferError::Write {
+            path: journal_path.clone(),
+            source,
+        };
+        let mut journal = Journal::open(&journal_path).map_err(journal_err)?;
+        // The commits since the snapshot; a torn last record (a crash mid-append) is cut off:
+        // that commit did not happen.
+        let (good, _) = state.replay(journal.file()).map_err(|source| {
+            BufferError::State(state::StateError::Read {
+                path: journal_path.clone(),
+                source,
+            })
+        })?;
+        journal.cut(good).map_err(journal_err)?;
         // Chunks go only where they were bound: refuse to start rather than deliver them to
         // another destination under the same output name.
         for o in &outputs {
             if let Some(recorded) = state.destinations.get(&o.name)
                 && *recorded != o.destination
             {
-                let chunks = state.chunks.iter().filter(|c| c.output == o.name).count();
+                let chunks = state.chunks.map().values().filter(|c| c.output == o.name).count();
                 if chunks > 0 {
                     return Err(BufferError::OtherDestination {
                         dir: dir.to_path_buf(),
@@ -268,7 +352,6 @@ impl ChunkStore {
         }
         // Drop chunks of outputs that no longer exist? No: keep them, they are undelivered data.
         // They are reported at exit and delivered again if the output comes back.
-        let known: HashSet<u64> = state.chunks.iter().map(|c| c.seq).collect();
         for entry in fs::read_dir(&chunk_dir).map_err(dir_err)? {
             let entry = entry.map_err(dir_err)?;
             let name = entry.file_name();
@@ -278,19 +361,20 @@ impl ChunkStore {
                 .map(|n| n.strip_suffix(".progress").unwrap_or(n))
                 .and_then(|n| n.strip_suffix(".chunk"))
                 .and_then(|n| n.parse().ok());
-            if !seq.is_some_and(|s| known.contains(&s)) {
+            if seq.is_none_or(|s| state.chunks.get(&s).is_none()) {
                 // Written after the last commit: its bytes will be read again from the source.
                 let _ = fs::remove_file(entry.path());
             }
         }
-        let loaded = state.clone();
         let mut damaged = Vec::new();
-        state.chunks.retain_mut(|c| {
-            let path = chunk_dir.join(format!("{}.chunk", c.seq));
+        let seqs: Vec<u64> = state.chunks.map().keys().copied().collect();
+        for seq in seqs {
+            let path = chunk_dir.join(format!("{seq}.chunk"));
             let on_disk = fs::symlink_metadata(&path)
                 .ok()
                 .filter(|m| m.is_file())
                 .map(|m| m.len());
+            let c = state.chunks.get_mut(&seq).expect("listed");
             let missing = c.len - on_disk.unwrap_or(0).min(c.len);
             if missing > 0 {
                 tracing::error!(
@@ -308,9 +392,11 @@ impl ChunkStore {
             }
             c.sealed = true;
             // Nothing left of it: nothing to deliver. (An empty chunk, a marker, stays.)
-            c.len > 0 || missing == 0
-        });
-        for c in &state.chunks {
+            if c.len == 0 && missing > 0 {
+                state.chunks.remove(&seq);
+            }
+        }
+        for c in state.chunks.map().values() {
             // Bytes written after the last commit are cut off; they are read again from the source.
             let path = chunk_dir.join(format!("{}.chunk", c.seq));
             let f = crate::fsutil::private_file()
@@ -326,16 +412,25 @@ impl ChunkStore {
         for o in &outputs {
             state.destinations.insert(o.name.clone(), o.destination.clone());
         }
+        let mut snapshot_len = fs::metadata(&state_path).map_or(0, |m| m.len());
         if !damaged.is_empty() {
             // Record the repair now: a later rollback must never grow a file back with zeros.
-            write_atomic(&state_path, &state.to_bytes(), limits.fsync).map_err(|source| BufferError::Write {
+            let generation = state.generation + 1;
+            let bytes = state.snapshot_bytes(generation);
+            write_atomic(&state_path, &bytes, limits.fsync).map_err(|source| BufferError::Write {
                 path: state_path.clone(),
                 source,
             })?;
+            state.generation = generation;
+            state.settle();
+            snapshot_len = bytes.len() as u64;
+            journal.cut(0).map_err(journal_err)?;
+        } else {
+            // Sealing the recovered chunks is not a change to record.
+            state.chunks.settle();
         }
-        let committed = if damaged.is_empty() { loaded } else { state.clone() };
-        let state_len = fs::metadata(&state_path).map_or(0, |m| m.len());
-        let recovered = state.chunks.iter().map(|c| c.seq).collect();
+        let total = state.chunks.map().values().map(|c| c.len).sum();
+        let recovered = state.chunks.map().keys().copied().collect();
         Ok(ChunkStore {
             dir: dir.to_path_buf(),
             chunk_dir,
@@ -343,15 +438,18 @@ impl ChunkStore {
             limits,
             outputs,
             hostname: crate::config::key::hostname(),
-            committed,
             state,
+            journal,
+            snapshot_len,
+            have_snapshot: have_snapshot || !damaged.is_empty(),
+            total,
             open: HashMap::new(),
             handles: HashMap::new(),
             dirty: HashSet::new(),
             newly_sealed: recovered,
             to_delete: Vec::new(),
             damaged,
-            state_len,
+            state_len: snapshot_len + good,
             reserve_len: 0,
             _lock: lock,
         })
@@ -392,28 +490,29 @@ impl ChunkStore {
         &self.dir
     }
 
-    /// The tail checkpoints as last committed.
-    pub fn checkpoints(&self) -> &[SourceCheckpoint] {
-        &self.committed.sources
+    /// The tail checkpoints as last committed (they change only at a commit).
+    pub fn checkpoints(&self) -> &BTreeMap<SourceKey, SourceCheckpoint> {
+        self.state.sources.map()
     }
 
     /// Bytes in chunks on disk (committed or not).
     pub fn total_bytes(&self) -> u64 {
-        self.state.chunks.iter().map(|c| c.len).sum()
+        self.total
     }
 
-    /// Chunks still held (open, sealed or in delivery).
-    pub fn chunks(&self) -> &[ChunkMeta] {
-        &self.state.chunks
+    /// Chunks still held (open, sealed or in delivery), in creation order.
+    pub fn chunks(&self) -> impl ExactSizeIterator<Item = &ChunkMeta> {
+        self.state.chunks.map().values()
+    }
+
+    /// One chunk still held.
+    pub fn chunk(&self, seq: u64) -> Option<&ChunkMeta> {
+        self.state.chunks.get(&seq)
     }
 
     /// The file of a chunk.
     pub fn chunk_path(&self, seq: u64) -> PathBuf {
         self.chunk_dir.join(format!("{seq}.chunk"))
-    }
-
-    fn index_of(&self, seq: u64) -> Option<usize> {
-        self.state.chunks.iter().position(|c| c.seq == seq)
     }
 
     fn timekey_of(&self, now_ms: i64) -> i64 {
@@ -422,9 +521,15 @@ impl ChunkStore {
     }
 
     /// The open chunk for (output, tag) in the current time key, opened if there is none.
+    /// The key of the open-chunk map: the tag only where the output keeps tags apart.
+    fn open_key(&self, output: usize, tag: &str, timekey: i64) -> (usize, String, i64) {
+        let by_tag = self.outputs.get(output).is_none_or(|o| o.by_tag);
+        (output, if by_tag { tag.to_string() } else { String::new() }, timekey)
+    }
+
     fn open_chunk(&mut self, output: usize, tag: &str, now_ms: i64) -> Result<u64, BufferError> {
         let timekey = self.timekey_of(now_ms);
-        let map_key = (output, tag.to_string(), timekey);
+        let map_key = self.open_key(output, tag, timekey);
         if let Some(&seq) = self.open.get(&map_key) {
             return Ok(seq);
         }
@@ -446,24 +551,20 @@ impl ChunkStore {
         let mut alternatives = None;
         let key = if ok.template.has_index() {
             let prefix = ok.template.prefix(&values);
-            let counter = match self
-                .state
-                .indices
-                .iter_mut()
-                .find(|c| c.output == ok.name && c.prefix == prefix)
-            {
-                Some(c) => c,
-                None => {
-                    self.state.indices.push(IndexCounter {
+            let ikey = (ok.name.clone(), prefix);
+            if self.state.indices.get(&ikey).is_none() {
+                self.state.indices.insert(
+                    ikey.clone(),
+                    IndexCounter {
                         output: ok.name.clone(),
-                        prefix,
+                        prefix: ikey.1.clone(),
                         next: ok.index_start,
                         timekey,
                         timed,
-                    });
-                    self.state.indices.last_mut().expect("just pushed")
-                }
-            };
+                    },
+                );
+            }
+            let counter = self.state.indices.get_mut(&ikey).expect("just added");
             let index = counter.next;
             counter.next += 1;
             counter.timekey = counter.timekey.max(timekey);
@@ -481,42 +582,50 @@ impl ChunkStore {
             .open(&path)
             .map_err(|source| BufferError::Write { path, source })?;
         self.state.next_seq += 1;
-        self.state.chunks.push(ChunkMeta {
+        self.state.chunks.insert(
             seq,
-            output: ok.name.clone(),
-            tag: tag.to_string(),
-            timekey,
-            key,
-            len: 0,
-            created_ms: now_ms,
-            last_write_ms: now_ms,
-            sealed: false,
-            delete_after: Vec::new(),
-            no_replace: true,
-            alternatives,
-        });
+            ChunkMeta {
+                seq,
+                output: ok.name.clone(),
+                tag: tag.to_string(),
+                timekey,
+                key,
+                len: 0,
+                created_ms: now_ms,
+                last_write_ms: now_ms,
+                sealed: false,
+                delete_after: Vec::new(),
+                no_replace: true,
+                alternatives,
+            },
+        );
         self.handles.insert(seq, file);
         self.open.insert(map_key, seq);
         Ok(seq)
     }
 
     fn write_to(&mut self, seq: u64, bytes: &[u8], now_ms: i64) -> Result<(), BufferError> {
-        let i = self.index_of(seq).expect("open chunk has metadata");
-        let path = self.chunk_path(seq);
+        // Noted as changed before the write: a write that fails part-way leaves bytes that a
+        // rollback must cut off.
+        let c = self.state.chunks.get_mut(&seq).expect("open chunk has metadata");
         let f = self.handles.get_mut(&seq).expect("open chunk has a handle");
-        f.write_all(bytes)
-            .map_err(|source| BufferError::Write { path, source })?;
+        if let Err(source) = f.write_all(bytes) {
+            return Err(BufferError::Write {
+                path: self.chunk_dir.join(format!("{seq}.chunk")),
+                source,
+            });
+        }
         crate::crashpoint::hit("chunk-written");
-        let c = &mut self.state.chunks[i];
         c.len += bytes.len() as u64;
         c.last_write_ms = now_ms;
+        self.total += bytes.len() as u64;
         self.dirty.insert(seq);
         Ok(())
     }
 
     fn room(&self, seq: u64) -> u64 {
-        let i = self.index_of(seq).expect("chunk exists");
-        self.limits.chunk_limit.saturating_sub(self.state.chunks[i].len)
+        let len = self.state.chunks.get(&seq).expect("chunk exists").len;
+        self.limits.chunk_limit.saturating_sub(len)
     }
 
     /// Appends `piece` (whole records or lines, or any bytes with [`Cut::Anywhere`]) to the
@@ -542,7 +651,7 @@ impl ChunkStore {
                 }
                 return Ok(());
             }
-            let empty = self.state.chunks[self.index_of(seq).expect("exists")].len == 0;
+            let empty = self.state.chunks.get(&seq).expect("exists").len == 0;
             let line_end = || memchr::memrchr(b'\n', &rest[..room]).map_or(0, |i| i + 1);
             let cut = match cut {
                 Cut::Anywhere => room,
@@ -589,14 +698,13 @@ impl ChunkStore {
 
     /// Seals one chunk: it takes no more data and will be dispatched after the next commit.
     fn seal(&mut self, seq: u64) {
-        let Some(i) = self.index_of(seq) else { return };
-        let c = &mut self.state.chunks[i];
-        if c.sealed {
+        if self.state.chunks.get(&seq).is_none_or(|c| c.sealed) {
             return;
         }
+        let c = self.state.chunks.get_mut(&seq).expect("exists");
         c.sealed = true;
         let (output, tag, timekey) = (c.output.clone(), c.tag.clone(), c.timekey);
-        let key = (self.outputs_index(&output), tag, timekey);
+        let key = self.open_key(self.outputs_index(&output), &tag, timekey);
         self.open.remove(&key);
         self.newly_sealed.push(seq);
     }
@@ -608,12 +716,15 @@ impl ChunkStore {
     /// Seals the open chunks that `is_due(chunk)` says are ready; returns how many.
     pub fn seal_where(&mut self, mut is_due: impl FnMut(&ChunkMeta) -> bool) -> usize {
         let due: Vec<u64> = self
-            .state
-            .chunks
-            .iter()
+            .open
+            .values()
+            .filter_map(|seq| self.state.chunks.get(seq))
             .filter(|c| !c.sealed && c.len > 0 && is_due(c))
             .map(|c| c.seq)
             .collect();
+        // Sealed (and so delivered) in the order they were opened.
+        let mut due = due;
+        due.sort_unstable();
         for &seq in &due {
             self.seal(seq);
         }
@@ -622,18 +733,18 @@ impl ChunkStore {
 
     /// The open chunks (for computing when the next one is due).
     pub fn open_chunks(&self) -> impl Iterator<Item = &ChunkMeta> {
-        self.state.chunks.iter().filter(|c| !c.sealed)
+        self.open.values().filter_map(|seq| self.state.chunks.get(seq))
     }
 
     /// Whether anything changed since the last commit.
     pub fn is_dirty(&self) -> bool {
-        self.state != self.committed || !self.newly_sealed.is_empty()
+        !self.newly_sealed.is_empty() || self.state.is_dirty()
     }
 
-    /// Makes everything appended so far durable together with the given checkpoints, and returns
-    /// the chunks that may now be delivered. On error nothing changed on disk: call
-    /// [`ChunkStore::rollback`].
-    pub fn commit(&mut self, checkpoints: Vec<SourceCheckpoint>, now_ms: i64) -> Result<Vec<SealedChunk>, BufferError> {
+    /// Makes everything appended so far durable together with the checkpoint changes (new or
+    /// moved positions, and files no longer followed), and returns the chunks that may now be
+    /// delivered. On error nothing changed on disk: call [`ChunkStore::rollback`].
+    pub fn commit(&mut self, changes: CheckpointChanges, now_ms: i64) -> Result<Vec<SealedChunk>, BufferError> {
         if self.limits.fsync {
             for &seq in &self.dirty {
                 if let Some(f) = self.handles.get(&seq) {
@@ -644,27 +755,50 @@ impl ChunkStore {
                 }
             }
         }
-        self.state.sources = checkpoints;
-        let horizon = self.timekey_of(now_ms) - TIMED_COUNTER_TTL_SECS;
-        self.state.indices.retain(|c| !c.timed || c.timekey >= horizon);
-        if self.state != self.committed {
-            crate::crashpoint::hit("before-state-write");
-            let bytes = self.state.to_bytes();
-            let state_written = || crate::crashpoint::hit("state-temp-written");
-            let mut written = write_atomic_hooked(&self.state_path, &bytes, self.limits.fsync, &state_written);
-            if written.as_ref().is_err_and(|e| e.raw_os_error() == Some(libc::ENOSPC))
-                && fs::remove_file(self.reserve_path()).is_ok()
-            {
-                // The disk is full of chunks, some of them delivered: only a state write lets
-                // their files go. The reserve makes room for that one write.
-                written = write_atomic_hooked(&self.state_path, &bytes, self.limits.fsync, &state_written);
+        match changes {
+            CheckpointChanges::All(all) => {
+                // Every checkpoint: the ones not among them are dropped.
+                let keep: HashSet<SourceKey> = all.iter().map(source_key).collect();
+                let stale: Vec<SourceKey> = self
+                    .state
+                    .sources
+                    .map()
+                    .keys()
+                    .filter(|k| !keep.contains(*k))
+                    .cloned()
+                    .collect();
+                for k in &stale {
+                    self.state.sources.remove(k);
+                }
+                for c in all {
+                    self.state.sources.insert(source_key(&c), c);
+                }
             }
-            written.map_err(|source| BufferError::Write {
-                path: self.state_path.clone(),
-                source,
-            })?;
-            self.state_len = bytes.len() as u64;
-            self.committed = self.state.clone();
+            CheckpointChanges::Some { set, removed } => {
+                for k in &removed {
+                    self.state.sources.remove(k);
+                }
+                for c in set {
+                    self.state.sources.insert(source_key(&c), c);
+                }
+            }
+        }
+        let horizon = self.timekey_of(now_ms) - TIMED_COUNTER_TTL_SECS;
+        let expired: Vec<journal::IndexKey> = self
+            .state
+            .indices
+            .map()
+            .iter()
+            .filter(|(_, c)| c.timed && c.timekey < horizon)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &expired {
+            self.state.indices.remove(k);
+        }
+        if self.state.is_dirty() {
+            crate::crashpoint::hit("before-state-write");
+            self.write_state()?;
+            self.state.settle();
             crate::crashpoint::hit("after-state-write");
         }
         self.dirty.clear();
@@ -677,7 +811,7 @@ impl ChunkStore {
         let mut out = Vec::new();
         for seq in std::mem::take(&mut self.newly_sealed) {
             self.handles.remove(&seq);
-            if let Some(c) = self.state.chunks.iter().find(|c| c.seq == seq) {
+            if let Some(c) = self.state.chunks.get(&seq) {
                 out.push(SealedChunk {
                     seq,
                     output: self.outputs_index(&c.output),
@@ -696,53 +830,111 @@ impl ChunkStore {
         Ok(out)
     }
 
+    /// Writes what changed: one journal record, or a new snapshot when there is none yet or
+    /// the journal has grown past the snapshot's size. On a full disk the reserve is given up
+    /// for this one write.
+    fn write_state(&mut self) -> Result<(), BufferError> {
+        let compact =
+            !self.have_snapshot || self.journal.broken || self.journal.len >= self.snapshot_len.max(COMPACT_MIN_BYTES);
+        if compact {
+            let generation = self.state.generation + 1;
+            let bytes = self.state.snapshot_bytes(generation);
+            let state_written = || crate::crashpoint::hit("state-temp-written");
+            let mut written = write_atomic_hooked(&self.state_path, &bytes, self.limits.fsync, &state_written);
+            if written.as_ref().is_err_and(|e| e.raw_os_error() == Some(libc::ENOSPC))
+                && fs::remove_file(self.reserve_path()).is_ok()
+            {
+                // The disk is full of chunks, some of them delivered: only a state write lets
+                // their files go. The reserve makes room for that one write.
+                written = write_atomic_hooked(&self.state_path, &bytes, self.limits.fsync, &state_written);
+            }
+            written.map_err(|source| BufferError::Write {
+                path: self.state_path.clone(),
+                source,
+            })?;
+            self.state.generation = generation;
+            self.have_snapshot = true;
+            self.snapshot_len = bytes.len() as u64;
+            // The records left in the journal belong to the previous generation: ignored from
+            // now on, and emptied here (a failure only means the next snapshot comes sooner).
+            self.journal.broken = self.journal.cut(0).is_err();
+        } else {
+            let record = self.state.delta_record();
+            let halfway = || crate::crashpoint::hit("journal-record-half-written");
+            let mut written = self.journal.append(&record, self.limits.fsync, &halfway);
+            if written.as_ref().is_err_and(|e| e.raw_os_error() == Some(libc::ENOSPC))
+                && !self.journal.broken
+                && fs::remove_file(self.reserve_path()).is_ok()
+            {
+                written = self.journal.append(&record, self.limits.fsync, &halfway);
+            }
+            written.map_err(|source| BufferError::Write {
+                path: self.dir.join("state.journal"),
+                source,
+            })?;
+        }
+        self.state_len = self.snapshot_len + self.journal.len;
+        Ok(())
+    }
+
     /// Undoes everything since the last commit: chunk files go back to their committed length,
     /// chunks opened since are removed. The caller rewinds its read positions to the committed
     /// checkpoints.
     pub fn rollback(&mut self) {
-        for c in &self.state.chunks {
-            let path = self.chunk_path(c.seq);
-            match self.committed.chunks.iter().find(|k| k.seq == c.seq) {
-                Some(k) => {
-                    // Always cut back, even when the recorded length did not move: a write that
-                    // failed part-way (a full disk) left bytes that no length counts.
-                    if (!k.sealed || k.len != c.len)
-                        && let Ok(f) = OpenOptions::new().write(true).open(&path)
-                    {
+        for (seq, live, committed) in self.state.undo() {
+            let path = self.chunk_path(seq);
+            match (live, committed) {
+                (_, Some(k)) => {
+                    // Always cut back an open chunk, even when its recorded length did not
+                    // move: a write that failed part-way (a full disk) left bytes that no
+                    // length counts.
+                    if let Ok(f) = OpenOptions::new().write(true).open(&path) {
                         let _ = f.set_len(k.len);
                     }
                 }
-                None => {
+                (Some(_), None) => {
                     let _ = fs::remove_file(&path);
                 }
+                (None, None) => {}
             }
         }
         // Delivered chunks stay delivered: keep them out of the restored state.
-        let gone: HashSet<u64> = self.to_delete.iter().copied().collect();
-        self.state = self.committed.clone();
-        self.state.chunks.retain(|c| !gone.contains(&c.seq));
+        for seq in &self.to_delete {
+            self.state.chunks.remove(seq);
+        }
         self.open.clear();
         self.handles.clear();
         self.dirty.clear();
         // Chunks sealed since the commit are open again; seal them (they stay with their keys).
-        let mut resealed = Vec::new();
-        for c in &mut self.state.chunks {
-            if !c.sealed {
+        let reopened: Vec<u64> = self
+            .state
+            .chunks
+            .map()
+            .values()
+            .filter(|c| !c.sealed)
+            .map(|c| c.seq)
+            .collect();
+        for &seq in &reopened {
+            if let Some(c) = self.state.chunks.get_mut(&seq) {
                 c.sealed = true;
-                resealed.push(c.seq);
             }
         }
-        self.newly_sealed
-            .retain(|s| self.state.chunks.iter().any(|c| c.seq == *s));
-        self.newly_sealed.extend(resealed);
+        self.newly_sealed.retain(|s| self.state.chunks.get(s).is_some());
+        self.newly_sealed.extend(reopened);
+        self.total = self.state.chunks.map().values().map(|c| c.len).sum();
     }
 
     /// Forgets a chunk that was delivered (or written to the secondary directory). The chunk file
     /// is deleted after the next commit.
     pub fn remove(&mut self, seq: u64) {
-        self.state.chunks.retain(|c| c.seq != seq);
+        if let Some(c) = self.state.chunks.remove(&seq) {
+            self.total -= c.len;
+            if !c.sealed {
+                let key = self.open_key(self.outputs_index(&c.output), &c.tag, c.timekey);
+                self.open.remove(&key);
+            }
+        }
         self.handles.remove(&seq);
-        self.open.retain(|_, s| *s != seq);
         self.dirty.remove(&seq);
         self.to_delete.push(seq);
     }
@@ -772,20 +964,24 @@ impl ChunkStore {
             .open(&path)
             .map_err(|e| werr(&path, e))?;
         self.state.next_seq += 1;
-        self.state.chunks.push(ChunkMeta {
+        let timekey = self.timekey_of(now_ms);
+        self.state.chunks.insert(
             seq,
-            output: self.outputs[output].name.clone(),
-            tag: tag.to_string(),
-            timekey: self.timekey_of(now_ms),
-            key,
-            len: 0,
-            created_ms: now_ms,
-            last_write_ms: now_ms,
-            sealed: true,
-            delete_after,
-            no_replace: false,
-            alternatives: None,
-        });
+            ChunkMeta {
+                seq,
+                output: self.outputs[output].name.clone(),
+                tag: tag.to_string(),
+                timekey,
+                key,
+                len: 0,
+                created_ms: now_ms,
+                last_write_ms: now_ms,
+                sealed: true,
+                delete_after,
+                no_replace: false,
+                alternatives: None,
+            },
+        );
         let mut len = 0u64;
         file.write_all(content).map_err(|e| werr(&path, e))?;
         len += content.len() as u64;
@@ -796,8 +992,8 @@ impl ChunkStore {
             })?;
             len += copied;
         }
-        let i = self.index_of(seq).expect("just added");
-        self.state.chunks[i].len = len;
+        self.state.chunks.get_mut(&seq).expect("just added").len = len;
+        self.total += len;
         self.handles.insert(seq, file);
         self.dirty.insert(seq);
         self.newly_sealed.push(seq);
@@ -807,14 +1003,24 @@ impl ChunkStore {
     /// Seals the open chunks of `tag` for `output` now, so what is added next is delivered after
     /// them.
     pub fn seal_tag(&mut self, output: usize, tag: &str) {
-        let name = self.outputs[output].name.clone();
-        self.seal_where(|c| c.output == name && c.tag == tag);
+        let mut seqs: Vec<u64> = self
+            .open
+            .iter()
+            .filter(|((o, _, _), seq)| *o == output && self.state.chunks.get(seq).is_some_and(|c| c.tag == tag))
+            .map(|(_, seq)| *seq)
+            .collect();
+        seqs.sort_unstable();
+        for seq in seqs {
+            if self.state.chunks.get(&seq).is_some_and(|c| c.len > 0) {
+                self.seal(seq);
+            }
+        }
     }
 
     /// Whether a marker with this key was already queued for `output` (now or in an earlier run).
     pub fn marker_queued(&self, output: usize, key: &str) -> bool {
-        let name = &self.outputs[output].name;
-        self.state.markers.iter().any(|m| &m.output == name && m.key == key)
+        let name = self.outputs[output].name.clone();
+        self.state.markers.get(&(name, key.to_string())).is_some()
     }
 
     /// Queues an empty-or-small marker object (`content`) for `output`, once: a marker already
@@ -831,10 +1037,14 @@ impl ChunkStore {
         if self.marker_queued(output, &key) {
             return Ok(false);
         }
-        self.state.markers.push(MarkerRecord {
-            output: self.outputs[output].name.clone(),
-            key: key.clone(),
-        });
+        let name = self.outputs[output].name.clone();
+        self.state.markers.insert(
+            (name.clone(), key.clone()),
+            MarkerRecord {
+                output: name,
+                key: key.clone(),
+            },
+        );
         self.add_whole(output, tag, key, content, None, delete_after, now_ms)?;
         Ok(true)
     }
@@ -842,7 +1052,11 @@ impl ChunkStore {
     /// Whether a chunk with this key is waiting for delivery to `output`.
     pub fn has_pending_key(&self, output: usize, key: &str) -> bool {
         let name = &self.outputs[output].name;
-        self.state.chunks.iter().any(|c| &c.output == name && c.key == key)
+        self.state
+            .chunks
+            .map()
+            .values()
+            .any(|c| &c.output == name && c.key == key)
     }
 
     /// The `%{path}` of an output (the prefix that Spark's own file names go under).
@@ -873,6 +1087,7 @@ mod tests {
             time_slice_format: "%Y".into(),
             file_extension: "txt".into(),
             index_start: 1,
+            by_tag: true,
             destination: "file:///out".into(),
         };
         let limits = ChunkLimits {
@@ -888,7 +1103,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mut s = store(d.path(), 10);
         s.append(0, "t", Cut::LineEnd, b"aaaa\nbbbb\ncccc\n", 1_000).unwrap();
-        let sealed = s.commit(vec![], 1_000).unwrap();
+        let sealed = s.commit(CheckpointChanges::none(), 1_000).unwrap();
         assert_eq!(sealed.len(), 1);
         assert_eq!(fs::read(&sealed[0].path).unwrap(), b"aaaa\nbbbb\n");
         assert_eq!(sealed[0].key, "t/1");
@@ -913,7 +1128,7 @@ mod tests {
         {
             let mut s = store(d.path(), 1000);
             s.append(0, "t", Cut::LineEnd, b"committed\n", 1_000).unwrap();
-            s.commit(vec![], 1_000).unwrap();
+            s.commit(CheckpointChanges::none(), 1_000).unwrap();
             s.append(0, "t", Cut::LineEnd, b"lost\n", 1_000).unwrap();
             s.append(0, "u", Cut::LineEnd, b"other\n", 1_000).unwrap();
             s.rollback();
@@ -924,13 +1139,142 @@ mod tests {
             // Dropped without commit: as if killed.
         }
         let mut s = store(d.path(), 1000);
-        let sealed = s.commit(vec![], 2_000).unwrap();
+        let sealed = s.commit(CheckpointChanges::none(), 2_000).unwrap();
         assert_eq!(sealed.len(), 1, "the recovered chunk is sealed and dispatched");
         assert_eq!(fs::read(&sealed[0].path).unwrap(), b"committed\n");
         assert_eq!(sealed[0].key, "t/1");
         // The index counter was persisted: the next chunk gets 2, never 1 again.
         s.append(0, "t", Cut::LineEnd, b"next\n", 3_000).unwrap();
         assert_eq!(s.open_chunks().next().unwrap().key, "t/2");
+    }
+
+    fn checkpoint(ino: u64, pos: u64) -> SourceCheckpoint {
+        SourceCheckpoint {
+            id: crate::fsutil::FileId { dev: 1, ino },
+            fp_len: 0,
+            fp: 0,
+            pos,
+            path: format!("/var/log/pods/ns_pod-{ino}_uid/c/0.log").into(),
+            tag: format!("pod-{ino}"),
+            source: "pods".into(),
+        }
+    }
+
+    fn journal_len(dir: &Path) -> u64 {
+        fs::metadata(dir.join("state.journal")).unwrap().len()
+    }
+
+    /// With thousands of files followed, a commit that moves one position writes a record of
+    /// about one checkpoint, not the whole state; and a restart sees exactly what was committed.
+    #[test]
+    fn a_commit_writes_what_changed_and_a_restart_reads_it_back() {
+        let d = tempfile::tempdir().unwrap();
+        let all: Vec<SourceCheckpoint> = (0..5000).map(|i| checkpoint(i, 100)).collect();
+        {
+            let mut s = store(d.path(), 1000);
+            s.commit(CheckpointChanges::All(all.clone()), 1_000).unwrap();
+            let snapshot = fs::metadata(d.path().join("state.json")).unwrap().len();
+            assert!(
+                snapshot > 500_000,
+                "the snapshot holds every checkpoint ({snapshot} bytes)"
+            );
+            assert_eq!(journal_len(d.path()), 0);
+            for round in 1..=50u64 {
+                let before = journal_len(d.path());
+                s.append(0, "pod-7", Cut::LineEnd, b"line\n", 1_000).unwrap();
+                let moved = CheckpointChanges::Some {
+                    set: vec![checkpoint(7, 100 + 5 * round)],
+                    removed: if round == 50 {
+                        vec![source_key(&checkpoint(9, 100))]
+                    } else {
+                        vec![]
+                    },
+                };
+                s.commit(moved, 1_000).unwrap();
+                let record = journal_len(d.path()) - before;
+                assert!(
+                    record < 1024,
+                    "round {round}: a record of {record} bytes for one checkpoint"
+                );
+            }
+            // Nothing changed: nothing written.
+            let before = journal_len(d.path());
+            s.commit(CheckpointChanges::none(), 1_000).unwrap();
+            assert_eq!(journal_len(d.path()), before);
+        }
+        let s = store(d.path(), 1000);
+        let cps = s.checkpoints();
+        assert_eq!(cps.len(), 4999);
+        assert_eq!(cps[&source_key(&checkpoint(7, 0))].pos, 350);
+        assert_eq!(cps[&source_key(&checkpoint(8, 0))].pos, 100);
+        assert!(!cps.contains_key(&source_key(&checkpoint(9, 100))));
+        let chunk = s.chunks().next().unwrap();
+        assert_eq!(fs::read(s.chunk_path(chunk.seq)).unwrap(), b"line\n".repeat(50));
+    }
+
+    /// A journal that outgrows the snapshot is folded into a new snapshot; records left from
+    /// before it (a crash between the snapshot's rename and the journal's truncation) are not
+    /// applied again, and a torn record at the end is cut off.
+    #[test]
+    fn the_journal_is_folded_into_a_snapshot_and_old_or_torn_records_are_ignored() {
+        let d = tempfile::tempdir().unwrap();
+        let (old_journal, positions) = {
+            let mut s = store(d.path(), 1 << 20);
+            s.commit(CheckpointChanges::All(vec![checkpoint(1, 0)]), 1_000).unwrap();
+            let mut old_journal = Vec::new();
+            let mut snapshots = 0;
+            let mut last_len = 0;
+            for round in 1..=2000u64 {
+                s.append(0, "pod-1", Cut::LineEnd, b"x\n", 1_000).unwrap();
+                let moved = CheckpointChanges::Some {
+                    set: vec![checkpoint(1, 2 * round)],
+                    removed: vec![],
+                };
+                s.commit(moved, 1_000).unwrap();
+                let len = journal_len(d.path());
+                if len < last_len {
+                    snapshots += 1;
+                    if old_journal.is_empty() {
+                        // Keep the first generation's records, to put back later.
+                        old_journal = fs::read(d.path().join("state.journal.old")).unwrap_or_default();
+                    }
+                }
+                if snapshots == 0 {
+                    fs::copy(d.path().join("state.journal"), d.path().join("state.journal.old")).unwrap();
+                }
+                last_len = len;
+            }
+            assert!(snapshots >= 2, "the journal was folded {snapshots} times");
+            assert!(last_len < COMPACT_MIN_BYTES + 1024);
+            (old_journal, 4000)
+        };
+        assert!(!old_journal.is_empty());
+        let current = fs::read(d.path().join("state.journal")).unwrap();
+        // The current records with a torn record after them: all current ones apply.
+        let mut torn = current.clone();
+        torn.extend_from_slice(&current[..current.len().min(20)]);
+        fs::write(d.path().join("state.journal"), &torn).unwrap();
+        let s = store(d.path(), 1 << 20);
+        assert_eq!(s.checkpoints()[&source_key(&checkpoint(1, 0))].pos, positions);
+        assert_eq!(
+            journal_len(d.path()),
+            current.len() as u64,
+            "the torn record was cut off"
+        );
+        let chunk = s.chunks().next().unwrap();
+        assert_eq!(fs::read(s.chunk_path(chunk.seq)).unwrap(), b"x\n".repeat(2000));
+        drop(s);
+        // A crash between the snapshot's rename and the journal's truncation: the journal
+        // still holds the previous generation's records. They must not be applied.
+        fs::write(d.path().join("state.journal"), &old_journal).unwrap();
+        let snapshot = StateFile::load(&d.path().join("state.json")).unwrap();
+        let s = store(d.path(), 1 << 20);
+        assert_eq!(
+            s.checkpoints()[&source_key(&checkpoint(1, 0))].pos,
+            snapshot.sources[0].pos,
+            "only the snapshot counts"
+        );
+        assert_eq!(journal_len(d.path()), 0);
     }
 
     #[test]
@@ -944,6 +1288,7 @@ mod tests {
             time_slice_format: "%Y".into(),
             file_extension: String::new(),
             index_start: 0,
+            by_tag: true,
             destination: "file:///out".into(),
         };
         let limits = ChunkLimits {

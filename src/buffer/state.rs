@@ -1,9 +1,11 @@
-//! The buffer's on-disk state file (`state.json`), versioned.
+//! The buffer's on-disk state: a snapshot (`state.json`, versioned) and the records of the commits
+//! since it (`state.journal`, see [`super::journal`]).
 //!
-//! One file holds the chunk metadata, the tail checkpoints and the `%{index}` counters, and it is
-//! replaced atomically at each commit. Keeping them in one file is deliberate: a chunk's committed
-//! length and the read position that produced it can never disagree after a crash, so a restart
-//! neither loses nor repeats a byte (see `docs/design.md`, "One state file").
+//! The snapshot holds the chunk metadata, the tail checkpoints and the `%{index}` counters; a
+//! journal record holds what one commit changed in them. Keeping them together is deliberate: a
+//! chunk's committed length and the read position that produced it are written in one atomic
+//! step (one rename, or one checksummed record), so they never disagree after a crash and a
+//! restart neither loses nor repeats a byte (see `docs/design.md`, "One state").
 
 use std::path::{Path, PathBuf};
 
@@ -12,13 +14,28 @@ use serde::{Deserialize, Serialize};
 use crate::fsutil::FileId;
 
 /// The format version written by this build. A newer version on disk is refused, not guessed at.
-pub const STATE_VERSION: u32 = 1;
+/// Version 2 added the journal (`generation`); a version-1 snapshot is read as generation 0 with
+/// no journal. A version-1 logship refuses a version-2 state rather than ignore its journal.
+pub const STATE_VERSION: u32 = 2;
+
+/// Which checkpoint: the source (config name), the file's device and inode, and its tag (a
+/// Spark event-log source may follow a file and mirror another with the same identity).
+pub type SourceKey = (String, FileId, String);
+
+/// The key of checkpoint `c`.
+pub fn source_key(c: &SourceCheckpoint) -> SourceKey {
+    (c.source.clone(), c.id, c.tag.clone())
+}
 
 /// Everything the buffer must remember across a restart.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StateFile {
     /// Format version ([`STATE_VERSION`]).
     pub version: u32,
+    /// Which snapshot this is: journal records name the generation they follow, so records left
+    /// from before a newer snapshot are never applied to it.
+    #[serde(default)]
+    pub generation: u64,
     /// The sequence number the next chunk gets; never reused.
     pub next_seq: u64,
     /// Read positions of the files being tailed.
@@ -193,7 +210,7 @@ impl StateFile {
             path: path.to_path_buf(),
             source,
         })?;
-        if v.version != STATE_VERSION {
+        if v.version > STATE_VERSION || v.version == 0 {
             return Err(StateError::Version {
                 path: path.to_path_buf(),
                 found: v.version,
@@ -203,11 +220,6 @@ impl StateFile {
             path: path.to_path_buf(),
             source,
         })
-    }
-
-    /// The JSON written to disk.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("state serializes")
     }
 }
 
@@ -231,8 +243,21 @@ mod tests {
             tag: "a".into(),
             source: "s".into(),
         });
-        std::fs::write(&p, s.to_bytes()).unwrap();
+        std::fs::write(&p, serde_json::to_vec(&s).unwrap()).unwrap();
         assert_eq!(StateFile::load(&p).unwrap(), s);
+    }
+
+    #[test]
+    fn a_version_1_snapshot_is_read_as_generation_0() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.json");
+        std::fs::write(
+            &p,
+            br#"{"version":1,"next_seq":4,"sources":[],"chunks":[],"indices":[]}"#,
+        )
+        .unwrap();
+        let s = StateFile::load(&p).unwrap();
+        assert_eq!((s.version, s.generation, s.next_seq), (1, 0, 4));
     }
 
     #[test]

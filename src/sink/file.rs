@@ -47,26 +47,30 @@ impl FileSink {
     /// replaces a file it did not write: when its key holds other bytes (another run, another
     /// file of the same name), the next free index is taken, as fluent-plugin-s3 does.
     pub async fn deliver(&self, chunk: &SealedChunk) -> Result<(), DeliveryError> {
-        let keys: Vec<PathBuf> = if chunk.no_replace {
-            chunk
-                .candidate_keys()
-                .map(|k| self.destination(&k))
-                .collect::<Result<_, _>>()?
-        } else {
-            vec![self.destination(&chunk.key)?]
-        };
-        let (src, expected, no_replace) = (chunk.path.clone(), chunk.len, chunk.no_replace);
+        // The first key is checked here (a bad key fails before any work); the others (the
+        // index moved on) are made one at a time, only when the ones before are taken.
+        self.destination(&chunk.key)?;
+        let sink = self.clone();
+        let chunk = chunk.clone();
         tokio::task::spawn_blocking(move || {
-            for dest in &keys {
-                match copy_atomic(&src, dest, expected, no_replace)? {
+            let keys: Box<dyn Iterator<Item = String>> = if chunk.no_replace {
+                Box::new(chunk.candidate_keys())
+            } else {
+                Box::new(std::iter::once(chunk.key.clone()))
+            };
+            let mut last = None;
+            for key in keys {
+                let dest = sink.destination(&key)?;
+                match copy_atomic(&chunk.path, &dest, chunk.len, chunk.no_replace)? {
                     Placed::Done => return Ok(()),
                     Placed::Taken => {
                         tracing::warn!(file = %dest.display(), "a file that this chunk did not write is at its key; trying the next index")
                     }
                 }
+                last = Some(dest);
             }
             Err(super::every_key_taken(
-                &keys.last().map(|k| k.display().to_string()).unwrap_or_default(),
+                &last.map(|k| k.display().to_string()).unwrap_or_default(),
             ))
         })
         .await

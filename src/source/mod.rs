@@ -4,10 +4,12 @@
 pub mod eventlog;
 pub mod tail;
 
+use std::cell::Cell;
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::buffer::{ChunkStore, SourceCheckpoint};
+use crate::buffer::{Checkpoints, ChunkStore, SourceCheckpoint, SourceKey};
 use crate::config::{SourceConfig, SourceKind};
 use eventlog::EventLogSource;
 use tail::{TailError, TailSource, TailStats};
@@ -36,9 +38,11 @@ pub trait Source: Send {
     fn poll_interval(&self) -> Duration;
 
     /// Looks for new files, resuming known ones from `checkpoints`.
-    fn scan(&mut self, checkpoints: &[SourceCheckpoint], now: Instant);
+    fn scan(&mut self, checkpoints: &Checkpoints, now: Instant);
 
     /// Reads new data into `store`, up to `budget` bytes; returns the bytes read. `drain`: read to the drain point, unterminated last lines included.
+    /// With `targets`, only the followed files at those paths are looked at (the files that
+    /// file-system events named), and each one found is counted in `targets.matched`.
     fn read(
         &mut self,
         store: &mut ChunkStore,
@@ -46,10 +50,16 @@ pub trait Source: Send {
         drain: bool,
         now: Instant,
         now_ms: i64,
+        targets: Option<&Targets>,
     ) -> Result<u64, TailError>;
 
-    /// Read positions to commit with the chunks (not yet committed).
+    /// Every read position it holds (for the first commit of a run, which drops the rest).
     fn checkpoints(&self) -> Vec<SourceCheckpoint>;
+
+    /// The read positions that changed since the last commit, and the files no longer
+    /// followed: what a commit records, so its cost follows what changed, not how many files
+    /// are followed. Reporting one that did not change is harmless.
+    fn checkpoint_changes(&self) -> (Vec<SourceCheckpoint>, Vec<SourceKey>);
 
     /// After a commit: what was read is now durable.
     fn committed(&mut self);
@@ -71,6 +81,17 @@ pub trait Source: Send {
 
     /// Its counters, for the summary.
     fn stats(&self) -> TailStats;
+}
+
+/// The paths file-system events named since the last pass: a pass over them alone costs what
+/// changed, where a pass over every followed file costs a `stat` per file.
+#[derive(Debug, Default)]
+pub struct Targets {
+    /// The paths (as bytes: hashing a `Path` parses its components).
+    pub paths: HashSet<std::ffi::OsString>,
+    /// How many of them a source follows (summed over the sources): fewer than the paths
+    /// means some event named a file under another spelling, and a full pass is needed.
+    pub matched: Cell<usize>,
 }
 
 /// The source described by `config`, feeding the outputs `routes`.

@@ -139,10 +139,13 @@ fn crash_at_each_commit_and_delivery_step_recovers_exactly() {
             .filter(|(_, output)| output.is_none_or(|o| o == "file"))
         {
             // Block writes: 16 MiB per commit / 256 KiB per write = 64 writes in the first batch.
-            let counts: &[u64] = if *point == "chunk-written" {
-                &[1, 40, 70]
-            } else {
-                &[1, 2, 3]
+            let counts: &[u64] = match *point {
+                "chunk-written" => &[1, 40, 70],
+                // Snapshots: the first commit writes one; later commits append journal records
+                // until the journal outgrows the snapshot (unit tests in buffer::tests cover
+                // that compaction), which these small runs never reach.
+                "state-temp-written" => &[1],
+                _ => &[1, 2, 3],
             };
             for &n in counts {
                 let crashes = if *point == "recovery-chunk-cut" {

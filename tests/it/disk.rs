@@ -131,6 +131,7 @@ fn a_buffer_directory_writable_by_others_is_refused_and_nothing_is_written_throu
     fs::set_permissions(&env.buffer, fs::Permissions::from_mode(0o777)).unwrap();
     std::os::unix::fs::symlink(&victim, env.buffer.join(".write-probe")).unwrap();
     std::os::unix::fs::symlink(&victim, env.buffer.join("chunks/0.chunk")).unwrap();
+    std::os::unix::fs::symlink(&victim, env.buffer.join("state.journal")).unwrap();
     let args = env.once_args("app.log", &["--buffer-dir", &env.buffer.display().to_string()]);
     let mut d = Daemon::spawn(&args, env.dir.path());
     let st = d.wait_exit(Duration::from_secs(60));
@@ -139,6 +140,25 @@ fn a_buffer_directory_writable_by_others_is_refused_and_nothing_is_written_throu
     assert!(err.contains("writable by every user"), "{err}");
     assert_eq!(fs::read(&victim).unwrap(), b"root's file\n");
     assert!(!env.out.exists());
+}
+
+/// A link where the state journal goes, in a buffer directory that is ours: never written
+/// through; the run stops with the path named, and the file it points to is untouched.
+#[test]
+fn a_link_at_the_state_journal_is_not_followed() {
+    let env = Env::new();
+    fs::write(env.path("app.log"), b"secret line\n").unwrap();
+    let victim = env.dir.path().join("victim");
+    fs::write(&victim, b"someone's file\n").unwrap();
+    fs::create_dir_all(&env.buffer).unwrap();
+    std::os::unix::fs::symlink(&victim, env.buffer.join("state.journal")).unwrap();
+    let args = env.once_args("app.log", &["--buffer-dir", &env.buffer.display().to_string()]);
+    let mut d = Daemon::spawn(&args, env.dir.path());
+    let st = d.wait_exit(Duration::from_secs(60));
+    let err = d.stderr();
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(err.contains("state.journal"), "{err}");
+    assert_eq!(fs::read(&victim).unwrap(), b"someone's file\n");
 }
 
 #[test]
@@ -186,6 +206,7 @@ fn buffer_files_are_private() {
     assert_eq!(mode(&env.buffer), 0o700);
     assert_eq!(mode(&env.buffer.join("chunks")), 0o700);
     assert_eq!(mode(&env.buffer.join("state.json")), 0o600);
+    assert_eq!(mode(&env.buffer.join("state.journal")), 0o600);
     for e in fs::read_dir(env.buffer.join("chunks")).unwrap().flatten() {
         assert_eq!(mode(&e.path()), 0o600, "{}", e.path().display());
     }

@@ -382,3 +382,89 @@ fn a_file_renamed_while_logship_was_down_has_its_unread_tail_read() {
     assert_eq!(got_lines.len(), want.len(), "no line lost or repeated");
     assert!(got_lines == want);
 }
+
+/// All delivered lines under `out` (files being written, dot-named, are not counted yet).
+fn delivered_lines(out: &std::path::Path) -> Vec<Vec<u8>> {
+    let mut v = Vec::new();
+    let Ok(entries) = fs::read_dir(out) else { return v };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        if let Ok(bytes) = fs::read(e.path()) {
+            v.extend(bytes.split_inclusive(|b| *b == b'\n').map(<[u8]>::to_vec));
+        }
+    }
+    v
+}
+
+/// A node forwarder's case: thousands of files followed, lines appended to a few of them. Every
+/// line arrives exactly once; files share chunks (the key has no `%{tag}`), so the backfill makes
+/// a few objects, not one per file; and the commits after it write only what moved: the
+/// snapshot, which holds every file's checkpoint, is not rewritten, and the journal grows by far
+/// less than one snapshot.
+#[test]
+fn thousands_of_followed_files_share_chunks_and_commits_write_only_what_moved() {
+    use std::os::unix::fs::MetadataExt;
+    const FILES: usize = 2000;
+    let env = Env::new();
+    let path = |i: usize| env.input.join(format!("pods/p{}/c{}.log", i / 10, i % 10));
+    let mut want: Vec<Vec<u8>> = Vec::new();
+    for i in 0..FILES {
+        fs::create_dir_all(path(i).parent().unwrap()).unwrap();
+        let content = lines(&format!("f{i}"), 0, 5);
+        want.extend(content.split_inclusive(|b| *b == b'\n').map(<[u8]>::to_vec));
+        fs::write(path(i), content).unwrap();
+    }
+    let mut args = env.follow_args("pods/*/*.log");
+    args.extend(["--key-format".into(), "%{time_slice}_%{index}.%{file_extension}".into()]);
+    let mut d = Daemon::spawn(&args, env.dir.path());
+    d.wait_until("the backfill is delivered", Duration::from_secs(120), || {
+        delivered_lines(&env.out).len() == want.len()
+    });
+    let objects = fs::read_dir(&env.out).unwrap().count();
+    assert!(
+        objects < 50,
+        "{objects} objects for {FILES} files: chunks were not shared"
+    );
+    let state = env.buffer.join("state.json");
+    let journal = env.buffer.join("state.journal");
+    // The deliveries' commits have settled once nothing is in the chunk directory.
+    d.wait_until("the chunks are gone", Duration::from_secs(60), || {
+        fs::read_dir(env.buffer.join("chunks")).unwrap().count() == 0
+    });
+    let snapshot = fs::metadata(&state).unwrap();
+    assert!(
+        snapshot.len() > (FILES * 100) as u64,
+        "the snapshot holds every checkpoint"
+    );
+    let journal_before = fs::metadata(&journal).unwrap().len();
+    for round in 0..3 {
+        for i in (round..FILES).step_by(100) {
+            let line = lines(&format!("f{i}"), 5 + round, 1);
+            append(&path(i), &line);
+            want.push(line);
+        }
+        d.wait_until("the appended lines are delivered", Duration::from_secs(60), || {
+            delivered_lines(&env.out).len() == want.len()
+        });
+    }
+    let now = fs::metadata(&state).unwrap();
+    assert_eq!(
+        (now.ino(), now.mtime_nsec()),
+        (snapshot.ino(), snapshot.mtime_nsec()),
+        "the snapshot was rewritten"
+    );
+    let grown = fs::metadata(&journal).unwrap().len() - journal_before;
+    assert!(
+        grown < snapshot.len() / 4,
+        "the journal grew by {grown} bytes for 60 lines (snapshot: {} bytes)",
+        snapshot.len()
+    );
+    env.signal_end();
+    ok(d.wait_exit(Duration::from_secs(60)), &d);
+    let mut got = delivered_lines(&env.out);
+    got.sort();
+    want.sort();
+    assert!(got == want, "delivered lines differ from the lines written");
+}

@@ -32,7 +32,7 @@ impl EventLogSource {
         app: &str,
         index: u64,
         compressed: bool,
-        checkpoints: &[SourceCheckpoint],
+        checkpoints: &Checkpoints,
     ) {
         let Ok(file) = File::open(path) else { return };
         let Ok(meta) = file.metadata() else { return };
@@ -46,9 +46,8 @@ impl EventLogSource {
             m.seen = true;
             return;
         }
-        let resume = checkpoints
-            .iter()
-            .find(|c| c.id == id && c.source == self.config.name && c.pos <= meta.len())
+        let resume = checkpoints_of_file(checkpoints, &self.config.name, id)
+            .find(|c| c.pos <= meta.len())
             .map(|c| (c.pos, Some(c.tag.clone())));
         let (uploaded_len, uploaded_rel) = resume.unwrap_or((0, None));
         self.mirrored.push(MirroredFile {

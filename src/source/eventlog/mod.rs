@@ -26,7 +26,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::buffer::{ChunkStore, SourceCheckpoint};
+use crate::buffer::{Checkpoints, ChunkStore, SourceCheckpoint, SourceKey, checkpoints_of_file, source_key};
 use crate::config::{AppStatusMode, EventLogMode, Framing, SourceConfig, SourceKind};
 use crate::fsutil::{FileId, ends_with_newline};
 use crate::source::Source;
@@ -78,6 +78,8 @@ pub struct EventLogSource {
     tail: TailSource,
     apps: BTreeMap<String, App>,
     mirrored: Vec<MirroredFile>,
+    /// The mirrored files' checkpoints as of the last commit (to drop the ones let go).
+    mirrored_committed: Vec<SourceKey>,
     last_scan: Option<Instant>,
     mirror_bytes: u64,
 }
@@ -99,6 +101,24 @@ fn join_key(prefix: &str, rel: &str) -> String {
 }
 
 impl EventLogSource {
+    /// Checkpoints of the mirrored files uploaded so far: the length and name uploaded.
+    fn mirrored_checkpoints(&self) -> Vec<SourceCheckpoint> {
+        self.mirrored
+            .iter()
+            .filter_map(|m| {
+                Some(SourceCheckpoint {
+                    id: m.id,
+                    fp_len: 0,
+                    fp: 0,
+                    pos: m.uploaded_len,
+                    path: m.path.clone(),
+                    tag: m.uploaded_rel.clone()?,
+                    source: self.config.name.clone(),
+                })
+            })
+            .collect()
+    }
+
     /// A source from its config; `routes` are the outputs it feeds.
     pub fn new(config: SourceConfig, routes: Vec<usize>) -> EventLogSource {
         let spark = config.spark.clone().unwrap_or_default();
@@ -132,12 +152,13 @@ impl EventLogSource {
             tail,
             apps: BTreeMap::new(),
             mirrored: Vec::new(),
+            mirrored_committed: Vec::new(),
             last_scan: None,
             mirror_bytes: 0,
         }
     }
 
-    fn scan_rolling(&mut self, dir: &Path, dir_name: &str, app: &str, checkpoints: &[SourceCheckpoint]) {
+    fn scan_rolling(&mut self, dir: &Path, dir_name: &str, app: &str, checkpoints: &Checkpoints) {
         let Ok(entries) = std::fs::read_dir(dir) else { return };
         let mut status = None;
         let mut files = Vec::new();
@@ -220,7 +241,7 @@ impl Source for EventLogSource {
     }
 
     /// Looks for applications and their files.
-    fn scan(&mut self, checkpoints: &[SourceCheckpoint], now: Instant) {
+    fn scan(&mut self, checkpoints: &Checkpoints, now: Instant) {
         self.tail.scan(checkpoints, now);
         self.last_scan = Some(now);
         for m in &mut self.mirrored {
@@ -269,8 +290,9 @@ impl Source for EventLogSource {
         drain: bool,
         now: Instant,
         now_ms: i64,
+        targets: Option<&crate::source::Targets>,
     ) -> Result<u64, TailError> {
-        let mut total = self.tail.read(store, budget, drain, now, now_ms)?;
+        let mut total = self.tail.read(store, budget, drain, now, now_ms, targets)?;
         self.start_markers(store, now_ms)?;
         total += self.snapshots(store, budget.saturating_sub(total), drain, now, now_ms)?;
         self.end_markers(store, now_ms)?;
@@ -280,25 +302,24 @@ impl Source for EventLogSource {
     /// Checkpoints: tailed files' positions and mirrored files' uploaded lengths.
     fn checkpoints(&self) -> Vec<SourceCheckpoint> {
         let mut v: Vec<SourceCheckpoint> = self.tail.checkpoints();
-        for m in &self.mirrored {
-            if let Some(rel) = &m.uploaded_rel {
-                v.push(SourceCheckpoint {
-                    id: m.id,
-                    fp_len: 0,
-                    fp: 0,
-                    pos: m.uploaded_len,
-                    path: m.path.clone(),
-                    tag: rel.clone(),
-                    source: self.config.name.clone(),
-                });
-            }
-        }
+        v.extend(self.mirrored_checkpoints());
         v
+    }
+
+    /// The followed files' changes, and every mirrored file's checkpoint (they are few).
+    fn checkpoint_changes(&self) -> (Vec<SourceCheckpoint>, Vec<SourceKey>) {
+        let (mut set, mut removed) = self.tail.checkpoint_changes();
+        let mirrored = self.mirrored_checkpoints();
+        let now: std::collections::HashSet<SourceKey> = mirrored.iter().map(source_key).collect();
+        removed.extend(self.mirrored_committed.iter().filter(|k| !now.contains(*k)).cloned());
+        set.extend(mirrored);
+        (set, removed)
     }
 
     /// After a commit.
     fn committed(&mut self) {
         self.tail.committed();
+        self.mirrored_committed = self.mirrored_checkpoints().iter().map(source_key).collect();
         for m in &mut self.mirrored {
             m.committed = (m.uploaded_len, m.uploaded_rel.clone());
         }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::identity::{FINGERPRINT_MAX, fingerprint, holds_checkpoint};
 use super::{TailSource, TailedFile};
-use crate::buffer::SourceCheckpoint;
+use crate::buffer::{Checkpoints, SourceCheckpoint, checkpoints_of_file, checkpoints_of_source};
 use crate::config::ReadFrom;
 use crate::fsutil::FileId;
 
@@ -41,11 +41,14 @@ impl TailSource {
     /// Looks for files matching the patterns: new ones are opened (resuming from `checkpoints`
     /// when the fingerprint matches), known ones get their current path, missing ones are marked
     /// gone.
-    pub(super) fn discover(&mut self, checkpoints: &[SourceCheckpoint], now: Instant) {
+    pub(super) fn discover(&mut self, checkpoints: &Checkpoints, now: Instant) {
         let initial = !self.scanned_once;
         self.scanned_once = true;
         self.last_scan = Some(now);
-        let mut seen = Vec::new();
+        // Sets and an index by identity: a scan costs what the files are, not their square.
+        let mut seen = std::collections::HashSet::new();
+        let mut by_id: std::collections::HashMap<FileId, usize> =
+            self.files.iter().enumerate().map(|(i, f)| (f.id, i)).collect();
         // Rebuilt at every scan: what is skipped is what is there now.
         let before = std::mem::take(&mut self.skipped);
         for pi in 0..self.patterns.len() {
@@ -80,25 +83,31 @@ impl TailSource {
                 }
                 self.patterns[pi].matched = true;
                 let id = FileId::of(&meta);
-                if seen.contains(&id) {
+                if !seen.insert(id) {
                     continue;
                 }
-                seen.push(id);
-                if let Some(f) = self.files.iter_mut().find(|f| f.id == id) {
+                if let Some(&i) = by_id.get(&id) {
+                    let f = &mut self.files[i];
                     if f.path != path {
                         tracing::info!(from = %f.path.display(), to = %path.display(), "file renamed; following it");
                         f.path = path;
+                        f.unsaved = true;
                     }
                     f.gone_since = None;
                     continue;
                 }
                 let base = self.patterns[pi].base.clone();
                 match self.open_file(&path, &base, checkpoints, initial, now) {
+                    Ok(Some(f)) if by_id.contains_key(&f.id) => {
+                        // Replaced between the look and the open by a file already followed.
+                        seen.insert(f.id);
+                    }
                     Ok(Some(f)) => {
                         self.skipped.remove(&f.path);
-                        seen.push(f.id);
+                        seen.insert(f.id);
                         tracing::info!(path = %f.path.display(), pos = f.pos, tag = %f.tag, "following file");
                         self.stats.files_found += 1;
+                        by_id.insert(f.id, self.files.len());
                         self.files.push(f);
                     }
                     Ok(None) => {}
@@ -116,13 +125,14 @@ impl TailSource {
             // checkpointed file that no pattern matches any more is looked for beside its old
             // path by identity and content, and its unread tail is read, as runtime rotation
             // does with a file it still holds open.
-            for c in checkpoints.iter().filter(|c| c.source == self.config.name) {
-                if self.files.iter().any(|f| f.id == c.id) {
+            for c in checkpoints_of_source(checkpoints, &self.config.name) {
+                if by_id.contains_key(&c.id) {
                     continue;
                 }
                 if let Some(f) = moved_file(c, now) {
                     tracing::info!(from = %c.path.display(), to = %f.path.display(), unread = f.last_size - f.pos, "file moved while logship was not running; reading its tail");
                     self.stats.files_found += 1;
+                    by_id.insert(f.id, self.files.len());
                     self.files.push(f);
                 }
             }
@@ -139,18 +149,15 @@ impl TailSource {
         &self,
         path: &Path,
         base: &Path,
-        checkpoints: &[SourceCheckpoint],
+        checkpoints: &Checkpoints,
         initial: bool,
         now: Instant,
     ) -> std::io::Result<Option<TailedFile>> {
         let file = File::open(path)?;
         let meta = file.metadata()?;
         let id = FileId::of(&meta);
-        if self.files.iter().any(|f| f.id == id) {
-            return Ok(None);
-        }
         let size = meta.len();
-        let resume = checkpoints.iter().find(|c| c.id == id && c.source == self.config.name).and_then(|c| {
+        let resume = checkpoints_of_file(checkpoints, &self.config.name, id).next().and_then(|c| {
             let same = holds_checkpoint(&file, size, c);
             if !same {
                 tracing::info!(path = %path.display(), "checkpoint does not match the file's content (new file with a reused inode, or rewritten); reading from the start");
@@ -184,6 +191,7 @@ impl TailSource {
             holding: false,
             last_size: size,
             drain_size: None,
+            unsaved: true,
         }))
     }
 
@@ -236,6 +244,7 @@ fn moved_file(c: &SourceCheckpoint, now: Instant) -> Option<TailedFile> {
             holding: false,
             last_size: size,
             drain_size: None,
+            unsaved: true,
         });
     }
     None

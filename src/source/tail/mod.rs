@@ -17,7 +17,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::buffer::{BufferError, ChunkStore, SourceCheckpoint};
+use crate::buffer::{BufferError, Checkpoints, ChunkStore, SourceCheckpoint, SourceKey};
 use crate::config::SourceConfig;
 use crate::fsutil::FileId;
 use crate::record::RecordRule;
@@ -97,6 +97,22 @@ pub struct TailedFile {
     /// Its last record is held back (it may continue): read it once the next record starts,
     /// or `multiline_flush` after the file last grew.
     holding: bool,
+    /// Its checkpoint may differ from the committed one (read, renamed, new).
+    unsaved: bool,
+}
+
+impl TailedFile {
+    fn checkpoint(&self, source: &str) -> SourceCheckpoint {
+        SourceCheckpoint {
+            id: self.id,
+            fp_len: self.fp.len,
+            fp: self.fp.hash,
+            pos: self.pos,
+            path: self.path.clone(),
+            tag: self.tag.clone(),
+            source: source.to_string(),
+        }
+    }
 }
 
 struct Pattern {
@@ -131,6 +147,11 @@ pub struct TailSource {
     skipped: std::collections::BTreeMap<PathBuf, String>,
     /// Which lines form one record (chunks end only between records).
     rule: RecordRule,
+    /// Checkpoints of files let go since the last commit (to drop from the state).
+    forgotten: Vec<SourceKey>,
+    /// `files` by path, for a pass over the files events named; rebuilt when stale.
+    by_path: std::collections::HashMap<std::ffi::OsString, usize>,
+    by_path_stale: bool,
 }
 
 /// A path a run was asked to ship but did not, and why (for the exit summary).
@@ -172,6 +193,9 @@ impl TailSource {
             tagger: None,
             skipped: Default::default(),
             rule: RecordRule::new(&config_records),
+            forgotten: Vec::new(),
+            by_path: Default::default(),
+            by_path_stale: true,
         }
     }
 
@@ -200,8 +224,9 @@ impl Source for TailSource {
         }
     }
 
-    fn scan(&mut self, checkpoints: &[SourceCheckpoint], now: Instant) {
-        self.discover(checkpoints, now)
+    fn scan(&mut self, checkpoints: &Checkpoints, now: Instant) {
+        self.discover(checkpoints, now);
+        self.by_path_stale = true;
     }
 
     fn read(
@@ -211,8 +236,9 @@ impl Source for TailSource {
         drain: bool,
         now: Instant,
         now_ms: i64,
+        targets: Option<&crate::source::Targets>,
     ) -> Result<u64, TailError> {
-        self.read_files(store, budget, drain, now, now_ms)
+        self.read_files(store, budget, drain, now, now_ms, targets)
     }
 
     fn stats(&self) -> TailStats {
@@ -292,25 +318,27 @@ impl Source for TailSource {
 
     /// Checkpoints of the files being followed (their current, uncommitted positions).
     fn checkpoints(&self) -> Vec<SourceCheckpoint> {
-        self.files
+        self.files.iter().map(|f| f.checkpoint(&self.config.name)).collect()
+    }
+
+    /// Checkpoints of files read, renamed or found since the last commit, and of files let go.
+    fn checkpoint_changes(&self) -> (Vec<SourceCheckpoint>, Vec<SourceKey>) {
+        let set = self
+            .files
             .iter()
-            .map(|f| SourceCheckpoint {
-                id: f.id,
-                fp_len: f.fp.len,
-                fp: f.fp.hash,
-                pos: f.pos,
-                path: f.path.clone(),
-                tag: f.tag.clone(),
-                source: self.config.name.clone(),
-            })
-            .collect()
+            .filter(|f| f.unsaved)
+            .map(|f| f.checkpoint(&self.config.name))
+            .collect();
+        (set, self.forgotten.clone())
     }
 
     /// After a successful commit: the current positions are the committed ones.
     fn committed(&mut self) {
         for f in &mut self.files {
             f.committed_pos = f.pos;
+            f.unsaved = false;
         }
+        self.forgotten.clear();
     }
 
     /// After a rollback: go back to the committed positions.

@@ -34,9 +34,29 @@ impl TailSource {
         drain: bool,
         now: Instant,
         now_ms: i64,
+        targets: Option<&crate::source::Targets>,
     ) -> Result<u64, TailError> {
         let mut total = 0;
-        for i in 0..self.files.len() {
+        // Every file, or only those events named (found by path, in discovery order).
+        let order: Vec<usize> = match targets {
+            None => (0..self.files.len()).collect(),
+            Some(t) => {
+                if self.by_path_stale {
+                    self.by_path = self
+                        .files
+                        .iter()
+                        .enumerate()
+                        .map(|(i, f)| (f.path.clone().into_os_string(), i))
+                        .collect();
+                    self.by_path_stale = false;
+                }
+                let mut v: Vec<usize> = t.paths.iter().filter_map(|p| self.by_path.get(p).copied()).collect();
+                v.sort_unstable();
+                t.matched.set(t.matched.get() + v.len());
+                v
+            }
+        };
+        for i in order {
             if total >= budget {
                 break;
             }
@@ -48,13 +68,20 @@ impl TailSource {
         }
         // Close files that are gone, quiet for rotate_wait, and read to their end.
         let wait = self.config.rotate_wait.get();
+        let before = self.files.len();
+        let forgotten = &mut self.forgotten;
+        let name = &self.config.name;
         self.files.retain(|f| {
             let done = f.gone_since.is_some_and(|g| now >= g.max(f.last_growth) + wait) && f.pos >= f.last_size;
             if done {
                 tracing::info!(path = %f.path.display(), "closed file that was renamed away or deleted");
+                forgotten.push((name.clone(), f.id, f.tag.clone()));
             }
             !done
         });
+        if self.files.len() != before {
+            self.by_path_stale = true;
+        }
         Ok(total)
     }
 
@@ -92,6 +119,7 @@ impl TailSource {
             return Ok(0);
         }
         f.last_size = size;
+        f.unsaved = true;
         // Shrunk, or first bytes rewritten (copytruncate then new writes): start again.
         let rewritten = size < f.pos
             || (changed
