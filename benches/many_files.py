@@ -87,13 +87,20 @@ def proc_cpu(pid):
 
 
 def proc_switches(pid):
-    total = 0
+    """Context switches per thread (threads come and go: compare per thread)."""
+    out = {}
     for task in os.listdir("/proc/%d/task" % pid):
-        with open("/proc/%d/task/%s/status" % (pid, task)) as f:
-            for line in f:
-                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
-                    total += int(line.split()[1])
-    return total
+        try:
+            with open("/proc/%d/task/%s/status" % (pid, task)) as f:
+                out[task] = sum(int(line.split()[1]) for line in f
+                                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")))
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def switches_since(before, after):
+    return sum(n - before.get(t, 0) for t, n in after.items())
 
 
 def rss(pid):
@@ -164,7 +171,7 @@ def run_follow(args):
         c0, s0 = proc_cpu(p.pid), proc_switches(p.pid)
         time.sleep(args.idle_seconds)
         idle_cpu = proc_cpu(p.pid) - c0
-        wakeups = (proc_switches(p.pid) - s0) / args.idle_seconds
+        wakeups = switches_since(s0, proc_switches(p.pid)) / args.idle_seconds
         idle_rss = rss(p.pid)
         # Busy: rate lines/s, round robin over the files, written in 10 bursts per second.
         handles = [open(path, "a") for path in paths]
