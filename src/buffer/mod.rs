@@ -582,23 +582,12 @@ impl ChunkStore {
             .open(&path)
             .map_err(|source| BufferError::Write { path, source })?;
         self.state.next_seq += 1;
-        self.state.chunks.insert(
-            seq,
-            ChunkMeta {
-                seq,
-                output: ok.name.clone(),
-                tag: tag.to_string(),
-                timekey,
-                key,
-                len: 0,
-                created_ms: now_ms,
-                last_write_ms: now_ms,
-                sealed: false,
-                delete_after: Vec::new(),
-                no_replace: true,
-                alternatives,
-            },
-        );
+        let meta = ChunkMeta {
+            no_replace: true,
+            alternatives,
+            ..ChunkMeta::empty(seq, ok.name.clone(), tag, timekey, key, now_ms)
+        };
+        self.state.chunks.insert(seq, meta);
         self.handles.insert(seq, file);
         self.open.insert(map_key, seq);
         Ok(seq)
@@ -965,23 +954,12 @@ impl ChunkStore {
             .map_err(|e| werr(&path, e))?;
         self.state.next_seq += 1;
         let timekey = self.timekey_of(now_ms);
-        self.state.chunks.insert(
-            seq,
-            ChunkMeta {
-                seq,
-                output: self.outputs[output].name.clone(),
-                tag: tag.to_string(),
-                timekey,
-                key,
-                len: 0,
-                created_ms: now_ms,
-                last_write_ms: now_ms,
-                sealed: true,
-                delete_after,
-                no_replace: false,
-                alternatives: None,
-            },
-        );
+        let meta = ChunkMeta {
+            sealed: true,
+            delete_after,
+            ..ChunkMeta::empty(seq, self.outputs[output].name.clone(), tag, timekey, key, now_ms)
+        };
+        self.state.chunks.insert(seq, meta);
         let mut len = 0u64;
         file.write_all(content).map_err(|e| werr(&path, e))?;
         len += content.len() as u64;

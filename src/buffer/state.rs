@@ -118,6 +118,26 @@ pub struct ChunkMeta {
     pub alternatives: Option<KeyAlternatives>,
 }
 
+impl ChunkMeta {
+    /// An open chunk with nothing in it yet (no extra keys, replaces nothing).
+    pub fn empty(seq: u64, output: String, tag: &str, timekey: i64, key: String, now_ms: i64) -> ChunkMeta {
+        ChunkMeta {
+            seq,
+            output,
+            tag: tag.to_string(),
+            timekey,
+            key,
+            len: 0,
+            created_ms: now_ms,
+            last_write_ms: now_ms,
+            sealed: false,
+            delete_after: Vec::new(),
+            no_replace: false,
+            alternatives: None,
+        }
+    }
+}
+
 /// `key` = `before` + `index` + `after`: the keys `before` + (index + n) + `after` are the ones
 /// to try, in order, when an output finds `key` taken (fluent-plugin-s3's `check_object`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -118,6 +118,17 @@ fn a_full_buffer_disk_while_following_pauses_reading_until_deliveries_free_space
     );
 }
 
+/// Ships `app.log` once with the environment's buffer directory; the run must stop with exit
+/// code 1 (a buffer it refuses). Returns its stderr.
+fn refused_run(env: &Env) -> String {
+    let args = env.once_args("app.log", &["--buffer-dir", &env.buffer.display().to_string()]);
+    let mut d = Daemon::spawn(&args, env.dir.path());
+    let st = d.wait_exit(Duration::from_secs(60));
+    let err = d.stderr();
+    assert_eq!(st.code(), Some(1), "{err}");
+    err
+}
+
 /// A shared buffer directory that another local user prepared: writable by all, with links
 /// planted where logship writes. It is refused before anything is written through it.
 #[test]
@@ -132,11 +143,7 @@ fn a_buffer_directory_writable_by_others_is_refused_and_nothing_is_written_throu
     std::os::unix::fs::symlink(&victim, env.buffer.join(".write-probe")).unwrap();
     std::os::unix::fs::symlink(&victim, env.buffer.join("chunks/0.chunk")).unwrap();
     std::os::unix::fs::symlink(&victim, env.buffer.join("state.journal")).unwrap();
-    let args = env.once_args("app.log", &["--buffer-dir", &env.buffer.display().to_string()]);
-    let mut d = Daemon::spawn(&args, env.dir.path());
-    let st = d.wait_exit(Duration::from_secs(60));
-    let err = d.stderr();
-    assert_eq!(st.code(), Some(1), "{err}");
+    let err = refused_run(&env);
     assert!(err.contains("writable by every user"), "{err}");
     assert_eq!(fs::read(&victim).unwrap(), b"root's file\n");
     assert!(!env.out.exists());
@@ -152,11 +159,7 @@ fn a_link_at_the_state_journal_is_not_followed() {
     fs::write(&victim, b"someone's file\n").unwrap();
     fs::create_dir_all(&env.buffer).unwrap();
     std::os::unix::fs::symlink(&victim, env.buffer.join("state.journal")).unwrap();
-    let args = env.once_args("app.log", &["--buffer-dir", &env.buffer.display().to_string()]);
-    let mut d = Daemon::spawn(&args, env.dir.path());
-    let st = d.wait_exit(Duration::from_secs(60));
-    let err = d.stderr();
-    assert_eq!(st.code(), Some(1), "{err}");
+    let err = refused_run(&env);
     assert!(err.contains("state.journal"), "{err}");
     assert_eq!(fs::read(&victim).unwrap(), b"someone's file\n");
 }
