@@ -360,8 +360,6 @@ impl Pipeline {
         }
     }
 
-    /// Reads every source until there is nothing new, or enough for one commit. Err after a
-    /// write error (rolled back; reading resumes after a pause).
     /// The files the next pass may be limited to: the ones events named, when nothing else
     /// asks for a look at every file (the safety poll, a scan, a deadline, the drain, a pass
     /// that stopped at its budget, a rollback, events lost or named under another spelling).
@@ -379,6 +377,8 @@ impl Pipeline {
         })
     }
 
+    /// Reads every source until there is nothing new, or enough for one commit. Err after a
+    /// write error (rolled back; reading resumes after a pause).
     fn read_all(&mut self, draining: bool) -> Result<u64, ()> {
         if self.backing_off() {
             return Err(());

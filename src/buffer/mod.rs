@@ -491,7 +491,7 @@ impl ChunkStore {
     }
 
     /// The tail checkpoints as last committed (they change only at a commit).
-    pub fn checkpoints(&self) -> &BTreeMap<SourceKey, SourceCheckpoint> {
+    pub fn checkpoints(&self) -> &Checkpoints {
         self.state.sources.map()
     }
 
