@@ -189,7 +189,11 @@ pub fn record_timestamp(first_line: &str, offset_secs: i32) -> Option<i64> {
 
 /// The `"ts"` of a JSON log line (Spark's structured logging: `{"ts":"2024-06-14T16:43:38.148Z",…}`).
 fn json_ts(line: &str, offset_secs: i32) -> Option<i64> {
-    let at = line.find("\"ts\"")? + 4;
+    // memchr's SIMD search: `str::find` was 5 % of the CloudWatch output's CPU on event-log
+    // lines, which have no "ts" and are searched to their end.
+    static TS_KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"ts\""));
+    let at = TS_KEY.find(line.as_bytes())? + 4;
     let rest = line[at..]
         .trim_start()
         .strip_prefix(':')?

@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use aws_sdk_cloudwatchlogs::config::http::HttpResponse;
 use aws_sdk_cloudwatchlogs::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_cloudwatchlogs::types::InputLogEvent;
 
 use super::DeliveryError;
 use crate::buffer::SealedChunk;
@@ -244,22 +243,21 @@ impl CloudWatchSink {
     async fn put(&self, stream: &str, events: Vec<Event>) -> Result<(), DeliveryError> {
         let group = &self.settings.log_group;
         let n = events.len();
-        let input: Vec<InputLogEvent> = events
-            .into_iter()
-            .map(|e| {
-                InputLogEvent::builder()
-                    .timestamp(e.timestamp)
-                    .message(e.message)
-                    .build()
-                    .expect("timestamp and message are set")
-            })
-            .collect();
+        // logship writes the body itself (see `log_events`); the SDK serializes an empty list,
+        // and the body replaces that one before the request is signed (at every attempt).
+        let body = bytes::Bytes::from(super::log_events::put_log_events_body(group, stream, &events));
+        drop(events);
         let result = self
             .client
             .put_log_events()
             .log_group_name(group)
             .log_stream_name(stream)
-            .set_log_events(Some(input))
+            .set_log_events(Some(Vec::new()))
+            .customize()
+            .mutate_request(move |request| {
+                request.headers_mut().insert("content-length", body.len().to_string());
+                *request.body_mut() = aws_smithy_types::body::SdkBody::from(body.clone());
+            })
             .send()
             .await;
         let out = match result {

@@ -9,6 +9,7 @@ pub mod cloudwatch;
 pub mod compress;
 pub mod file;
 pub mod file_body;
+pub mod log_events;
 pub mod presigned_post;
 pub mod retry;
 pub mod s3;

@@ -322,3 +322,33 @@ fn a_batch_ends_exactly_at_ten_thousand_events_and_at_1_048_576_bytes() {
         assert_eq!(got(&moto, &format!("{name}/stdout")).len(), events, "{name}");
     }
 }
+
+#[test]
+fn json_quotes_backslashes_control_characters_and_unicode_arrive_byte_for_byte() {
+    // logship writes the PutLogEvents body itself (src/sink/log_events.rs): every byte JSON must
+    // escape, at every offset within a word, arrives as it was; invalid UTF-8 is replaced.
+    let moto = Moto::start();
+    let env = Env::new();
+    let f = env.path("pod/stdout");
+    std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+    let mut want = vec![
+        r#"{"Event":"SparkListenerTaskEnd","Stage ID":3,"Task Info":{"Host":"10.0.0.7","Accumulables":[]}}"#
+            .to_string(),
+        r"C:\path\to\file and a trailing backslash \".to_string(),
+        // (Not first on its line: a line starting with a tab continues the record before it.)
+        "tab\tseparated\tvalues and a carriage return\r".to_string(),
+        "\u{1b}[31mERROR\u{1b}[0m coloured by a terminal, a bell \u{7} and a \u{1}\u{1f}".to_string(),
+        "caf\u{e9} \u{65e5}\u{672c} \u{1f680} \u{7f}".to_string(),
+    ];
+    for at in 0..9 {
+        want.push(format!("{}\"{}\\{}", "a".repeat(at), "b".repeat(8 - at), "\u{8}\u{c}"));
+    }
+    let mut bytes: Vec<u8> = want.iter().flat_map(|l| format!("{l}\n").into_bytes()).collect();
+    bytes.extend_from_slice(b"bad \xff\xfe utf-8\n");
+    want.push("bad \u{fffd}\u{fffd} utf-8".to_string());
+    append(&f, &bytes);
+    let to = format!("cloudwatch://{GROUP}/%{{tag}}");
+    let mut d = spawn(&moto, &env, &ship(&env, &moto.endpoint, &to, &["--once"]));
+    assert_eq!(d.wait_exit(WAIT).code(), Some(0), "{}", d.stderr());
+    assert_eq!(got(&moto, "pod/stdout"), want);
+}
