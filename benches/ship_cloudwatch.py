@@ -24,7 +24,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ship_file import BIN, ROOT, generate, generate_spark, run_measured  # noqa: E402
+from ship_file import BIN, ROOT, bench_inputs, run_measured  # noqa: E402
 
 ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
        "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
@@ -66,15 +66,7 @@ def main():
     if not os.path.exists(BIN):
         sys.exit("build first: cargo build --release")
     size = a.mib << 20
-    inputs = []
-    for name in a.data or ["spark", "synthetic"]:
-        if name == "spark":
-            path = os.path.join(ROOT, "target", "bench-data", f"spark-eventlog-{a.mib}mib.jsonl")
-            generate_spark(path, size)
-        else:
-            path = os.path.join(ROOT, "target", "bench-data", f"spark-v4-{a.mib}mib.jsonl")
-            generate(path, size)
-        inputs.append((name, path))
+    inputs = bench_inputs(a.data, size, f"{a.mib}mib")
     os.environ.update(ENV)
     work = tempfile.mkdtemp(prefix="logship-bench-cw-", dir=os.path.join(ROOT, "target"))
     try:

@@ -116,6 +116,21 @@ def generate_spark(path, size):
     os.rename(path + ".tmp", path)
 
 
+def bench_inputs(names, size, label):
+    """The inputs by name (`spark`, `synthetic`; both when `names` is empty), generated once to
+    `size` bytes under target/bench-data, their file names ending in `label` (e.g. `1gib`)."""
+    inputs = []
+    for name in names or ["spark", "synthetic"]:
+        if name == "spark":
+            path = os.path.join(ROOT, "target", "bench-data", f"spark-eventlog-{label}.jsonl")
+            generate_spark(path, size)
+        else:
+            path = os.path.join(ROOT, "target", "bench-data", f"spark-v4-{label}.jsonl")
+            generate(path, size)
+        inputs.append((name, path))
+    return inputs
+
+
 def run_measured(args):
     """Runs under GNU time (Debian package `time`): a tiny parent, so the peak RSS is logship's.
     (A child forked from this Python process would report Python's size as its peak.)"""

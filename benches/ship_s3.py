@@ -26,7 +26,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ship_file import BIN, ROOT, generate, generate_spark, run_measured  # noqa: E402
+from ship_file import BIN, ROOT, bench_inputs, run_measured  # noqa: E402
 
 SERVER = os.path.join(ROOT, "target", "release", "examples", "s3_server")
 CREDS = {"AWS_ACCESS_KEY_ID": "AKIALOGSHIPTEST00001",
@@ -66,15 +66,7 @@ def main():
         if not os.path.exists(b):
             sys.exit("build first: cargo build --release --example s3_server && cargo build --release")
     size = int(a.gib * (1 << 30))
-    inputs = []
-    for name in a.data or ["spark", "synthetic"]:
-        if name == "spark":
-            path = os.path.join(ROOT, "target", "bench-data", f"spark-eventlog-{a.gib:g}gib.jsonl")
-            generate_spark(path, size)
-        else:
-            path = os.path.join(ROOT, "target", "bench-data", f"spark-v4-{a.gib:g}gib.jsonl")
-            generate(path, size)
-        inputs.append((name, path))
+    inputs = bench_inputs(a.data, size, f"{a.gib:g}gib")
     work = tempfile.mkdtemp(prefix="logship-bench-s3-", dir=os.path.join(ROOT, "target"))
     env = dict(os.environ, **CREDS)
     os.makedirs(f"{work}/s3/bench")
