@@ -132,6 +132,10 @@ struct EventBuilder {
     pending_bytes: usize,
     /// The chunk offset after the last of them.
     pending_end: u64,
+    /// The buffer of the last request body, reused for the next batch of the chunk: a body is
+    /// about 1.1 MiB, above the allocator's mmap threshold, and a fresh one per batch cost a
+    /// page fault per 4 KiB (7 % of the output's CPU). Freed with the builder, after the chunk.
+    body: Vec<u8>,
 }
 
 /// Uploads chunks as CloudWatch Logs events.
@@ -240,13 +244,19 @@ impl CloudWatchSink {
         Ok(())
     }
 
-    async fn put(&self, stream: &str, events: Vec<Event>) -> Result<(), DeliveryError> {
+    /// Sends one batch. `reuse` is a buffer for the body; it gets the body's buffer back when
+    /// the request let go of it.
+    async fn put(&self, stream: &str, events: Vec<Event>, reuse: &mut Vec<u8>) -> Result<(), DeliveryError> {
         let group = &self.settings.log_group;
         let n = events.len();
         // logship writes the body itself (see `log_events`); the SDK serializes an empty list,
         // and the body replaces that one before the request is signed (at every attempt).
-        let body = bytes::Bytes::from(super::log_events::put_log_events_body(group, stream, &events));
+        let mut buf = std::mem::take(reuse);
+        buf.clear();
+        super::log_events::put_log_events_body(&mut buf, group, stream, &events);
         drop(events);
+        let body = bytes::Bytes::from(buf);
+        let sent = body.clone();
         let result = self
             .client
             .put_log_events()
@@ -255,11 +265,15 @@ impl CloudWatchSink {
             .set_log_events(Some(Vec::new()))
             .customize()
             .mutate_request(move |request| {
-                request.headers_mut().insert("content-length", body.len().to_string());
-                *request.body_mut() = aws_smithy_types::body::SdkBody::from(body.clone());
+                request.headers_mut().insert("content-length", sent.len().to_string());
+                *request.body_mut() = aws_smithy_types::body::SdkBody::from(sent.clone());
             })
             .send()
             .await;
+        if let Ok(mut unique) = body.try_into_mut() {
+            unique.clear();
+            *reuse = unique.into();
+        }
         let out = match result {
             Ok(o) => o,
             Err(e) => {
@@ -307,6 +321,7 @@ impl CloudWatchSink {
             pending: Vec::new(),
             pending_bytes: 0,
             pending_end: start,
+            body: Vec::new(),
         };
         // The record being joined (its lines with their newlines), and where it ends.
         let mut record: Vec<u8> = Vec::new();
@@ -344,7 +359,7 @@ impl CloudWatchSink {
         let read_ms = events.read_ms;
         self.release_pending(&stream, chunk, &mut events, read_ms).await?;
         if !events.batch.is_empty() {
-            self.put(&stream, events.batch.take()).await?;
+            self.put(&stream, events.batch.take(), &mut events.body).await?;
         }
         self.record(&chunk.path, offset)?;
         Ok(())
@@ -461,7 +476,7 @@ impl CloudWatchSink {
         e: Event,
     ) -> Result<(), DeliveryError> {
         if !b.batch.fits(&e) {
-            self.put(stream, b.batch.take()).await?;
+            self.put(stream, b.batch.take(), &mut b.body).await?;
             self.record(&chunk.path, b.batch_end)?;
         }
         b.batch.push(e);

@@ -12,27 +12,27 @@ use std::io::Write;
 
 use super::cloudwatch::Event;
 
-/// The request body of PutLogEvents for `events` (in the order given: the caller sorts them).
-pub fn put_log_events_body(group: &str, stream: &str, events: &[Event]) -> Vec<u8> {
+/// Appends to `out` the request body of PutLogEvents for `events` (in the order given: the caller
+/// sorts them).
+pub fn put_log_events_body(out: &mut Vec<u8>, group: &str, stream: &str, events: &[Event]) {
     // Escaping grows Spark's JSON lines by about a tenth; a few more bytes per event for the keys.
     let estimate: usize = events.iter().map(|e| e.message.len() + e.message.len() / 8 + 40).sum();
-    let mut out = Vec::with_capacity(64 + group.len() + stream.len() + estimate);
+    out.reserve(64 + group.len() + stream.len() + estimate);
     let mut scratch = [0; SCRATCH];
     out.extend_from_slice(b"{\"logGroupName\":\"");
-    escape_json_into(&mut out, group);
+    escape_json_into(out, group);
     out.extend_from_slice(b"\",\"logStreamName\":\"");
-    escape_json_into(&mut out, stream);
+    escape_json_into(out, stream);
     out.extend_from_slice(b"\",\"logEvents\":[");
     for (n, e) in events.iter().enumerate() {
         if n > 0 {
             out.push(b',');
         }
         write!(out, "{{\"timestamp\":{},\"message\":\"", e.timestamp).expect("writing to a Vec");
-        escape_json_with(&mut out, &e.message, &mut scratch);
+        escape_json_with(out, &e.message, &mut scratch);
         out.extend_from_slice(b"\"}");
     }
     out.extend_from_slice(b"]}");
-    out
 }
 
 const ONES: u64 = 0x0101_0101_0101_0101;
@@ -199,7 +199,8 @@ mod tests {
                 message: "line\twith\ttabs é".into(),
             },
         ];
-        let body = put_log_events_body("/aws/emr \"x\"", "a/b", &events);
+        let mut body = Vec::new();
+        put_log_events_body(&mut body, "/aws/emr \"x\"", "a/b", &events);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(
             v,
@@ -212,7 +213,10 @@ mod tests {
                 ]
             })
         );
-        let empty: serde_json::Value = serde_json::from_slice(&put_log_events_body("g", "s", &[])).unwrap();
+        // Appended: a reused buffer is cleared by the caller.
+        body.clear();
+        put_log_events_body(&mut body, "g", "s", &[]);
+        let empty: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(empty["logEvents"], serde_json::json!([]));
     }
 }
