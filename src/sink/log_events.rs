@@ -71,9 +71,9 @@ pub fn escape_json_into(out: &mut Vec<u8>, s: &str) {
 
 /// Bytes gathered before they are appended to the output.
 const FLUSH_AT: usize = 4096;
-/// The scratch buffer's size: a step adds at most 8 bytes (a word) or 6 (`\u00XX`) to a buffer
-/// holding less than FLUSH_AT.
-const SCRATCH: usize = FLUSH_AT + 8;
+/// The scratch buffer's size: a step starts below FLUSH_AT and adds at most 7 bytes of a word (8
+/// are copied) and then an escape of at most 6 (`\u00XX`).
+const SCRATCH: usize = FLUSH_AT + 16;
 
 /// [`escape_json_into`] with a scratch buffer the caller keeps across messages (so it is not
 /// zeroed for each).
@@ -167,11 +167,35 @@ mod tests {
     }
 
     #[test]
+    fn long_messages_escape_across_the_scratch_buffer_flush() {
+        // Escapes of every length just before, at and after each point where the scratch buffer
+        // is appended to the output (a word's clean bytes followed by a 6-byte escape included).
+        // Leading `"`s (two bytes out for one in) shift the output against the input's words.
+        for special in ["\u{1}", "\"", "\u{1}\u{1}\u{1}"] {
+            for (shift, before) in (0..8).flat_map(|shift| (4070..4110).map(move |before| (shift, before))) {
+                for after in [0, 3, 9, 5000] {
+                    let s = format!(
+                        "{}{}{special}{}",
+                        "\"".repeat(shift),
+                        "a".repeat(before),
+                        "b".repeat(after)
+                    );
+                    let back: String = serde_json::from_str(&format!("\"{}\"", escaped(&s))).unwrap();
+                    assert_eq!(back, s);
+                }
+            }
+        }
+        let dense = "\u{1}x".repeat(5000);
+        let back: String = serde_json::from_str(&format!("\"{}\"", escaped(&dense))).unwrap();
+        assert_eq!(back, dense);
+    }
+
+    #[test]
     fn escaping_matches_serde_json_on_random_text() {
         // A deterministic mix of every ASCII byte and some multi-byte characters.
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         let alphabet: Vec<char> = (0u8..128).map(char::from).chain("éü€😀".chars()).collect();
-        for len in [0usize, 1, 7, 8, 9, 15, 16, 17, 100, 1000] {
+        for len in [0usize, 1, 7, 8, 9, 15, 16, 17, 100, 1000, 5000, 9000] {
             for _ in 0..50 {
                 let s: String = (0..len)
                     .map(|_| {
