@@ -352,3 +352,31 @@ fn json_quotes_backslashes_control_characters_and_unicode_arrive_byte_for_byte()
     assert_eq!(d.wait_exit(WAIT).code(), Some(0), "{}", d.stderr());
     assert_eq!(got(&moto, "pod/stdout"), want);
 }
+
+#[test]
+fn the_body_logship_writes_is_the_one_its_signature_covers() {
+    // logship replaces the SDK's PutLogEvents body before the SDK signs the request. moto with
+    // its access control on recomputes every SigV4 signature (body included) and refuses any
+    // that does not match: the batches must be accepted as sent.
+    let moto = Moto::start_checking_signatures();
+    // The server does check: a request signed with a wrong secret is refused.
+    let refused = moto.python(
+        "logs = boto3.client('logs', endpoint_url=ENDPOINT, region_name='us-east-1', aws_access_key_id=KEY_ID, aws_secret_access_key='wrong')\n\
+         try:\n    logs.describe_log_groups()\n    print('accepted')\nexcept Exception as e:\n    print(e)",
+    );
+    assert!(refused.contains("SignatureDoesNotMatch"), "{refused}");
+    let env = Env::new();
+    let f = env.path("pod/stdout");
+    std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+    // Several batches (each about 1 MiB), with characters JSON escapes.
+    let line = format!(
+        "{{\"Event\":\"SparkListenerTaskEnd\",\"path\":\"C:\\\\tmp\",\"pad\":\"{}\"}}",
+        "x".repeat(2000)
+    );
+    let want: Vec<String> = (0..1500).map(|i| format!("{i} {line}")).collect();
+    append(&f, want.iter().map(|l| format!("{l}\n")).collect::<String>().as_bytes());
+    let to = format!("cloudwatch://{GROUP}/%{{tag}}");
+    let mut d = spawn(&moto, &env, &ship(&env, &moto.endpoint, &to, &["--once"]));
+    assert_eq!(d.wait_exit(WAIT).code(), Some(0), "{}", d.stderr());
+    assert_eq!(got(&moto, "pod/stdout"), want);
+}

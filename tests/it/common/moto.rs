@@ -13,11 +13,34 @@ pub struct Moto {
     pub endpoint: String,
     child: Child,
     py: PathBuf,
+    /// The access key id and secret that requests are signed with.
+    key: (String, String),
 }
 
 impl Moto {
-    /// Starts the server and waits until it answers.
+    /// Starts the server and waits until it answers. It does not check signatures.
     pub fn start() -> Moto {
+        Moto::spawn(&[])
+    }
+
+    /// Starts a server that checks every request's SigV4 signature against the access keys it
+    /// knows (moto's IAM access control, on after `INITIAL_NO_AUTH_ACTION_COUNT` requests), and
+    /// makes an access key for a user allowed everything; the other methods use that key.
+    pub fn start_checking_signatures() -> Moto {
+        let mut moto = Moto::spawn(&[("INITIAL_NO_AUTH_ACTION_COUNT", "3")]);
+        let out = moto.python(
+            "import json\niam = boto3.client('iam', endpoint_url=ENDPOINT, region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\n\
+             iam.create_user(UserName='shipper')\n\
+             iam.put_user_policy(UserName='shipper', PolicyName='all', PolicyDocument=json.dumps({'Version': '2012-10-17', 'Statement': [{'Effect': 'Allow', 'Action': '*', 'Resource': '*'}]}))\n\
+             k = iam.create_access_key(UserName='shipper')['AccessKey']\n\
+             print(k['AccessKeyId'], k['SecretAccessKey'])",
+        );
+        let mut words = out.split_whitespace().map(str::to_string);
+        moto.key = (words.next().expect("key id"), words.next().expect("secret"));
+        moto
+    }
+
+    fn spawn(env: &[(&str, &str)]) -> Moto {
         let py = python_path(&["moto.server", "boto3", "flask_cors"], &["moto[server]", "boto3"]);
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -27,6 +50,7 @@ impl Moto {
         let child = Command::new("python3")
             .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
             .env("PYTHONPATH", &py)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -41,14 +65,15 @@ impl Moto {
             endpoint: format!("http://127.0.0.1:{port}"),
             child,
             py,
+            key: ("testing".into(), "testing".into()),
         }
     }
 
     /// Environment for logship to use the server.
     pub fn env(&self) -> Vec<(String, String)> {
         vec![
-            ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
-            ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
+            ("AWS_ACCESS_KEY_ID".into(), self.key.0.clone()),
+            ("AWS_SECRET_ACCESS_KEY".into(), self.key.1.clone()),
             ("AWS_REGION".into(), "us-east-1".into()),
             ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
         ]
@@ -66,6 +91,8 @@ impl Moto {
             .arg(script)
             .args([endpoint, group, stream])
             .env("PYTHONPATH", &self.py)
+            .env("MOTO_KEY_ID", &self.key.0)
+            .env("MOTO_SECRET", &self.key.1)
             .output()
             .unwrap();
         assert!(
@@ -86,9 +113,17 @@ impl Moto {
 
     /// Runs a boto3 snippet against the server (`logs` is a client).
     pub fn boto3(&self, code: &str) {
+        self.python(&format!(
+            "logs = boto3.client('logs', endpoint_url=ENDPOINT, region_name='us-east-1', aws_access_key_id='{}', aws_secret_access_key='{}')\n{code}",
+            self.key.0, self.key.1
+        ));
+    }
+
+    /// Runs Python with `boto3` imported and `ENDPOINT` and `KEY_ID` set; its stdout.
+    pub fn python(&self, code: &str) -> String {
         let prog = format!(
-            "import boto3\nlogs = boto3.client('logs', endpoint_url='{}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\n{code}",
-            self.endpoint
+            "import boto3\nENDPOINT = '{}'\nKEY_ID = '{}'\n{code}",
+            self.endpoint, self.key.0
         );
         let out = Command::new("python3")
             .arg("-c")
@@ -97,6 +132,7 @@ impl Moto {
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
     }
 }
 
