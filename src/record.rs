@@ -285,6 +285,26 @@ plain line
     }
 
     #[test]
+    fn a_progress_bar_before_a_traceback_starts_a_record_and_the_traceback_stays_whole() {
+        // What a real PySpark driver wrote when its last stage ran long enough for the console
+        // progress bar to be drawn, and then failed: the bar and the traceback share a line.
+        let text = "{\"ts\":\"2026-12-02T06:26:11.993Z\",\"level\":\"ERROR\",\"msg\":\"aborting job\"}\n\
+                    \r[Stage 2:>                (0 + 1) / 1]\rTraceback (most recent call last):\n\
+                    \x20 File \"/job.py\", line 38, in <module>\n\
+                    pyspark.errors.exceptions.captured.PythonException: An exception was thrown from the Python worker:\n\
+                    Traceback (most recent call last):\n\
+                    \x20 File \"/job.py\", line 23, in boom\n\
+                    ValueError: boom from the UDF\n";
+        let r = records(&RecordRule::Auto, text);
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert!(
+            r[1].starts_with("\r[Stage 2:>") && r[1].matches("Traceback").count() == 2,
+            "{r:?}"
+        );
+        assert_eq!(r.concat(), text);
+    }
+
+    #[test]
     fn without_multiline_every_line_is_a_record_and_a_start_pattern_decides_alone() {
         assert_eq!(records(&RecordRule::Lines, LOG4J).len(), LOG4J.lines().count());
         let rule = RecordRule::Start(regex_lite::Regex::new(r"^\[\d+\]").unwrap());
