@@ -66,6 +66,13 @@ pub struct WakeFlags {
 /// More changed paths than this between two passes: a full pass is as cheap.
 pub const CHANGED_PATHS_MAX: usize = 100_000;
 
+/// The least time between two passes that file-system events start. Under a steady stream of
+/// writes (a node forwarder with thousands of files growing) each pass would otherwise read
+/// what a few events named and commit it: tens of commits (fsyncs, journal records) and walks
+/// a second. An event after a quiet spell is read at once; a busy stream is read in batches of
+/// this age at most. Draining, budget-limited passes and timers do not wait for it.
+const PASS_GAP: Duration = Duration::from_millis(25);
+
 /// How much to read before committing (bounds the work lost to a crash and the commit latency).
 const COMMIT_EVERY_BYTES: u64 = 16 << 20;
 /// How often the per-file metrics are rebuilt at most.
@@ -101,6 +108,9 @@ pub struct Pipeline {
     /// When "buffer is full" was last logged (at most once a minute).
     backpressure_logged: Option<Instant>,
     last_poll: Instant,
+    /// When the last pass (read, seal, commit) started: events that come sooner than
+    /// [`PASS_GAP`] after it wait for the rest of the gap.
+    last_pass: Instant,
     /// inotify, when available; directories are added as they appear.
     watcher: Option<notify::RecommendedWatcher>,
     /// Directories being watched.
@@ -157,6 +167,7 @@ impl Pipeline {
             batch: COMMIT_EVERY_BYTES,
             backpressure_logged: None,
             last_poll: Instant::now(),
+            last_pass: Instant::now(),
             watcher: None,
             watched: HashSet::new(),
             metrics: None,
@@ -258,6 +269,7 @@ impl Pipeline {
             let draining = self.drain_reason.is_some();
 
             // 2. Discover, read, seal, commit, dispatch.
+            self.last_pass = Instant::now();
             if !draining && (self.wake.rescan.swap(false, Ordering::SeqCst) || self.scan_due(Instant::now())) {
                 self.scan_all();
             }
@@ -283,14 +295,23 @@ impl Pipeline {
             if reading_done && self.store.chunks().all(|c| self.stuck.contains(&c.seq)) {
                 break;
             }
-            if progressed {
+            // More to read at once: the drain reads to the end; a pass that stopped at its
+            // budget goes on. Otherwise the next event (or timer) starts the next pass.
+            if progressed && (draining || self.full_next) {
                 continue;
             }
 
             // 4. Sleep until something is due or a message arrives.
             let timeout = self.next_wake(Instant::now(), draining, reading_done);
             match self.rx.recv_timeout(timeout) {
-                Ok(m) => deadline_hit |= self.handle(m),
+                Ok(m) => {
+                    let event = matches!(m, Control::Wake);
+                    deadline_hit |= self.handle(m);
+                    let since = self.last_pass.elapsed();
+                    if event && self.drain_reason.is_none() && since < PASS_GAP {
+                        std::thread::sleep(PASS_GAP - since);
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     deadline_hit |= self.handle(Control::Drain(EndReason::ControlClosed));

@@ -224,16 +224,13 @@ fn once_says_what_it_could_not_ship_and_does_not_exit_0() {
     );
 }
 
-#[test]
-fn once_over_a_file_it_cannot_read_does_not_exit_0() {
+/// A command that runs a copy of logship as the unprivileged user 65534 (root reads
+/// everything), and a work directory that user owns. The copy is where that user can run it (the
+/// build tree may be under a private home directory).
+fn as_nobody(env: &Env) -> (Command, std::path::PathBuf) {
     use std::os::unix::fs::PermissionsExt;
-    // As an unprivileged user (root reads everything), with a file only root may read.
-    let env = Env::new();
     fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     fs::set_permissions(&env.input, fs::Permissions::from_mode(0o755)).unwrap();
-    let secret = env.path("secret.log");
-    fs::write(&secret, b"root only\n").unwrap();
-    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
     let work = env.dir.path().join("nobody");
     fs::create_dir_all(&work).unwrap();
     assert!(
@@ -244,14 +241,23 @@ fn once_over_a_file_it_cannot_read_does_not_exit_0() {
             .unwrap()
             .success()
     );
-    // A copy of the binary where that user can run it (the build tree may be under a private
-    // home directory).
     let exe = env.dir.path().join("logship");
     fs::copy(bin(), &exe).unwrap();
     fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
     let mut cmd = Command::new("setpriv");
     cmd.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
         .arg(&exe);
+    (cmd, work)
+}
+
+#[test]
+fn once_over_a_file_it_cannot_read_does_not_exit_0() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let secret = env.path("secret.log");
+    fs::write(&secret, b"root only\n").unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    let (cmd, work) = as_nobody(&env);
     let args: Vec<String> = vec![
         "ship".into(),
         "--once".into(),
@@ -268,6 +274,34 @@ fn once_over_a_file_it_cannot_read_does_not_exit_0() {
     assert!(
         ns[0].0 == secret.display().to_string() && ns[0].1.contains("Permission denied"),
         "{ns:?}"
+    );
+}
+
+/// logship opens the files it follows with `O_NOATIME`, which the kernel allows only on one's
+/// own files: a log another user owns and lets everyone read is opened without it, and shipped.
+#[test]
+fn a_readable_file_another_user_owns_is_shipped_without_o_noatime() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let theirs = env.path("theirs.log");
+    fs::write(&theirs, b"written by root, readable by all\n").unwrap();
+    fs::set_permissions(&theirs, fs::Permissions::from_mode(0o644)).unwrap();
+    let (cmd, work) = as_nobody(&env);
+    let args: Vec<String> = vec![
+        "ship".into(),
+        "--once".into(),
+        theirs.display().to_string(),
+        "--to".into(),
+        format!("file://{}", work.join("out").display()),
+        "--buffer-dir".into(),
+        work.join("buffer").display().to_string(),
+    ];
+    let mut d = Daemon::spawn_cmd(cmd, &args, &work);
+    let st = d.wait_exit(Duration::from_secs(60));
+    assert_eq!(st.code(), Some(0), "{}", d.stderr());
+    assert_bytes_eq(
+        &collect(&work.join("out"), "theirs.log"),
+        b"written by root, readable by all\n",
     );
 }
 

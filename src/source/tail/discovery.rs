@@ -1,7 +1,6 @@
 //! Finding the files: glob patterns, new files opened at their checkpoint, renames followed,
 //! files gone from their paths, and files moved while logship was not running.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -143,6 +142,7 @@ impl TailSource {
                 f.gone_since = Some(now);
             }
         }
+        self.index_flags();
     }
 
     pub(super) fn open_file(
@@ -153,7 +153,7 @@ impl TailSource {
         initial: bool,
         now: Instant,
     ) -> std::io::Result<Option<TailedFile>> {
-        let file = File::open(path)?;
+        let file = crate::fsutil::open_for_reading(path)?;
         let meta = file.metadata()?;
         let id = FileId::of(&meta);
         let size = meta.len();
@@ -220,7 +220,9 @@ fn moved_file(c: &SourceCheckpoint, now: Instant) -> Option<TailedFile> {
             continue;
         }
         let path = entry.path();
-        let Ok(file) = File::open(&path) else { continue };
+        let Ok(file) = crate::fsutil::open_for_reading(&path) else {
+            continue;
+        };
         let Ok(meta) = file.metadata() else { continue };
         let size = meta.len();
         // Something left to read (a file read to its end needs nothing more).

@@ -5,11 +5,10 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Instant;
 
-use super::identity::{FINGERPRINT_MAX, Fingerprint, fingerprint};
+use super::identity::{FINGERPRINT_MAX, Fingerprint, fingerprint, starts_as};
 use super::{TailError, TailSource, TailedFile};
 use crate::buffer::{ChunkStore, Cut};
 use crate::config::Framing;
-use crate::fsutil::fnv1a;
 
 impl TailSource {
     /// The followed files with their tags, and whether each has been read to its current end
@@ -67,6 +66,9 @@ impl TailSource {
             total += self.read_file(i, store, budget - total, flush_partial, now, now_ms)?;
         }
         // Close files that are gone, quiet for rotate_wait, and read to their end.
+        if !self.any_gone {
+            return Ok(total);
+        }
         let wait = self.config.rotate_wait.get();
         let before = self.files.len();
         let forgotten = &mut self.forgotten;
@@ -81,6 +83,7 @@ impl TailSource {
         });
         if self.files.len() != before {
             self.by_path_stale = true;
+            self.index_flags();
         }
         Ok(total)
     }
@@ -119,22 +122,21 @@ impl TailSource {
             return Ok(0);
         }
         f.last_size = size;
-        f.unsaved = true;
+        if !f.unsaved {
+            f.unsaved = true;
+            self.unsaved.push(i);
+        }
         // Shrunk, or first bytes rewritten (copytruncate then new writes): start again.
         let rewritten = size < f.pos
             || (changed
                 && f.fp.len > 0
-                && (size < f.fp.len as u64
-                    || fingerprint(&f.file, f.fp.len as u64).map_err(|e| read_err(&f.path, e))? != f.fp));
+                && (size < f.fp.len as u64 || !starts_as(&f.file, &f.fp).map_err(|e| read_err(&f.path, e))?));
         if rewritten {
             tracing::warn!(path = %f.path.display(), old_pos = f.pos, size, "file was truncated or rewritten; reading it from the start");
             self.stats.truncations += 1;
             f.pos = 0;
             f.scan_hint = 0;
-            f.fp = Fingerprint {
-                len: 0,
-                hash: fnv1a(b""),
-            };
+            f.fp = Fingerprint::empty();
         }
         if (f.fp.len as u64) < FINGERPRINT_MAX && size > f.fp.len as u64 {
             f.fp = fingerprint(&f.file, size.min(FINGERPRINT_MAX)).map_err(|e| read_err(&f.path, e))?;
