@@ -224,10 +224,11 @@ fn once_says_what_it_could_not_ship_and_does_not_exit_0() {
     );
 }
 
-/// A command that runs a copy of logship as the unprivileged user 65534 (root reads
-/// everything), and a work directory that user owns. The copy is where that user can run it (the
+/// Runs `logship ship --once FILE` as the unprivileged user 65534 (root reads everything) into
+/// `file://<work>/out`, from a work directory that user owns; returns the daemon that has exited,
+/// its exit code and the work directory. The binary is copied where that user can run it (the
 /// build tree may be under a private home directory).
-fn as_nobody(env: &Env) -> (Command, std::path::PathBuf) {
+fn ship_once_as_nobody(env: &Env, file: &std::path::Path) -> (Daemon, Option<i32>, std::path::PathBuf) {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     fs::set_permissions(&env.input, fs::Permissions::from_mode(0o755)).unwrap();
@@ -247,7 +248,18 @@ fn as_nobody(env: &Env) -> (Command, std::path::PathBuf) {
     let mut cmd = Command::new("setpriv");
     cmd.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
         .arg(&exe);
-    (cmd, work)
+    let args: Vec<String> = vec![
+        "ship".into(),
+        "--once".into(),
+        file.display().to_string(),
+        "--to".into(),
+        format!("file://{}", work.join("out").display()),
+        "--buffer-dir".into(),
+        work.join("buffer").display().to_string(),
+    ];
+    let mut d = Daemon::spawn_cmd(cmd, &args, &work);
+    let code = d.wait_exit(Duration::from_secs(60)).code();
+    (d, code, work)
 }
 
 #[test]
@@ -257,19 +269,8 @@ fn once_over_a_file_it_cannot_read_does_not_exit_0() {
     let secret = env.path("secret.log");
     fs::write(&secret, b"root only\n").unwrap();
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
-    let (cmd, work) = as_nobody(&env);
-    let args: Vec<String> = vec![
-        "ship".into(),
-        "--once".into(),
-        secret.display().to_string(),
-        "--to".into(),
-        format!("file://{}", work.join("out").display()),
-        "--buffer-dir".into(),
-        work.join("buffer").display().to_string(),
-    ];
-    let mut d = Daemon::spawn_cmd(cmd, &args, &work);
-    let st = d.wait_exit(Duration::from_secs(60));
-    assert_eq!(st.code(), Some(4), "{}", d.stderr());
+    let (d, code, _) = ship_once_as_nobody(&env, &secret);
+    assert_eq!(code, Some(4), "{}", d.stderr());
     let ns = not_shipped(&d.summary());
     assert!(
         ns[0].0 == secret.display().to_string() && ns[0].1.contains("Permission denied"),
@@ -286,19 +287,8 @@ fn a_readable_file_another_user_owns_is_shipped_without_o_noatime() {
     let theirs = env.path("theirs.log");
     fs::write(&theirs, b"written by root, readable by all\n").unwrap();
     fs::set_permissions(&theirs, fs::Permissions::from_mode(0o644)).unwrap();
-    let (cmd, work) = as_nobody(&env);
-    let args: Vec<String> = vec![
-        "ship".into(),
-        "--once".into(),
-        theirs.display().to_string(),
-        "--to".into(),
-        format!("file://{}", work.join("out").display()),
-        "--buffer-dir".into(),
-        work.join("buffer").display().to_string(),
-    ];
-    let mut d = Daemon::spawn_cmd(cmd, &args, &work);
-    let st = d.wait_exit(Duration::from_secs(60));
-    assert_eq!(st.code(), Some(0), "{}", d.stderr());
+    let (d, code, work) = ship_once_as_nobody(&env, &theirs);
+    assert_eq!(code, Some(0), "{}", d.stderr());
     assert_bytes_eq(
         &collect(&work.join("out"), "theirs.log"),
         b"written by root, readable by all\n",
