@@ -373,9 +373,11 @@ impl FaultProxy {
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
                         return;
                     }
-                    // Read the request head (and whatever body arrives quickly).
-                    let mut buf = vec![0u8; 64 * 1024];
-                    let _ = tokio::time::timeout(std::time::Duration::from_millis(300), client.read(&mut buf)).await;
+                    // Read the whole request (its head, then Content-Length bytes of body, or
+                    // until it goes quiet), so that the answer is read as an answer: closing
+                    // with request bytes unread resets the connection, and the client sees a
+                    // failed write instead of the 500 or 503.
+                    read_request(&mut client).await;
                     let reply = match fault {
                         Fault::Status500 => response("500 Internal Server Error", ""),
                         Fault::Throttle => format!(
@@ -418,6 +420,36 @@ impl FaultProxy {
         *self.always.lock().unwrap() = fault;
         for h in self.passing.lock().unwrap().drain(..) {
             h.abort();
+        }
+    }
+}
+
+/// Reads one HTTP request: the head, then the body its Content-Length gives (each read waits
+/// at most 2 s; without a length, until 300 ms pass without bytes).
+async fn read_request(client: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut want: Option<usize> = None;
+    loop {
+        if want.is_some_and(|w| got.len() >= w) {
+            return;
+        }
+        let wait = if want.is_some() { 2000 } else { 300 };
+        let n = match tokio::time::timeout(std::time::Duration::from_millis(wait), client.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return,
+        };
+        got.extend_from_slice(&buf[..n]);
+        if want.is_none()
+            && let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n")
+        {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            want = len.map(|l| end + 4 + l);
         }
     }
 }
