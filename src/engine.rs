@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
 
-use notify::EventKind;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::buffer::{BufferError, ChunkLimits, ChunkStore, OutputKeying, SealedChunk};
@@ -26,6 +25,7 @@ use crate::pipeline::{Control, Pipeline, WakeFlags};
 use crate::sink::Sink;
 use crate::sink::retry::Deliveries;
 use crate::summary::Summary;
+use crate::watch::DirWatcher;
 
 /// Why the engine could not start.
 #[derive(Debug, thiserror::Error)]
@@ -507,46 +507,15 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Creates the inotify watcher (the pipeline adds the directories); a burst of events becomes one
+/// Starts the inotify watcher (the pipeline adds the directories); a burst of events becomes one
 /// wake-up. Without it (poll mode, or inotify unavailable) the pipeline polls.
-fn start_watcher(config: &Config, ctl: Sender<Control>, wake: Arc<WakeFlags>) -> Option<notify::RecommendedWatcher> {
+fn start_watcher(config: &Config, ctl: Sender<Control>, wake: Arc<WakeFlags>) -> Option<DirWatcher> {
     if config.sources.iter().all(|s| s.watch == WatchMode::Poll) {
         return None;
     }
-    let handler = move |res: notify::Result<notify::Event>| {
-        let event = match res {
-            Ok(event) if !event.need_rescan() => event,
-            // Events were lost (the kernel's queue overflowed): look at everything.
-            _ => {
-                wake.rescan.store(true, Ordering::SeqCst);
-                wake.full.store(true, Ordering::SeqCst);
-                if !wake.pending.swap(true, Ordering::SeqCst) {
-                    let _ = ctl.send(Control::Wake);
-                }
-                return;
-            }
-        };
-        match event.kind {
-            EventKind::Access(_) => return,
-            EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(notify::event::ModifyKind::Name(_)) => {
-                wake.rescan.store(true, Ordering::SeqCst);
-            }
-            _ => {
-                // Written to: the next pass reads these files (and not every file).
-                let mut changed = wake.changed.lock().expect("changed paths lock");
-                if changed.len() + event.paths.len() > crate::pipeline::CHANGED_PATHS_MAX {
-                    changed.clear();
-                    wake.full.store(true, Ordering::SeqCst);
-                } else {
-                    changed.extend(event.paths.into_iter().map(std::path::PathBuf::into_os_string));
-                }
-            }
-        }
-        if !wake.pending.swap(true, Ordering::SeqCst) {
-            let _ = ctl.send(Control::Wake);
-        }
-    };
-    match notify::recommended_watcher(handler) {
+    match DirWatcher::start(wake, move || {
+        let _ = ctl.send(Control::Wake);
+    }) {
         Ok(w) => Some(w),
         Err(e) => {
             tracing::warn!(error = %e, "file-system events unavailable; polling instead");

@@ -22,4 +22,5 @@ pub mod sink;
 pub mod source;
 pub mod summary;
 pub use logship_config::units;
+pub mod watch;
 pub mod wrap;

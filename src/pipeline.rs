@@ -12,9 +12,8 @@
 //! the secondary directories.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -27,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::sink::secondary::write_secondary;
 use crate::source::{Source, Targets};
 use crate::summary::{SecondaryFile, Summary};
+use crate::watch::DirWatcher;
 
 /// Messages to the pipeline thread.
 #[derive(Debug)]
@@ -49,22 +49,7 @@ pub enum Control {
     Failed(u64, String),
 }
 
-/// Flags set by the file-system watcher, so a burst of events costs one wake-up.
-#[derive(Debug, Default)]
-pub struct WakeFlags {
-    /// A wake-up message is already queued.
-    pub pending: AtomicBool,
-    /// Files were created, renamed or removed: look for new files.
-    pub rescan: AtomicBool,
-    /// Files that events say were written to since the last pass: the next pass reads only
-    /// them (unless a full pass is due).
-    pub changed: std::sync::Mutex<HashSet<std::ffi::OsString>>,
-    /// Events were lost (queue overflow) or named too many files: look at every file.
-    pub full: AtomicBool,
-}
-
-/// More changed paths than this between two passes: a full pass is as cheap.
-pub const CHANGED_PATHS_MAX: usize = 100_000;
+pub use crate::watch::{CHANGED_PATHS_MAX, WakeFlags};
 
 /// The least time between two passes that file-system events start. Under a steady stream of
 /// writes (a node forwarder with thousands of files growing) each pass would otherwise read
@@ -112,9 +97,7 @@ pub struct Pipeline {
     /// [`PASS_GAP`] after it wait for the rest of the gap.
     last_pass: Instant,
     /// inotify, when available; directories are added as they appear.
-    watcher: Option<notify::RecommendedWatcher>,
-    /// Directories being watched.
-    watched: HashSet<PathBuf>,
+    watcher: Option<DirWatcher>,
     /// What the metrics endpoint shows.
     metrics: Option<Arc<Metrics>>,
     /// The next pass looks at every file (see `targets`).
@@ -169,7 +152,6 @@ impl Pipeline {
             last_poll: Instant::now(),
             last_pass: Instant::now(),
             watcher: None,
-            watched: HashSet::new(),
             metrics: None,
             committed_once: false,
             files_published: None,
@@ -209,40 +191,24 @@ impl Pipeline {
 
     /// Gives the pipeline the file-system watcher; it watches the sources' directories, adding
     /// each one when it exists (at start, or at a later scan).
-    pub fn set_watcher(&mut self, watcher: Option<notify::RecommendedWatcher>) {
+    pub fn set_watcher(&mut self, watcher: Option<DirWatcher>) {
         self.watcher = watcher;
         self.add_watches();
     }
 
     fn add_watches(&mut self) {
-        use notify::{RecursiveMode, Watcher};
-        let Some(w) = self.watcher.as_mut() else { return };
+        let Some(w) = self.watcher.as_ref() else { return };
         for s in &self.sources {
             if s.config().watch == crate::config::WatchMode::Poll {
                 continue;
             }
             for (dir, recursive) in s.watch_dirs() {
-                let dir = if dir.as_os_str().is_empty() {
-                    PathBuf::from(".")
-                } else {
-                    dir
-                };
-                if self.watched.contains(&dir) || !dir.is_dir() {
-                    continue;
-                }
-                let mode = if recursive {
-                    RecursiveMode::Recursive
-                } else {
-                    RecursiveMode::NonRecursive
-                };
-                match w.watch(&dir, mode) {
-                    Ok(()) => {
-                        tracing::debug!(dir = %dir.display(), "watching");
-                        self.watched.insert(dir);
-                    }
-                    Err(e) => {
-                        tracing::info!(dir = %dir.display(), error = %e, "cannot watch directory; relying on scans and polls")
-                    }
+                match w.watch(&dir, recursive) {
+                    Ok(true) => tracing::debug!(dir = %dir.display(), recursive, directories = w.watched(), "watching"),
+                    Ok(false) => {}
+                    // Not there yet: a later scan watches it once it is.
+                    Err(_) if !dir.is_dir() && !dir.as_os_str().is_empty() => {}
+                    Err(e) => tracing::info!(error = %e, "relying on scans and polls for this directory"),
                 }
             }
         }
@@ -460,7 +426,10 @@ impl Pipeline {
                 self.last_poll = now;
                 continue;
             }
-            if pass == 0 {
+            // A pass over the files events named reads each of them to the size it saw; what
+            // they gained since has its own events (and a pass). Looking again at once cost a
+            // second lookup and `fstat` per file: a third of a busy node forwarder's reading.
+            if pass == 0 || targets.is_some() {
                 break;
             }
         }

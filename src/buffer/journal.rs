@@ -74,13 +74,22 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Tracked<K, V> {
         self.map.get_mut(k)
     }
 
-    /// Sets the entry for `k`.
+    /// Sets the entry for `k`. Two lookups when it replaces an entry, and no copy of the key:
+    /// a busy node forwarder sets thousands of checkpoints a second (keys of two strings).
     pub fn insert(&mut self, k: K, v: V) {
-        if self.map.get(&k) == Some(&v) {
-            return;
+        match self.map.get_mut(&k) {
+            Some(cur) if *cur == v => {}
+            Some(cur) => {
+                if let std::collections::btree_map::Entry::Vacant(e) = self.before.entry(k) {
+                    e.insert(Some(cur.clone()));
+                }
+                *cur = v;
+            }
+            None => {
+                self.note(&k);
+                self.map.insert(k, v);
+            }
         }
-        self.note(&k);
-        self.map.insert(k, v);
     }
 
     /// Removes the entry for `k`.

@@ -28,6 +28,12 @@ mod identity;
 mod reading;
 
 pub use discovery::glob_base;
+
+/// The hash `by_path` keys a path by.
+fn path_hash(p: &std::ffi::OsStr) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(p.as_encoded_bytes())
+}
 use discovery::is_glob;
 use identity::Fingerprint;
 
@@ -149,8 +155,10 @@ pub struct TailSource {
     rule: RecordRule,
     /// Checkpoints of files let go since the last commit (to drop from the state).
     forgotten: Vec<SourceKey>,
-    /// `files` by path, for a pass over the files events named; rebuilt when stale.
-    by_path: std::collections::HashMap<std::ffi::OsString, usize>,
+    /// `files` by a hash of their path, for a pass over the files events named; rebuilt when
+    /// stale. A hash, not a copy of each path: 10,000 paths are most of a megabyte. A lookup
+    /// checks the path it finds, so two paths with one hash cost a full pass, never a wrong file.
+    by_path: std::collections::HashMap<u64, usize>,
     by_path_stale: bool,
     /// Indices of the files whose `unsaved` is set, so that a commit costs the files that
     /// changed, not a walk over all of them (10,000 files are 2 MB of state: each walk missed

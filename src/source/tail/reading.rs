@@ -45,11 +45,19 @@ impl TailSource {
                         .files
                         .iter()
                         .enumerate()
-                        .map(|(i, f)| (f.path.clone().into_os_string(), i))
+                        .map(|(i, f)| (super::path_hash(f.path.as_os_str()), i))
                         .collect();
                     self.by_path_stale = false;
                 }
-                let mut v: Vec<usize> = t.paths.iter().filter_map(|p| self.by_path.get(p).copied()).collect();
+                let files = &self.files;
+                let mut v: Vec<usize> = t
+                    .paths
+                    .iter()
+                    .filter_map(|p| {
+                        let i = *self.by_path.get(&super::path_hash(p))?;
+                        (files[i].path.as_os_str() == p).then_some(i)
+                    })
+                    .collect();
                 v.sort_unstable();
                 t.matched.set(t.matched.get() + v.len());
                 v
