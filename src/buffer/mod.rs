@@ -1112,11 +1112,17 @@ impl ChunkStore {
     }
 }
 
+/// A store with one output keyed by tag, for tests of what reads into it.
+#[cfg(test)]
+pub(crate) fn test_store(dir: &Path, limit: u64) -> ChunkStore {
+    tests::store(dir, limit)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn store(dir: &Path, limit: u64) -> ChunkStore {
+    pub(super) fn store(dir: &Path, limit: u64) -> ChunkStore {
         let keying = OutputKeying {
             name: "out".into(),
             template: KeyTemplate::parse("%{tag}/%{index}").unwrap(),

@@ -414,4 +414,98 @@ mod tests {
         assert_eq!(glob_base("/var/log/**/x"), (PathBuf::from("/var/log"), true));
         assert_eq!(glob_base("rel.log"), (PathBuf::from(""), false));
     }
+
+    /// What a source put in the store's chunks, in order.
+    fn stored(store: &mut ChunkStore) -> Vec<u8> {
+        store.commit(crate::buffer::CheckpointChanges::none(), 1_000).unwrap();
+        let mut seqs: Vec<u64> = store.chunks().map(|c| c.seq).collect();
+        seqs.sort();
+        seqs.iter()
+            .flat_map(|&s| std::fs::read(store.chunk_path(s)).unwrap())
+            .collect()
+    }
+
+    fn lines(word: &str, n: usize) -> Vec<u8> {
+        (0..n).flat_map(|i| format!("{word} {i:05}\n").into_bytes()).collect()
+    }
+
+    /// A pass over the files events named reads a grown file's new bytes before it knows the
+    /// file's size (saving an `fstat`): growth, a truncation below the position, and a
+    /// copytruncate that regrew past the position between two looks all read as they do
+    /// with the size asked first.
+    #[test]
+    fn a_named_file_is_read_from_where_it_grew_and_truncations_are_still_caught() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("app.log");
+        let mut store = crate::buffer::test_store(&d.path().join("buffer"), 64 << 20);
+        let mut config = SourceConfig::new("s", crate::config::SourceKind::Tail, vec![p.display().to_string()]);
+        config.multiline = crate::config::Multiline::Off;
+        let mut src = TailSource::new(config, vec![0]);
+        let mut want = lines("first", 300);
+        std::fs::write(&p, &want).unwrap();
+        let now = Instant::now();
+        src.scan(&Default::default(), now);
+        assert_eq!(
+            src.read(&mut store, u64::MAX, false, now, 1_000, None).unwrap(),
+            want.len() as u64
+        );
+        let named = crate::source::Targets {
+            paths: [p.clone().into_os_string()].into(),
+            matched: Default::default(),
+        };
+        let append = |b: &[u8]| {
+            use std::io::Write;
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&p)
+                .unwrap()
+                .write_all(b)
+                .unwrap();
+        };
+        // Grown.
+        let more = lines("grown", 10);
+        append(&more);
+        assert_eq!(
+            src.read(&mut store, u64::MAX, false, now, 1_000, Some(&named)).unwrap(),
+            more.len() as u64
+        );
+        want.extend_from_slice(&more);
+        // Nothing new: nothing read.
+        assert_eq!(
+            src.read(&mut store, u64::MAX, false, now, 1_000, Some(&named)).unwrap(),
+            0
+        );
+        // Truncated and rewritten with more than before, between two looks.
+        let bigger = lines("bigger", 500);
+        std::fs::write(&p, &bigger).unwrap();
+        assert_eq!(
+            src.read(&mut store, u64::MAX, false, now, 1_000, Some(&named)).unwrap(),
+            bigger.len() as u64
+        );
+        want.extend_from_slice(&bigger);
+        assert_eq!(src.stats.truncations, 1);
+        // Truncated to less than the position.
+        let small = lines("small", 3);
+        std::fs::write(&p, &small).unwrap();
+        assert_eq!(
+            src.read(&mut store, u64::MAX, false, now, 1_000, Some(&named)).unwrap(),
+            small.len() as u64
+        );
+        want.extend_from_slice(&small);
+        assert_eq!(src.stats.truncations, 2);
+        // A half line waits for its end.
+        append(b"half");
+        assert_eq!(
+            src.read(&mut store, u64::MAX, false, now, 1_000, Some(&named)).unwrap(),
+            0
+        );
+        append(b" done\n");
+        assert_eq!(
+            src.read(&mut store, u64::MAX, false, now, 1_000, Some(&named)).unwrap(),
+            10
+        );
+        want.extend_from_slice(b"half done\n");
+        assert_eq!(named.matched.get(), 6);
+        assert_eq!(stored(&mut store), want);
+    }
 }

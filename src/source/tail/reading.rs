@@ -71,7 +71,7 @@ impl TailSource {
                 || self.files[i]
                     .gone_since
                     .is_some_and(|g| now >= g.max(self.files[i].last_growth) + self.config.rotate_wait.get());
-            total += self.read_file(i, store, budget - total, flush_partial, now, now_ms)?;
+            total += self.read_file(i, store, budget - total, flush_partial, targets.is_some(), now, now_ms)?;
         }
         // Close files that are gone, quiet for rotate_wait, and read to their end.
         if !self.any_gone {
@@ -96,12 +96,19 @@ impl TailSource {
         Ok(total)
     }
 
+    /// Reads file `i`'s new bytes into `store`. `named`: an event named the file, so it has most
+    /// likely grown: its new bytes are read first and their length gives its size (a short read
+    /// ends at the end of the file), which saves the `fstat` a look costs otherwise (15 % of a
+    /// busy node forwarder's reading). A read that finds nothing, or fills the whole block, asks
+    /// `fstat` as every other look does (a file that shrank reads as empty at the old position).
+    #[allow(clippy::too_many_arguments)]
     fn read_file(
         &mut self,
         i: usize,
         store: &mut ChunkStore,
         budget: u64,
         flush_partial: bool,
+        named: bool,
         now: Instant,
         now_ms: i64,
     ) -> Result<u64, TailError> {
@@ -119,7 +126,25 @@ impl TailSource {
             path: path.to_path_buf(),
             source,
         };
-        let mut size = f.file.metadata().map_err(|e| read_err(&f.path, e))?.len();
+        // Bytes already in `buf`, read from `f.pos` (valid while `f.pos` does not move).
+        let mut ahead = 0;
+        let mut size = None;
+        if named && f.drain_size.is_none() && budget > 0 {
+            let n = f
+                .file
+                .read_at(&mut self.buf[..], f.pos)
+                .map_err(|e| read_err(&f.path, e))?;
+            if n > 0 {
+                ahead = n;
+                if n < block {
+                    size = Some(f.pos + n as u64);
+                }
+            }
+        }
+        let mut size = match size {
+            Some(s) => s,
+            None => f.file.metadata().map_err(|e| read_err(&f.path, e))?.len(),
+        };
         if let Some(d) = f.drain_size {
             size = size.min(d);
         }
@@ -145,6 +170,7 @@ impl TailSource {
             f.pos = 0;
             f.scan_hint = 0;
             f.fp = Fingerprint::empty();
+            ahead = 0;
         }
         if (f.fp.len as u64) < FINGERPRINT_MAX && size > f.fp.len as u64 {
             f.fp = fingerprint(&f.file, size.min(FINGERPRINT_MAX)).map_err(|e| read_err(&f.path, e))?;
@@ -152,10 +178,15 @@ impl TailSource {
         let start = f.pos;
         while f.pos < size && f.pos - start < budget {
             let want = (size - f.pos).min(block as u64) as usize;
-            let n = f
-                .file
-                .read_at(&mut self.buf[..want], f.pos)
-                .map_err(|e| read_err(&f.path, e))?;
+            let n = if ahead > 0 && f.pos == start {
+                // The bytes read ahead (the file may have grown past them since the `fstat`
+                // or the read: the size seen bounds what this pass takes).
+                std::mem::take(&mut ahead).min(want)
+            } else {
+                f.file
+                    .read_at(&mut self.buf[..want], f.pos)
+                    .map_err(|e| read_err(&f.path, e))?
+            };
             if n == 0 {
                 break;
             }
