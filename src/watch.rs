@@ -87,6 +87,16 @@ pub enum WatchError {
     },
 }
 
+/// The directory a path names on disk: the empty path (a pattern without a directory, whose
+/// events' paths are bare file names) is the current one.
+fn on_disk(dir: &Path) -> &Path {
+    if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    }
+}
+
 /// One watched directory.
 #[derive(Debug)]
 struct Watched {
@@ -116,11 +126,7 @@ impl Table {
     /// Errors below `dir` are logged, not returned: what cannot be watched is still found by
     /// scans and the safety poll.
     fn add(&mut self, dir: &Path, recursive: bool, root: bool) -> Result<(), WatchError> {
-        let target = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
+        let target = on_disk(dir);
         let wd = self.watches.add(target, mask()).map_err(|source| WatchError::Add {
             path: target.to_path_buf(),
             source,
@@ -160,12 +166,9 @@ impl Table {
     /// Watches the directories below `dir` (following links to directories; a loop ends where
     /// a directory is already watched).
     fn add_below(&mut self, dir: &Path) {
-        let target = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
+        let Ok(entries) = std::fs::read_dir(on_disk(dir)) else {
+            return;
         };
-        let Ok(entries) = std::fs::read_dir(target) else { return };
         for e in entries.flatten() {
             let is_dir = match e.file_type() {
                 Ok(t) if t.is_dir() => true,

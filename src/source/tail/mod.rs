@@ -453,6 +453,9 @@ mod tests {
             paths: [p.clone().into_os_string()].into(),
             matched: Default::default(),
         };
+        let read_named = |src: &mut TailSource, store: &mut ChunkStore| {
+            src.read(store, u64::MAX, false, now, 1_000, Some(&named)).unwrap()
+        };
         let append = |b: &[u8]| {
             use std::io::Write;
             std::fs::OpenOptions::new()
@@ -465,45 +468,27 @@ mod tests {
         // Grown.
         let more = lines("grown", 10);
         append(&more);
-        assert_eq!(
-            src.read(&mut store, u64::MAX, false, now, 1_000, Some(&named)).unwrap(),
-            more.len() as u64
-        );
+        assert_eq!(read_named(&mut src, &mut store), more.len() as u64);
         want.extend_from_slice(&more);
         // Nothing new: nothing read.
-        assert_eq!(
-            src.read(&mut store, u64::MAX, false, now, 1_000, Some(&named)).unwrap(),
-            0
-        );
+        assert_eq!(read_named(&mut src, &mut store), 0);
         // Truncated and rewritten with more than before, between two looks.
         let bigger = lines("bigger", 500);
         std::fs::write(&p, &bigger).unwrap();
-        assert_eq!(
-            src.read(&mut store, u64::MAX, false, now, 1_000, Some(&named)).unwrap(),
-            bigger.len() as u64
-        );
+        assert_eq!(read_named(&mut src, &mut store), bigger.len() as u64);
         want.extend_from_slice(&bigger);
         assert_eq!(src.stats.truncations, 1);
         // Truncated to less than the position.
         let small = lines("small", 3);
         std::fs::write(&p, &small).unwrap();
-        assert_eq!(
-            src.read(&mut store, u64::MAX, false, now, 1_000, Some(&named)).unwrap(),
-            small.len() as u64
-        );
+        assert_eq!(read_named(&mut src, &mut store), small.len() as u64);
         want.extend_from_slice(&small);
         assert_eq!(src.stats.truncations, 2);
         // A half line waits for its end.
         append(b"half");
-        assert_eq!(
-            src.read(&mut store, u64::MAX, false, now, 1_000, Some(&named)).unwrap(),
-            0
-        );
+        assert_eq!(read_named(&mut src, &mut store), 0);
         append(b" done\n");
-        assert_eq!(
-            src.read(&mut store, u64::MAX, false, now, 1_000, Some(&named)).unwrap(),
-            10
-        );
+        assert_eq!(read_named(&mut src, &mut store), 10);
         want.extend_from_slice(b"half done\n");
         assert_eq!(named.matched.get(), 6);
         assert_eq!(stored(&mut store), want);
