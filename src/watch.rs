@@ -414,9 +414,10 @@ impl Reader {
 /// Sorts one event into the batch.
 fn classify(table: &Table, wd: i32, mask: EventMask, name: Option<&std::ffi::OsStr>, b: &mut Batch) {
     if mask.contains(EventMask::Q_OVERFLOW) {
-        // Events were lost: every file is looked at, and directories made meanwhile are
-        // found by the scan (and watched: the scan asks for the roots again, and new
-        // subdirectories of a recursive root are walked below).
+        // Events were lost: every file is looked at, and files in directories made meanwhile
+        // are found by the scan. Such a directory is not watched (its root is, so asking
+        // for the root again does not walk it): its files are read by scans and the 5 s
+        // poll, not by events.
         b.full = true;
         b.rescan = true;
         return;
