@@ -196,6 +196,21 @@ impl Table {
         }
     }
 
+    /// Watches what is below every recursive watch and not watched yet: after the kernel's
+    /// queue overflowed, a directory made meanwhile was never announced. One `readdir` per
+    /// watched directory; an overflow is rare.
+    fn add_missing(&mut self) {
+        let recursive: Vec<PathBuf> = self
+            .by_wd
+            .values()
+            .filter(|w| w.recursive)
+            .map(|w| w.path.clone())
+            .collect();
+        for dir in recursive {
+            self.add_below(&dir);
+        }
+    }
+
     /// Stops watching `dir` and every directory watched below it (renamed away: events there
     /// would carry the old name).
     fn remove_tree(&mut self, dir: &Path) {
@@ -303,6 +318,8 @@ struct Batch {
     changed: Vec<OsString>,
     rescan: bool,
     full: bool,
+    /// Events were lost: look below every recursive watch for directories not watched yet.
+    rewalk: bool,
     /// New directories below recursive watches.
     add: Vec<PathBuf>,
     /// Directories renamed away from a watched directory: unwatched with what is below them
@@ -371,7 +388,7 @@ impl Reader {
     /// Applies a batch: watches and forgets directories, sets the flags. Returns whether the
     /// pipeline needs waking.
     fn publish(&self, b: Batch) -> bool {
-        if !b.add.is_empty() || !b.remove.is_empty() || !b.unwatch.is_empty() || !b.forget.is_empty() {
+        if b.rewalk || !b.add.is_empty() || !b.remove.is_empty() || !b.unwatch.is_empty() || !b.forget.is_empty() {
             let mut t = self.table.lock().expect("watch table lock");
             for id in &b.forget {
                 t.by_wd.remove(id);
@@ -388,6 +405,9 @@ impl Reader {
                 if let Err(e) = t.add(dir, true, false) {
                     t.log_add_error(&e);
                 }
+            }
+            if b.rewalk {
+                t.add_missing();
             }
         }
         let mut any = b.rescan || b.full;
@@ -414,12 +434,12 @@ impl Reader {
 /// Sorts one event into the batch.
 fn classify(table: &Table, wd: i32, mask: EventMask, name: Option<&std::ffi::OsStr>, b: &mut Batch) {
     if mask.contains(EventMask::Q_OVERFLOW) {
-        // Events were lost: every file is looked at, and files in directories made meanwhile
-        // are found by the scan. Such a directory is not watched (its root is, so asking
-        // for the root again does not walk it): its files are read by scans and the 5 s
-        // poll, not by events.
+        // Events were lost: every file is looked at, files in directories made meanwhile are
+        // found by the scan, and those directories are watched (asking for a root again does
+        // not walk it: the batch walks every recursive watch).
         b.full = true;
         b.rescan = true;
+        b.rewalk = true;
         return;
     }
     let Some(dir) = table.by_wd.get(&wd) else {
@@ -618,6 +638,41 @@ mod tests {
         });
         let stale = old.join("inner/app.log");
         assert!(!changed(&flags).contains(stale.as_os_str()));
+    }
+
+    #[test]
+    fn after_events_are_lost_directories_made_meanwhile_are_watched() {
+        let root = tempfile::tempdir().unwrap();
+        let (a, b) = (root.path().join("a.log"), root.path().join("b.log"));
+        let (w, flags, _rx) = start();
+        w.watch(root.path(), true).unwrap();
+        let mut fa = std::fs::OpenOptions::new().create(true).append(true).open(&a).unwrap();
+        let mut fb = std::fs::OpenOptions::new().create(true).append(true).open(&b).unwrap();
+        wait("the files' creation seen", || flags.rescan.load(Ordering::SeqCst));
+        let leaf = root.path().join("pod/container");
+        {
+            // Holding the table stalls the reading thread at its next batch, so the kernel's
+            // queue (fs.inotify.max_queued_events, 16,384 by default) fills: writes to two
+            // files in turn are not merged.
+            let _stall = w.table.lock().unwrap();
+            let limit: usize = std::fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+                .map_or(16_384, |s| s.trim().parse().unwrap());
+            for _ in 0..limit + 4096 {
+                fa.write_all(b"x").unwrap();
+                fb.write_all(b"y").unwrap();
+            }
+            // Made once the queue is full: its creation is lost.
+            std::fs::create_dir_all(&leaf).unwrap();
+        }
+        wait("the overflow seen", || flags.full.load(Ordering::SeqCst));
+        wait("the directories made meanwhile watched", || w.watched() == 3);
+        flags.changed.lock().unwrap().clear();
+        let f = leaf.join("0.log");
+        append(&f, "a\n");
+        append(&f, "b\n");
+        wait("a write in a directory made meanwhile named", || {
+            changed(&flags).contains(f.as_os_str())
+        });
     }
 
     #[test]
