@@ -3,7 +3,11 @@
 //! [`LiveState`] keeps the state in keyed maps ([`Tracked`]) that remember each entry's value as
 //! of the last commit the first time it changes. A commit writes only those entries, as one
 //! record appended to `state.journal`: `[payload length: u32 LE][FNV-1a 64 of the payload: u64
-//! LE][payload: JSON of a StateDelta]`, then fdatasync. A record is whole or it is not there: a
+//! LE][payload: JSON of a StateDelta]`, then fdatasync. A checkpoint whose position alone moved
+//! (what a followed file's growth changes) is written as its key and position (`moved`), not
+//! whole: a busy node forwarder moves thousands a second, and the whole checkpoint (its path,
+//! fingerprint, field names) was three times the bytes to format, write and, through the
+//! snapshots the journal's growth brings, compact. A record is whole or it is not there: a
 //! crash in the middle of an append leaves a record whose length or checksum does not hold,
 //! which recovery drops (with everything after it) and cuts off, so the commit it carried simply
 //! did not happen. A rollback puts the remembered values back.
@@ -26,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use super::state::{
     ChunkMeta, IndexCounter, MarkerRecord, STATE_VERSION, SourceCheckpoint, SourceKey, StateFile, source_key,
 };
-use crate::fsutil::fnv1a;
+use crate::fsutil::{FileId, fnv1a};
 
 /// The journal never waits for a snapshot before it holds this much (small states would
 /// otherwise be rewritten whole every few commits).
@@ -74,17 +78,19 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Tracked<K, V> {
         self.map.get_mut(k)
     }
 
-    /// Sets the entry for `k`. Two lookups when it replaces an entry, and no copy of the key:
-    /// a busy node forwarder sets thousands of checkpoints a second (keys of two strings).
+    /// Sets the entry for `k`. Two lookups when it replaces an entry, and no copy of the key or
+    /// of the value it replaces: a busy node forwarder sets thousands of checkpoints a second
+    /// (keys of two strings, values of three).
     pub fn insert(&mut self, k: K, v: V) {
         match self.map.get_mut(&k) {
             Some(cur) if *cur == v => {}
-            Some(cur) => {
-                if let std::collections::btree_map::Entry::Vacant(e) = self.before.entry(k) {
-                    e.insert(Some(cur.clone()));
+            Some(cur) => match self.before.entry(k) {
+                // The value it replaces is the committed one: kept, not copied.
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(Some(std::mem::replace(cur, v)));
                 }
-                *cur = v;
-            }
+                std::collections::btree_map::Entry::Occupied(_) => *cur = v,
+            },
             None => {
                 self.note(&k);
                 self.map.insert(k, v);
@@ -180,6 +186,9 @@ struct StateDelta {
     sources: Vec<SourceCheckpoint>,
     #[serde(default)]
     sources_removed: Vec<SourceKey>,
+    /// Checkpoints whose position alone changed: (source, dev, ino, tag, pos).
+    #[serde(default)]
+    moved: Vec<(String, u64, u64, String, u64)>,
     #[serde(default)]
     chunks: Vec<ChunkMeta>,
     #[serde(default)]
@@ -205,6 +214,8 @@ struct StateDeltaRef<'a> {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     sources_removed: Vec<&'a SourceKey>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    moved: Vec<Moved<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     chunks: Vec<&'a ChunkMeta>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     chunks_removed: Vec<&'a u64>,
@@ -217,6 +228,14 @@ struct StateDeltaRef<'a> {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     markers_removed: Vec<&'a MarkerKey>,
     destinations: &'a BTreeMap<String, String>,
+}
+
+/// A checkpoint whose position alone moved, as a record carries it: (source, dev, ino, tag, pos).
+type Moved<'a> = (&'a str, u64, u64, &'a str, u64);
+
+/// Whether `now` differs from `was` (the same key) in its position alone.
+fn moved_only(was: &SourceCheckpoint, now: &SourceCheckpoint) -> bool {
+    was.fp_len == now.fp_len && was.fp == now.fp && was.path == now.path
 }
 
 /// [`StateFile`] as written: borrowed from the live state (same field names).
@@ -285,7 +304,18 @@ impl LiveState {
 
     /// A journal record (header and payload) of what changed since the last commit.
     pub fn delta_record(&self) -> Vec<u8> {
-        let (sources, sources_removed) = self.sources.changes();
+        let (mut sources, mut moved, mut sources_removed) = (Vec::new(), Vec::new(), Vec::new());
+        for (k, old) in &self.sources.before {
+            match (self.sources.map.get(k), old) {
+                (Some(v), Some(o)) if v == o => {}
+                (Some(v), Some(o)) if moved_only(o, v) => {
+                    moved.push((v.source.as_str(), v.id.dev, v.id.ino, v.tag.as_str(), v.pos))
+                }
+                (Some(v), _) => sources.push(v),
+                (None, Some(_)) => sources_removed.push(k),
+                (None, None) => {}
+            }
+        }
         let (chunks, chunks_removed) = self.chunks.changes();
         let (indices, indices_removed) = self.indices.changes();
         let (markers, markers_removed) = self.markers.changes();
@@ -294,6 +324,7 @@ impl LiveState {
             next_seq: self.next_seq,
             sources,
             sources_removed,
+            moved,
             chunks,
             chunks_removed,
             indices,
@@ -332,13 +363,28 @@ impl LiveState {
         self.chunks.undo()
     }
 
-    fn apply(&mut self, d: StateDelta) {
+    /// Applies one record; false (nothing applied) when it moves a checkpoint the state does not
+    /// hold, which no record this state's commits wrote can do.
+    fn apply(&mut self, d: StateDelta) -> bool {
+        let mut moved = Vec::with_capacity(d.moved.len());
+        for (source, dev, ino, tag, pos) in d.moved {
+            let k = (source, FileId { dev, ino }, tag);
+            if !self.sources.map.contains_key(&k) {
+                return false;
+            }
+            moved.push((k, pos));
+        }
         self.next_seq = d.next_seq;
         for c in d.sources {
             self.sources.insert(source_key(&c), c);
         }
         for k in &d.sources_removed {
             self.sources.remove(k);
+        }
+        for (k, pos) in moved {
+            if let Some(c) = self.sources.map.get_mut(&k) {
+                c.pos = pos;
+            }
         }
         for c in d.chunks {
             self.chunks.insert(c.seq, c);
@@ -360,6 +406,7 @@ impl LiveState {
         }
         self.destinations = d.destinations;
         self.settle();
+        true
     }
 
     /// Applies the records of `journal` that follow this state's snapshot, in order, up to the
@@ -390,7 +437,9 @@ impl LiveState {
                 // Left from before the snapshot (a crash before the journal was emptied).
                 break;
             }
-            self.apply(d);
+            if !self.apply(d) {
+                break;
+            }
             good += (HEADER + payload.len()) as u64;
             applied += 1;
         }
@@ -477,7 +526,6 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fsutil::FileId;
 
     fn checkpoint(ino: u64, pos: u64) -> SourceCheckpoint {
         SourceCheckpoint {
@@ -524,6 +572,75 @@ mod tests {
         assert_eq!(again.sources.map(), live.sources.map());
         assert_eq!(again.next_seq, 3);
         assert_eq!(again.sources.map().len(), 997);
+    }
+
+    #[test]
+    fn a_position_that_alone_moved_is_written_as_its_key_and_position() {
+        let d = tempfile::tempdir().unwrap();
+        let mut live = state_with(1000);
+        let base = live.clone();
+        let whole = serde_json::to_vec(&checkpoint(999, 6993)).unwrap().len();
+        let mut j = Journal::open(&d.path().join("j")).unwrap();
+        for i in 0..1000 {
+            let mut c = checkpoint(i, 7 * i + 1);
+            match i {
+                // A reused inode (another fingerprint) and a renamed file: written whole.
+                3 => c.fp = 42,
+                4 => c.path = "/logs/renamed".into(),
+                _ => {}
+            }
+            live.sources.insert(source_key(&c), c);
+        }
+        let rec = live.delta_record();
+        let payload: serde_json::Value = serde_json::from_slice(&rec[HEADER..]).unwrap();
+        assert_eq!(payload["moved"].as_array().unwrap().len(), 998);
+        assert_eq!(payload["moved"][0], serde_json::json!(["s", 1, 0, "t0", 1]));
+        let whole_ones: Vec<u64> = payload["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["ino"].as_u64().unwrap())
+            .collect();
+        assert_eq!(whole_ones, [3, 4]);
+        assert!(
+            rec.len() < 1000 * whole / 3,
+            "a record of {} bytes for 1000 checkpoints of {whole} bytes each",
+            rec.len()
+        );
+        j.append(&rec, true, &|| {}).unwrap();
+        live.settle();
+        let mut again = base.clone();
+        assert_eq!(again.replay(j.file()).unwrap(), (j.len, 1));
+        assert_eq!(again.sources.map(), live.sources.map());
+        assert_eq!(
+            again.sources.map()[&source_key(&checkpoint(4, 0))].path,
+            Path::new("/logs/renamed")
+        );
+    }
+
+    #[test]
+    fn a_record_that_moves_a_checkpoint_the_state_does_not_hold_ends_the_replay() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("j");
+        let mut live = state_with(2);
+        let mut j = Journal::open(&path).unwrap();
+        let mut ends = Vec::new();
+        for (round, ino) in [(1, 0), (2, 1)] {
+            live.sources.insert(source_key(&checkpoint(ino, 5)), checkpoint(ino, 5));
+            live.next_seq = round;
+            j.append(&live.delta_record(), false, &|| {}).unwrap();
+            live.settle();
+            ends.push(j.len);
+        }
+        let mut all = state_with(2);
+        assert_eq!(all.replay(&File::open(&path).unwrap()).unwrap(), (ends[1], 2));
+        // Without checkpoint 1, the second record is not valid: nothing of it applies.
+        let mut base = state_with(2);
+        base.sources.remove(&source_key(&checkpoint(1, 0)));
+        base.settle();
+        assert_eq!(base.replay(&File::open(&path).unwrap()).unwrap(), (ends[0], 1));
+        assert_eq!(base.next_seq, 1);
+        assert_eq!(base.sources.map()[&source_key(&checkpoint(0, 0))].pos, 5);
     }
 
     #[test]

@@ -326,8 +326,10 @@ impl ChunkStore {
         })?;
 
         let state_path = dir.join("state.json");
-        let have_snapshot = state_path.exists();
         let snapshot = StateFile::load(&state_path)?;
+        // A snapshot of an older format counts as none: the first commit replaces it, so no
+        // record that format does not know follows it (see `STATE_VERSION`).
+        let have_snapshot = state_path.exists() && snapshot.version == state::STATE_VERSION;
         let mut state = LiveState::from_snapshot(snapshot);
         let journal_path = dir.join("state.journal");
         let journal_err = |source| BufferError::Write {
@@ -1354,6 +1356,52 @@ mod tests {
             "only the snapshot counts"
         );
         assert_eq!(journal_len(d.path()), 0);
+    }
+
+    /// A buffer left by a logship that writes version 2 (whole checkpoints in its records) is
+    /// read, journal and all; the first commit replaces its snapshot with a version-3 one, so
+    /// the records in the new form (positions alone) never follow a snapshot that a version-2
+    /// logship would read without them.
+    #[test]
+    fn a_version_2_state_is_read_and_its_first_commit_writes_a_version_3_snapshot() {
+        let d = tempfile::tempdir().unwrap();
+        let old = StateFile {
+            version: 2,
+            generation: 4,
+            sources: vec![checkpoint(1, 10), checkpoint(2, 10)],
+            ..Default::default()
+        };
+        fs::write(d.path().join("state.json"), serde_json::to_vec(&old).unwrap()).unwrap();
+        let payload = serde_json::to_vec(&serde_json::json!({
+            "generation": 4,
+            "next_seq": 0,
+            "sources": [checkpoint(1, 20)],
+            "destinations": {},
+        }))
+        .unwrap();
+        let mut record = (payload.len() as u32).to_le_bytes().to_vec();
+        record.extend_from_slice(&crate::fsutil::fnv1a(&payload).to_le_bytes());
+        record.extend_from_slice(&payload);
+        fs::write(d.path().join("state.journal"), &record).unwrap();
+        let version = |d: &Path| StateFile::load(&d.join("state.json")).unwrap().version;
+        {
+            let mut s = store(d.path(), 1000);
+            assert_eq!(s.checkpoints()[&source_key(&checkpoint(1, 0))].pos, 20);
+            assert_eq!(version(d.path()), 2, "read as it is");
+            let moved = |pos| CheckpointChanges::Some {
+                set: vec![checkpoint(1, pos)],
+                removed: vec![],
+            };
+            s.commit(moved(30), 1_000).unwrap();
+            assert_eq!(version(d.path()), state::STATE_VERSION);
+            assert_eq!(journal_len(d.path()), 0, "folded into the new snapshot");
+            s.commit(moved(40), 1_000).unwrap();
+            let journal = fs::read(d.path().join("state.journal")).unwrap();
+            assert!(journal.windows(7).any(|w| w == b"\"moved\""), "the new form follows");
+        }
+        let s = store(d.path(), 1000);
+        assert_eq!(s.checkpoints()[&source_key(&checkpoint(1, 0))].pos, 40);
+        assert_eq!(s.checkpoints()[&source_key(&checkpoint(2, 0))].pos, 10);
     }
 
     #[test]

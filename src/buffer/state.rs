@@ -16,7 +16,11 @@ use crate::fsutil::FileId;
 /// The format version written by this build. A newer version on disk is refused, not guessed at.
 /// Version 2 added the journal (`generation`); a version-1 snapshot is read as generation 0 with
 /// no journal. A version-1 logship refuses a version-2 state rather than ignore its journal.
-pub const STATE_VERSION: u32 = 2;
+/// Version 3 added journal records' `moved` (a checkpoint whose position alone changed, by its
+/// key and new position), which a version-2 logship would ignore: it refuses the state instead.
+/// A version-2 state is read, and the first commit writes a version-3 snapshot, so records in
+/// the new form only ever follow a version-3 snapshot.
+pub const STATE_VERSION: u32 = 3;
 
 /// Which checkpoint: the source (config name), the file's device and inode, and its tag (a
 /// Spark event-log source may follow a file and mirror another with the same identity).
