@@ -364,8 +364,8 @@ impl Pipeline {
         })
     }
 
-    /// Reads every source until there is nothing new, or enough for one commit. Err after a
-    /// write error (rolled back; reading resumes after a pause).
+    /// Reads every source once (each file to the size it saw, up to enough for one commit).
+    /// Err after a write error (rolled back; reading resumes after a pause).
     fn read_all(&mut self, draining: bool) -> Result<u64, ()> {
         if self.backing_off() {
             return Err(());
@@ -426,12 +426,12 @@ impl Pipeline {
                 self.last_poll = now;
                 continue;
             }
-            // A pass over the files events named reads each of them to the size it saw; what
-            // they gained since has its own events (and a pass). Looking again at once cost a
-            // second lookup and `fstat` per file: a third of a busy node forwarder's reading.
-            if pass == 0 || targets.is_some() {
-                break;
-            }
+            // A pass reads each file to the size it saw; what files gained since has its own
+            // events and pass (or the next poll, where there are no events), and the drain
+            // passes again until one reads nothing. Looking again at once cost a second lookup
+            // and `fstat` per file: a third of a busy node forwarder's reading, and a second
+            // `fstat` of every file at each 5 s poll.
+            break;
         }
         // Stopped at the batch (or the buffer limit) with more to read: the next pass looks
         // at every file again.
