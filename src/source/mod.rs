@@ -87,8 +87,8 @@ pub trait Source: Send {
 /// changed, where a pass over every followed file costs a `stat` per file.
 #[derive(Debug, Default)]
 pub struct Targets {
-    /// The paths (as bytes: hashing a `Path` parses its components).
-    pub paths: HashSet<std::ffi::OsString>,
+    /// The paths, by [`crate::watch::path_hash`].
+    pub paths: HashSet<u64>,
     /// How many of them a source follows (summed over the sources): fewer than the paths
     /// means some event named a file under another spelling, and a full pass is needed.
     pub matched: Cell<usize>,

@@ -45,19 +45,11 @@ impl TailSource {
                         .files
                         .iter()
                         .enumerate()
-                        .map(|(i, f)| (super::path_hash(f.path.as_os_str()), i))
+                        .map(|(i, f)| (crate::watch::path_hash(f.path.as_os_str()), i))
                         .collect();
                     self.by_path_stale = false;
                 }
-                let files = &self.files;
-                let mut v: Vec<usize> = t
-                    .paths
-                    .iter()
-                    .filter_map(|p| {
-                        let i = *self.by_path.get(&super::path_hash(p))?;
-                        (files[i].path.as_os_str() == p).then_some(i)
-                    })
-                    .collect();
+                let mut v: Vec<usize> = t.paths.iter().filter_map(|h| self.by_path.get(h).copied()).collect();
                 v.sort_unstable();
                 t.matched.set(t.matched.get() + v.len());
                 v
