@@ -112,18 +112,25 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Tracked<K, V> {
         &self.map
     }
 
-    /// Entries changed or added since the last settle, and keys removed.
-    pub fn changes(&self) -> (Vec<&V>, Vec<&K>) {
+    /// Entries changed or added since the last settle, each with its value as of then (none
+    /// when added), and keys removed.
+    pub fn changes_since(&self) -> (Vec<(&V, Option<&V>)>, Vec<&K>) {
         let (mut set, mut gone) = (Vec::new(), Vec::new());
         for (k, old) in &self.before {
             match (self.map.get(k), old) {
                 (Some(v), Some(o)) if v == o => {}
-                (Some(v), _) => set.push(v),
+                (Some(v), o) => set.push((v, o.as_ref())),
                 (None, Some(_)) => gone.push(k),
                 (None, None) => {}
             }
         }
         (set, gone)
+    }
+
+    /// Entries changed or added since the last settle, and keys removed.
+    pub fn changes(&self) -> (Vec<&V>, Vec<&K>) {
+        let (set, gone) = self.changes_since();
+        (set.into_iter().map(|(v, _)| v).collect(), gone)
     }
 
     /// Whether anything differs from the last settle.
@@ -304,16 +311,14 @@ impl LiveState {
 
     /// A journal record (header and payload) of what changed since the last commit.
     pub fn delta_record(&self) -> Vec<u8> {
-        let (mut sources, mut moved, mut sources_removed) = (Vec::new(), Vec::new(), Vec::new());
-        for (k, old) in &self.sources.before {
-            match (self.sources.map.get(k), old) {
-                (Some(v), Some(o)) if v == o => {}
-                (Some(v), Some(o)) if moved_only(o, v) => {
+        let (changed, sources_removed) = self.sources.changes_since();
+        let (mut sources, mut moved) = (Vec::new(), Vec::new());
+        for (v, old) in changed {
+            match old {
+                Some(o) if moved_only(o, v) => {
                     moved.push((v.source.as_str(), v.id.dev, v.id.ino, v.tag.as_str(), v.pos))
                 }
-                (Some(v), _) => sources.push(v),
-                (None, Some(_)) => sources_removed.push(k),
-                (None, None) => {}
+                _ => sources.push(v),
             }
         }
         let (chunks, chunks_removed) = self.chunks.changes();
