@@ -351,7 +351,7 @@ impl Pipeline {
     /// asks for a look at every file (the safety poll, a scan, a deadline, the drain, a pass
     /// that stopped at its budget, a rollback, events lost or named under another spelling).
     fn targets(&mut self, now: Instant, draining: bool) -> Option<Targets> {
-        let paths = std::mem::take(&mut *self.wake.changed.lock().expect("changed paths lock"));
+        let path_hashes = std::mem::take(&mut *self.wake.changed.lock().expect("changed paths lock"));
         let poll = self.sources.iter().map(|s| s.poll_interval()).min();
         let full = std::mem::take(&mut self.full_next) | self.wake.full.swap(false, Ordering::SeqCst)
             || draining
@@ -359,7 +359,7 @@ impl Pipeline {
             || poll.is_none_or(|p| now >= self.last_poll + p)
             || self.sources.iter().any(|s| s.next_deadline().is_some_and(|t| t <= now));
         (!full).then(|| Targets {
-            paths,
+            path_hashes,
             matched: Default::default(),
         })
     }
@@ -419,7 +419,7 @@ impl Pipeline {
             }
             total += pass;
             if let Some(t) = &targets
-                && t.matched.get() < t.paths.len()
+                && t.matched.get() < t.path_hashes.len()
             {
                 // An event named a path no source follows by that name: look at every file.
                 targets = None;

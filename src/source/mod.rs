@@ -88,7 +88,7 @@ pub trait Source: Send {
 #[derive(Debug, Default)]
 pub struct Targets {
     /// The paths, by [`crate::watch::path_hash`].
-    pub paths: HashSet<u64>,
+    pub path_hashes: HashSet<u64>,
     /// How many of them a source follows (summed over the sources): fewer than the paths
     /// means some event named a file under another spelling, and a full pass is needed.
     pub matched: Cell<usize>,

@@ -446,7 +446,7 @@ mod tests {
             want.len() as u64
         );
         let named = crate::source::Targets {
-            paths: [crate::watch::path_hash(p.as_os_str())].into(),
+            path_hashes: [crate::watch::path_hash(p.as_os_str())].into(),
             matched: Default::default(),
         };
         let read_named = |src: &mut TailSource, store: &mut ChunkStore| {

@@ -49,7 +49,11 @@ impl TailSource {
                         .collect();
                     self.by_path_stale = false;
                 }
-                let mut v: Vec<usize> = t.paths.iter().filter_map(|h| self.by_path.get(h).copied()).collect();
+                let mut v: Vec<usize> = t
+                    .path_hashes
+                    .iter()
+                    .filter_map(|h| self.by_path.get(h).copied())
+                    .collect();
                 v.sort_unstable();
                 t.matched.set(t.matched.get() + v.len());
                 v
