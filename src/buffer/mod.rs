@@ -106,6 +106,9 @@ pub struct OutputKeying {
     /// chunks, so a buffer directory reused by another configuration never sends one run's
     /// chunks to another run's destination.
     pub destination: String,
+    /// Whether its chunks keep a running CRC32 of their bytes ([`ChunkMeta::crc32`]): S3 API
+    /// outputs that upload chunks as they are (text), which send the CRC32 with each object.
+    pub crc32: bool,
 }
 
 /// A chunk that recovery found damaged: its file is gone, or shorter than its committed length
@@ -159,6 +162,8 @@ pub struct SealedChunk {
     pub no_replace: bool,
     /// Where to go when `key` is taken.
     pub alternatives: Option<KeyAlternatives>,
+    /// The CRC32 of its bytes when it was kept while they were written ([`ChunkMeta::crc32`]).
+    pub crc32: Option<u32>,
 }
 
 /// How many other keys an output tries when a chunk's key is taken by someone else's object.
@@ -403,6 +408,8 @@ impl ChunkStore {
                     missing,
                 });
                 c.len -= missing;
+                // Of bytes that are gone.
+                c.crc32 = None;
             }
             c.sealed = true;
             // Nothing left of it: nothing to deliver. (An empty chunk, a marker, stays.)
@@ -601,6 +608,7 @@ impl ChunkStore {
         let meta = ChunkMeta {
             no_replace: true,
             alternatives,
+            crc32: ok.crc32.then_some(0),
             ..ChunkMeta::empty(seq, ok.name.clone(), tag, timekey, key, now_ms)
         };
         self.state.chunks.insert(seq, meta);
@@ -625,6 +633,11 @@ impl ChunkStore {
             self.gathered_seq = Some(seq);
         }
         let c = self.state.chunks.get_mut(&seq).expect("open chunk has metadata");
+        if let Some(crc) = c.crc32 {
+            let mut h = crc32fast::Hasher::new_with_initial(crc);
+            h.update(bytes);
+            c.crc32 = Some(h.finalize());
+        }
         c.len += bytes.len() as u64;
         c.last_write_ms = now_ms;
         self.total += bytes.len() as u64;
@@ -867,6 +880,7 @@ impl ChunkStore {
                     created_ms: c.created_ms,
                     no_replace: c.no_replace,
                     alternatives: c.alternatives.clone(),
+                    crc32: c.crc32,
                 });
             }
         }
@@ -1134,6 +1148,7 @@ mod tests {
             index_start: 1,
             by_tag: true,
             destination: "file:///out".into(),
+            crc32: true,
         };
         let limits = ChunkLimits {
             timekey_secs: 30,
@@ -1191,6 +1206,65 @@ mod tests {
         // The index counter was persisted: the next chunk gets 2, never 1 again.
         s.append(0, "t", Cut::LineEnd, b"next\n", 3_000).unwrap();
         assert_eq!(s.open_chunks().next().unwrap().key, "t/2");
+    }
+
+    /// The CRC32 kept while writing is the CRC32 of the chunk's bytes: over gathered and direct
+    /// writes, after a rollback, after a restart cut back uncommitted bytes, and gone (`None`)
+    /// when recovery finds the file shorter than its committed length.
+    #[test]
+    fn the_kept_crc32_is_the_crc32_of_the_chunk_bytes() {
+        let crc = |p: &Path| crc32fast::hash(&fs::read(p).unwrap());
+        let d = tempfile::tempdir().unwrap();
+        let big = vec![b'x'; GATHER_MAX];
+        {
+            let mut s = store(d.path(), 1 << 20);
+            s.append(0, "t", Cut::LineEnd, b"small\n", 1_000).unwrap();
+            s.append(0, "t", Cut::Anywhere, &big, 1_000).unwrap();
+            s.append(0, "t", Cut::LineEnd, b"line\n", 1_000).unwrap();
+            s.commit(CheckpointChanges::none(), 1_000).unwrap();
+            let c = &s.state.chunks.map()[&0];
+            assert_eq!(c.len, 11 + GATHER_MAX as u64);
+            assert_eq!(c.crc32, Some(crc(&s.chunk_path(0))));
+            let committed = c.crc32;
+            s.append(0, "t", Cut::LineEnd, b"lost\n", 1_000).unwrap();
+            assert_ne!(s.state.chunks.map()[&0].crc32, committed);
+            s.rollback();
+            assert_eq!(s.state.chunks.map()[&0].crc32, committed);
+            s.append(0, "t", Cut::LineEnd, b"kept\n", 1_000).unwrap();
+            s.commit(CheckpointChanges::none(), 1_000).unwrap();
+            s.append(0, "t", Cut::Anywhere, &big, 1_000).unwrap();
+            s.append(0, "u", Cut::LineEnd, b"other\n", 1_000).unwrap();
+            // Dropped without commit: as if killed.
+        }
+        let mut s = store(d.path(), 1 << 20);
+        let sealed = s.commit(CheckpointChanges::none(), 2_000).unwrap();
+        // A rollback closes the open chunks: "kept" went into a second one, cut back to it.
+        let lens: Vec<u64> = sealed.iter().map(|c| fs::metadata(&c.path).unwrap().len()).collect();
+        assert_eq!(lens, [11 + GATHER_MAX as u64, 5]);
+        for c in &sealed {
+            assert_eq!(c.crc32, Some(crc(&c.path)), "{}", c.key);
+        }
+        // A file shorter than its committed length: what is left has no kept CRC32.
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&sealed[0].path)
+            .unwrap()
+            .set_len(5)
+            .unwrap();
+        drop(s);
+        let mut s = store(d.path(), 1 << 20);
+        let sealed = s.commit(CheckpointChanges::none(), 3_000).unwrap();
+        assert_eq!((sealed[0].len, sealed[0].crc32), (5, None));
+        // Outputs that do not send it keep none.
+        let d = tempfile::tempdir().unwrap();
+        let mut keying = s.outputs[0].clone();
+        keying.crc32 = false;
+        let limits = s.limits;
+        drop(s);
+        let mut s = ChunkStore::open(d.path(), limits, vec![keying]).unwrap();
+        s.append(0, "t", Cut::LineEnd, b"a\n", 1_000).unwrap();
+        s.seal_tag(0, "t");
+        assert_eq!(s.commit(CheckpointChanges::none(), 1_000).unwrap()[0].crc32, None);
     }
 
     /// Small appends wait in memory for one write (before the commit, before an append to
@@ -1417,6 +1491,7 @@ mod tests {
             index_start: 0,
             by_tag: true,
             destination: "file:///out".into(),
+            crc32: false,
         };
         let limits = ChunkLimits {
             timekey_secs: 30,

@@ -120,6 +120,13 @@ pub struct ChunkMeta {
     /// The other keys such a chunk may take when `key` is taken: `key` with its index moved on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alternatives: Option<KeyAlternatives>,
+    /// The CRC32 of its first `len` bytes, kept up as they are written, for outputs that send
+    /// it (the S3 API's `x-amz-checksum-crc32`): reading each chunk once more before its upload
+    /// cost about a tenth of the S3 API's CPU. Committed and rolled back with `len`. `None`:
+    /// not kept (other outputs, chunks copied in whole, a chunk that recovery found shorter);
+    /// the upload then reads the chunk for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc32: Option<u32>,
 }
 
 impl ChunkMeta {
@@ -138,6 +145,7 @@ impl ChunkMeta {
             delete_after: Vec::new(),
             no_replace: false,
             alternatives: None,
+            crc32: None,
         }
     }
 }

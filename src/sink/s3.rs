@@ -106,13 +106,22 @@ impl S3Sink {
                 )
                 .await
             }
-            Access::Api { client, bucket } if chunk.no_replace => {
-                self.put_new(client, bucket, chunk, &file, len, &content_type).await
+            Access::Api { client, bucket } => {
+                // The CRC32 kept while the chunk was written: of these very bytes only when the
+                // chunk goes as it is.
+                let body = Body {
+                    file: &file,
+                    len,
+                    crc32: chunk.crc32.filter(|_| file == chunk.path && len == chunk.len),
+                };
+                if chunk.no_replace {
+                    self.put_new(client, bucket, chunk, &body, &content_type).await
+                } else {
+                    self.put(client, bucket, &chunk.key, &body, &content_type, false)
+                        .await
+                        .map(|_| ())
+                }
             }
-            Access::Api { client, bucket } => self
-                .put(client, bucket, &chunk.key, &file, len, &content_type, false)
-                .await
-                .map(|_| ()),
         };
         if result.is_ok() {
             cleanup(&chunk.path, store_as);
@@ -150,13 +159,12 @@ impl S3Sink {
         client: &aws_sdk_s3::Client,
         bucket: &str,
         chunk: &SealedChunk,
-        file: &Path,
-        len: u64,
+        body: &Body<'_>,
         content_type: &str,
     ) -> Result<(), DeliveryError> {
         let mut last = String::new();
         for key in chunk.candidate_keys() {
-            match self.put(client, bucket, &key, file, len, content_type, true).await? {
+            match self.put(client, bucket, &key, body, content_type, true).await? {
                 Placed::Done => return Ok(()),
                 Placed::Taken => {
                     tracing::warn!(%key, "an object that this chunk did not write is at its key; trying the next index");
@@ -167,27 +175,29 @@ impl S3Sink {
         Err(super::every_key_taken(&format!("s3://{bucket}/{last}")))
     }
 
-    /// Writes `file` at `key` with PutObject, or a multipart upload from `multipart_threshold`
+    /// Writes `body` at `key` with PutObject, or a multipart upload from `multipart_threshold`
     /// on. With `no_replace`, only if the key is free: a taken key is [`Placed::Taken`], unless
     /// it holds these very bytes (same length and CRC32, recorded in the object's metadata).
-    #[allow(clippy::too_many_arguments)]
     async fn put(
         &self,
         client: &aws_sdk_s3::Client,
         bucket: &str,
         key: &str,
-        file: &Path,
-        len: u64,
+        body: &Body<'_>,
         content_type: &str,
         no_replace: bool,
     ) -> Result<Placed, DeliveryError> {
         let s = &self.settings;
+        let Body { file, len, crc32: kept } = *body;
         if len >= s.multipart_threshold.bytes() {
             return self
                 .put_multipart(client, bucket, key, file, len, content_type, no_replace)
                 .await;
         }
-        let crc32 = encode_crc32(&crc32_of(file, 0, len).await?);
+        let crc32 = match kept {
+            Some(kept) => encode_crc32(kept),
+            None => encode_crc32(crc32_of(file, 0, len).await?.finalize()),
+        };
         let body = file_stream(file, 0, len);
         let req = client
             .put_object()
@@ -206,7 +216,12 @@ impl S3Sink {
         match req.customize().disable_payload_signing().send().await {
             Ok(_) => Ok(Placed::Done),
             Err(e) if no_replace && is_precondition_failed(&e) => self.existing(client, bucket, key, len, &crc32).await,
-            Err(e) => Err(classify("PutObject", bucket, key, e)),
+            Err(e) => match (kept, e.code()) {
+                (Some(kept), Some("BadDigest")) => Err(changed_on_disk(file, len, kept)
+                    .await
+                    .unwrap_or_else(|| classify("PutObject", bucket, key, e))),
+                _ => Err(classify("PutObject", bucket, key, e)),
+            },
         }
     }
 
@@ -265,10 +280,10 @@ impl S3Sink {
             let size = part_size.min(len - offset);
             let h = crc32_of(file, offset, size).await?;
             whole.combine(&h);
-            parts.push((offset, size, encode_crc32(&h)));
+            parts.push((offset, size, encode_crc32(h.clone().finalize())));
             offset += size;
         }
-        let whole = encode_crc32(&whole);
+        let whole = encode_crc32(whole.finalize());
         let create = client
             .create_multipart_upload()
             .bucket(bucket)
@@ -406,9 +421,36 @@ async fn crc32_of(file: &Path, offset: u64, len: u64) -> Result<crc32fast::Hashe
 }
 
 /// A CRC32 as S3's `x-amz-checksum-crc32` carries it: base64 of the big-endian value.
-fn encode_crc32(h: &crc32fast::Hasher) -> String {
+fn encode_crc32(crc32: u32) -> String {
     use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(h.clone().finalize().to_be_bytes())
+    base64::engine::general_purpose::STANDARD.encode(crc32.to_be_bytes())
+}
+
+/// What an object's body is: `len` bytes of `file`, and their CRC32 when it was kept while the
+/// chunk was written ([`SealedChunk::crc32`]).
+#[derive(Clone, Copy)]
+struct Body<'a> {
+    file: &'a Path,
+    len: u64,
+    crc32: Option<u32>,
+}
+
+/// S3 found that a body is not the bytes whose CRC32 logship kept while writing the chunk
+/// (`BadDigest`). Damaged on the way, it is sent again (`None`: the error stays retryable). But
+/// if the chunk file itself no longer holds those bytes (changed on disk by someone else's hand
+/// or the disk), sending it again cannot help, and storing it would pass the change off as the
+/// source's data: the chunk goes to the secondary directory, and the run does not exit 0.
+async fn changed_on_disk(file: &Path, len: u64, kept: u32) -> Option<DeliveryError> {
+    let now = match crc32_of(file, 0, len).await {
+        Ok(h) => h.finalize(),
+        Err(e) => return Some(e),
+    };
+    (now != kept).then(|| {
+        DeliveryError::Permanent(format!(
+            "{} changed after logship wrote it: its CRC32 is {now:08x}, logship wrote {kept:08x}; not uploaded",
+            file.display()
+        ))
+    })
 }
 
 /// Sorts an SDK error into retry classes, with the operation, bucket, key and S3's code (never
