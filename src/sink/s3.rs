@@ -198,7 +198,7 @@ impl S3Sink {
             Some(kept) => encode_crc32(kept),
             None => encode_crc32(crc32_of(file, 0, len).await?.finalize()),
         };
-        let body = file_stream(file, 0, len);
+        let stream = file_stream(file, 0, len);
         let req = client
             .put_object()
             .bucket(bucket)
@@ -212,7 +212,7 @@ impl S3Sink {
             .set_server_side_encryption(s.sse.as_deref().map(Into::into))
             .set_ssekms_key_id(s.sse_kms_key_id.clone())
             .set_acl(s.acl.as_deref().map(Into::into))
-            .body(body);
+            .body(stream);
         match req.customize().disable_payload_signing().send().await {
             Ok(_) => Ok(Placed::Done),
             Err(e) if no_replace && is_precondition_failed(&e) => self.existing(client, bucket, key, len, &crc32).await,
