@@ -24,6 +24,7 @@ use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -184,6 +185,9 @@ pub struct LiveState {
     committed_destinations: BTreeMap<String, String>,
 }
 
+/// A checkpoint whose position alone changed, as a record reads it: (source, dev, ino, tag, pos).
+type MovedRecord = (Arc<str>, u64, u64, Arc<str>, u64);
+
 /// What one commit changed: a journal record's payload (owned, as read back).
 #[derive(Debug, Default, Deserialize)]
 struct StateDelta {
@@ -193,9 +197,9 @@ struct StateDelta {
     sources: Vec<SourceCheckpoint>,
     #[serde(default)]
     sources_removed: Vec<SourceKey>,
-    /// Checkpoints whose position alone changed: (source, dev, ino, tag, pos).
+    /// Checkpoints whose position alone changed.
     #[serde(default)]
-    moved: Vec<(String, u64, u64, String, u64)>,
+    moved: Vec<MovedRecord>,
     #[serde(default)]
     chunks: Vec<ChunkMeta>,
     #[serde(default)]
@@ -315,9 +319,7 @@ impl LiveState {
         let (mut sources, mut moved) = (Vec::new(), Vec::new());
         for (v, old) in changed {
             match old {
-                Some(o) if moved_only(o, v) => {
-                    moved.push((v.source.as_str(), v.id.dev, v.id.ino, v.tag.as_str(), v.pos))
-                }
+                Some(o) if moved_only(o, v) => moved.push((&*v.source, v.id.dev, v.id.ino, &*v.tag, v.pos)),
                 _ => sources.push(v),
             }
         }
@@ -538,8 +540,8 @@ mod tests {
             fp_len: 0,
             fp: 0,
             pos,
-            path: format!("/logs/{ino}").into(),
-            tag: format!("t{ino}"),
+            path: Path::new(&format!("/logs/{ino}")).into(),
+            tag: format!("t{ino}").into(),
             source: "s".into(),
         }
     }
@@ -591,7 +593,7 @@ mod tests {
             match i {
                 // A reused inode (another fingerprint) and a renamed file: written whole.
                 3 => c.fp = 42,
-                4 => c.path = "/logs/renamed".into(),
+                4 => c.path = Path::new("/logs/renamed").into(),
                 _ => {}
             }
             live.sources.insert(source_key(&c), c);
@@ -618,8 +620,8 @@ mod tests {
         assert_eq!(again.replay(j.file()).unwrap(), (j.len, 1));
         assert_eq!(again.sources.map(), live.sources.map());
         assert_eq!(
-            again.sources.map()[&source_key(&checkpoint(4, 0))].path,
-            Path::new("/logs/renamed")
+            *again.sources.map()[&source_key(&checkpoint(4, 0))].path,
+            *Path::new("/logs/renamed")
         );
     }
 

@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::config::key::{KeyTemplate, KeyValues};
 use crate::fsutil::{FileId, sync_parent, write_atomic, write_atomic_hooked};
@@ -191,8 +192,8 @@ pub fn checkpoints_of_file<'a>(
     source: &'a str,
     id: crate::fsutil::FileId,
 ) -> impl Iterator<Item = &'a SourceCheckpoint> + 'a {
-    cps.range((source.to_string(), id, String::new())..)
-        .take_while(move |(k, _)| k.0 == source && k.1 == id)
+    cps.range((Arc::from(source), id, Arc::from(""))..)
+        .take_while(move |(k, _)| &*k.0 == source && k.1 == id)
         .map(|(_, c)| c)
 }
 
@@ -202,8 +203,8 @@ pub fn checkpoints_of_source<'a>(
     source: &'a str,
 ) -> impl Iterator<Item = &'a SourceCheckpoint> + 'a {
     let first = crate::fsutil::FileId { dev: 0, ino: 0 };
-    cps.range((source.to_string(), first, String::new())..)
-        .take_while(move |(k, _)| k.0 == source)
+    cps.range((Arc::from(source), first, Arc::from(""))..)
+        .take_while(move |(k, _)| &*k.0 == source)
         .map(|(_, c)| c)
 }
 
@@ -812,14 +813,13 @@ impl ChunkStore {
                 // Every checkpoint: the ones not among them are dropped.
                 // Borrowed keys: with 10,000 files followed, owned ones were 20,000 strings
                 // copied at the run's first commit, its moment of peak memory.
-                let keep: HashSet<(&str, FileId, &str)> =
-                    all.iter().map(|c| (c.source.as_str(), c.id, c.tag.as_str())).collect();
+                let keep: HashSet<(&str, FileId, &str)> = all.iter().map(|c| (&*c.source, c.id, &*c.tag)).collect();
                 let stale: Vec<SourceKey> = self
                     .state
                     .sources
                     .map()
                     .keys()
-                    .filter(|k| !keep.contains(&(k.0.as_str(), k.1, k.2.as_str())))
+                    .filter(|k| !keep.contains(&(&*k.0, k.1, &*k.2)))
                     .cloned()
                     .collect();
                 drop(keep);
@@ -1309,8 +1309,8 @@ mod tests {
             fp_len: 0,
             fp: 0,
             pos,
-            path: format!("/var/log/pods/ns_pod-{ino}_uid/c/0.log").into(),
-            tag: format!("pod-{ino}"),
+            path: Path::new(&format!("/var/log/pods/ns_pod-{ino}_uid/c/0.log")).into(),
+            tag: format!("pod-{ino}").into(),
             source: "pods".into(),
         }
     }

@@ -48,7 +48,7 @@ impl EventLogSource {
         }
         let resume = checkpoints_of_file(checkpoints, &self.config.name, id)
             .find(|c| c.pos <= meta.len())
-            .map(|c| (c.pos, Some(c.tag.clone())));
+            .map(|c| (c.pos, Some(c.tag.to_string())));
         let (uploaded_len, uploaded_rel) = resume.unwrap_or((0, None));
         self.mirrored.push(MirroredFile {
             id,

@@ -111,9 +111,9 @@ impl EventLogSource {
                     fp_len: 0,
                     fp: 0,
                     pos: m.uploaded_len,
-                    path: m.path.clone(),
-                    tag: m.uploaded_rel.clone()?,
-                    source: self.config.name.clone(),
+                    path: m.path.as_path().into(),
+                    tag: m.uploaded_rel.as_deref()?.into(),
+                    source: self.config.name.as_str().into(),
                 })
             })
             .collect()

@@ -87,9 +87,9 @@ impl TailSource {
                 }
                 if let Some(&i) = by_id.get(&id) {
                     let f = &mut self.files[i];
-                    if f.path != path {
+                    if *f.path != *path {
                         tracing::info!(from = %f.path.display(), to = %path.display(), "file renamed; following it");
-                        f.path = path;
+                        f.path = path.into();
                         f.unsaved = true;
                     }
                     f.gone_since = None;
@@ -102,7 +102,7 @@ impl TailSource {
                         seen.insert(f.id);
                     }
                     Ok(Some(f)) => {
-                        self.skipped.remove(&f.path);
+                        self.skipped.remove(&*f.path);
                         seen.insert(f.id);
                         tracing::info!(path = %f.path.display(), pos = f.pos, tag = %f.tag, "following file");
                         self.stats.files_found += 1;
@@ -172,13 +172,13 @@ impl TailSource {
                 } else {
                     0
                 };
-                (pos, self.tag_for(path, base))
+                (pos, self.tag_for(path, base).into())
             }
         };
         let fp = fingerprint(&file, size.min(FINGERPRINT_MAX))?;
         Ok(Some(TailedFile {
             id,
-            path: path.to_path_buf(),
+            path: path.into(),
             tag,
             file,
             pos,
@@ -233,7 +233,7 @@ fn moved_file(c: &SourceCheckpoint, now: Instant) -> Option<TailedFile> {
         let fp = fingerprint(&file, size.min(FINGERPRINT_MAX)).ok()?;
         return Some(TailedFile {
             id: c.id,
-            path,
+            path: path.into(),
             tag: c.tag.clone(),
             file,
             pos: c.pos,

@@ -15,6 +15,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::buffer::{BufferError, Checkpoints, ChunkStore, SourceCheckpoint, SourceKey};
@@ -73,10 +74,10 @@ pub struct TailStats {
 pub struct TailedFile {
     /// Device and inode.
     pub id: FileId,
-    /// Where it was last seen.
-    pub path: PathBuf,
+    /// Where it was last seen. (Shared with its checkpoints: see [`SourceKey`].)
+    pub path: Arc<Path>,
     /// Tag of its records.
-    pub tag: String,
+    pub tag: Arc<str>,
     file: File,
     /// Bytes before this are in chunks.
     pub pos: u64,
@@ -103,7 +104,7 @@ pub struct TailedFile {
 }
 
 impl TailedFile {
-    fn checkpoint(&self, source: &str) -> SourceCheckpoint {
+    fn checkpoint(&self, source: &Arc<str>) -> SourceCheckpoint {
         SourceCheckpoint {
             id: self.id,
             fp_len: self.fp.len,
@@ -111,7 +112,7 @@ impl TailedFile {
             pos: self.pos,
             path: self.path.clone(),
             tag: self.tag.clone(),
-            source: source.to_string(),
+            source: source.clone(),
         }
     }
 }
@@ -130,6 +131,8 @@ struct Pattern {
 pub struct TailSource {
     /// Its configuration.
     pub config: SourceConfig,
+    /// `config.name`, shared with its checkpoints (see [`SourceKey`]).
+    name: Arc<str>,
     /// Indices of the outputs it feeds.
     pub routes: Vec<usize>,
     patterns: Vec<Pattern>,
@@ -194,6 +197,7 @@ impl TailSource {
         let block = READ_BLOCK.min(config.max_line() as usize).max(1);
         let config_records = config.records();
         TailSource {
+            name: config.name.as_str().into(),
             config,
             routes,
             patterns,
@@ -341,7 +345,7 @@ impl Source for TailSource {
 
     /// Checkpoints of the files being followed (their current, uncommitted positions).
     fn checkpoints(&self) -> Vec<SourceCheckpoint> {
-        self.files.iter().map(|f| f.checkpoint(&self.config.name)).collect()
+        self.files.iter().map(|f| f.checkpoint(&self.name)).collect()
     }
 
     /// Checkpoints of files read, renamed or found since the last commit, and of files let go.
@@ -349,7 +353,7 @@ impl Source for TailSource {
         let set = self
             .unsaved
             .iter()
-            .map(|&i| self.files[i].checkpoint(&self.config.name))
+            .map(|&i| self.files[i].checkpoint(&self.name))
             .collect();
         (set, self.forgotten.clone())
     }
@@ -389,7 +393,7 @@ impl Source for TailSource {
             .filter_map(|f| {
                 let size = f.file.metadata().map(|m| m.len()).unwrap_or(f.last_size);
                 let size = f.drain_size.map_or(size, |d| d.min(size));
-                (size > f.pos).then(|| (f.path.clone(), size - f.pos))
+                (size > f.pos).then(|| (f.path.to_path_buf(), size - f.pos))
             })
             .collect()
     }

@@ -19,7 +19,7 @@ impl TailSource {
             .map(|f| {
                 let size = f.file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
                 let done = f.pos == size && crate::fsutil::ends_with_newline(&f.file, size);
-                (f.path.as_path(), f.tag.as_str(), done)
+                (&*f.path, &*f.tag, done)
             })
             .collect()
     }
@@ -76,7 +76,7 @@ impl TailSource {
         let wait = self.config.rotate_wait.get();
         let before = self.files.len();
         let forgotten = &mut self.forgotten;
-        let name = &self.config.name;
+        let name = &self.name;
         self.files.retain(|f| {
             let done = f.gone_since.is_some_and(|g| now >= g.max(f.last_growth) + wait) && f.pos >= f.last_size;
             if done {
@@ -310,7 +310,7 @@ impl TailSource {
                 .file
                 .read_at(&mut buf[..want], f.pos + done)
                 .map_err(|source| TailError::Read {
-                    path: f.path.clone(),
+                    path: f.path.to_path_buf(),
                     source,
                 })?;
             if m == 0 {
