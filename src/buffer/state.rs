@@ -125,7 +125,7 @@ pub struct ChunkMeta {
     pub alternatives: Option<KeyAlternatives>,
     /// The CRC32 of its first `len` bytes, kept up as they are written, for outputs that send
     /// it (the S3 API's `x-amz-checksum-crc32`): reading each chunk once more before its upload
-    /// cost about a tenth of the S3 API's CPU. Committed and rolled back with `len`. `None`:
+    /// cost about a sixth of the S3 API's CPU. Committed and rolled back with `len`. `None`:
     /// not kept (other outputs, chunks copied in whole, a chunk that recovery found shorter);
     /// the upload then reads the chunk for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
