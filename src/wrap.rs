@@ -109,6 +109,21 @@ pub async fn run(config: &WrapConfig) -> Result<i32, WrapError> {
     if config.stderr_file.is_some() {
         command.stderr(std::process::Stdio::piped());
     }
+    let kinds = [
+        SignalKind::terminate(),
+        SignalKind::interrupt(),
+        SignalKind::hangup(),
+        SignalKind::quit(),
+        SignalKind::user_defined1(),
+        SignalKind::user_defined2(),
+    ];
+    // Listened for before the child starts: a signal that came between the spawn and the
+    // listening would kill this process (the default action) and leave the child running, with
+    // no signal file. Signals that come before the child exists wait in their streams.
+    let streams: Vec<_> = kinds
+        .iter()
+        .filter_map(|k| signal(*k).ok().map(|s| (k.as_raw_value(), s)))
+        .collect();
     let mut child = match command.spawn() {
         Ok(c) => c,
         Err(source) => {
@@ -133,18 +148,9 @@ pub async fn run(config: &WrapConfig) -> Result<i32, WrapError> {
     if let (Some(err), Some(path)) = (child.stderr.take(), &config.stderr_file) {
         tees.push(tokio::spawn(tee(err, tokio::io::stderr(), path.clone())));
     }
-    let kinds = [
-        SignalKind::terminate(),
-        SignalKind::interrupt(),
-        SignalKind::hangup(),
-        SignalKind::quit(),
-        SignalKind::user_defined1(),
-        SignalKind::user_defined2(),
-    ];
     // One small task per signal: each forwards what it receives to the child.
-    let forwarders: Vec<_> = kinds
-        .iter()
-        .filter_map(|k| signal(*k).ok().map(|s| (k.as_raw_value(), s)))
+    let forwarders: Vec<_> = streams
+        .into_iter()
         .map(|(signo, mut stream)| {
             tokio::spawn(async move {
                 while stream.recv().await.is_some() {
