@@ -134,8 +134,7 @@ async fn run_config(
                     .iter()
                     .any(|s| s.kind == SourceKind::SparkEvents && config.routes(s).contains(&i)),
             destination: Sink::destination(o),
-            crc32: matches!(&o.kind, OutputKind::S3(s3)
-                if s3.presigned_post.is_none() && s3.store_as == crate::config::StoreAs::Text),
+            crc32: Sink::sends_written_crc32(o),
         })
         .collect();
     let limits = ChunkLimits {

@@ -199,6 +199,16 @@ impl Sink {
         }
     }
 
+    /// Whether an output sends each chunk's CRC32 as it was kept while the chunk was written
+    /// ([`crate::buffer::ChunkMeta::crc32`]): the S3 API with text, whose PutObject carries the
+    /// chunk's bytes as they are (a presigned POST sends none; compression changes the bytes).
+    pub fn sends_written_crc32(config: &OutputConfig) -> bool {
+        match &config.kind {
+            OutputKind::S3(s3) => s3::S3Sink::sends_written_crc32(s3),
+            OutputKind::File { .. } | OutputKind::Stdout | OutputKind::Cloudwatch(_) => false,
+        }
+    }
+
     /// Where an output delivers, for messages (no secrets).
     pub fn describe(config: &OutputConfig) -> String {
         match &config.kind {

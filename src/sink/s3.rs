@@ -68,6 +68,12 @@ impl S3Sink {
         Ok(S3Sink { access, settings })
     }
 
+    /// Whether its uploads send the CRC32 kept while each chunk was written (see
+    /// [`Sink::sends_written_crc32`](super::Sink::sends_written_crc32)).
+    pub fn sends_written_crc32(settings: &S3Settings) -> bool {
+        settings.presigned_post.is_none() && settings.store_as == crate::config::StoreAs::Text
+    }
+
     /// Where it delivers, for messages.
     pub fn describe(settings: &S3Settings) -> String {
         match (&settings.presigned_post, &settings.bucket) {
