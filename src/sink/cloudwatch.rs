@@ -24,6 +24,7 @@ use aws_sdk_cloudwatchlogs::error::{ProvideErrorMetadata, SdkError};
 
 use super::DeliveryError;
 use crate::buffer::SealedChunk;
+use crate::buffer::siblings::ProgressRecord;
 use crate::config::{CloudWatchSettings, TimestampRule};
 use crate::metrics::EventCounters;
 use crate::record::RecordRule;
@@ -136,6 +137,8 @@ struct EventBuilder {
     /// about 1.1 MiB, above the allocator's mmap threshold, and a fresh one per batch cost a
     /// page fault per 4 KiB (7 % of the output's CPU). Freed with the builder, after the chunk.
     body: Vec<u8>,
+    /// The chunk's progress record, rewritten after each accepted batch.
+    progress: ProgressRecord,
 }
 
 /// Uploads chunks as CloudWatch Logs events.
@@ -322,6 +325,12 @@ impl CloudWatchSink {
             pending_bytes: 0,
             pending_end: start,
             body: Vec::new(),
+            progress: ProgressRecord::open(&chunk.path).map_err(|e| {
+                DeliveryError::Retryable(format!(
+                    "cannot open the progress record of {}: {e}",
+                    chunk.path.display()
+                ))
+            })?,
         };
         // The record being joined (its lines with their newlines), and where it ends.
         let mut record: Vec<u8> = Vec::new();
@@ -361,7 +370,7 @@ impl CloudWatchSink {
         if !events.batch.is_empty() {
             self.put(&stream, events.batch.take(), &mut events.body).await?;
         }
-        self.record(&chunk.path, offset)?;
+        record_progress(&mut events.progress, &chunk.path, offset)?;
         Ok(())
     }
 
@@ -477,22 +486,20 @@ impl CloudWatchSink {
     ) -> Result<(), DeliveryError> {
         if !b.batch.fits(&e) {
             self.put(stream, b.batch.take(), &mut b.body).await?;
-            self.record(&chunk.path, b.batch_end)?;
+            record_progress(&mut b.progress, &chunk.path, b.batch_end)?;
         }
         b.batch.push(e);
         Ok(())
     }
+}
 
-    fn record(&self, chunk: &Path, offset: u64) -> Result<(), DeliveryError> {
-        crate::fsutil::write_atomic(
-            &crate::buffer::siblings::progress_path(chunk),
-            offset.to_string().as_bytes(),
-            true,
-        )
+/// Records that the first `offset` bytes of `chunk` are delivered.
+fn record_progress(progress: &mut ProgressRecord, chunk: &Path, offset: u64) -> Result<(), DeliveryError> {
+    progress
+        .record(offset)
         .map_err(|e| DeliveryError::Retryable(format!("cannot record progress of {}: {e}", chunk.display())))?;
-        crate::crashpoint::hit("cloudwatch-batch-recorded");
-        Ok(())
-    }
+    crate::crashpoint::hit("cloudwatch-batch-recorded");
+    Ok(())
 }
 
 #[cfg(test)]

@@ -35,33 +35,74 @@ pub fn put_log_events_body(out: &mut Vec<u8>, group: &str, stream: &str, events:
     out.extend_from_slice(b"]}");
 }
 
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGHS: u64 = 0x8080_8080_8080_8080;
-
-/// A bit set in the high bit of each byte of `w` that is below 0x20, `"` or `\`. Bytes above a
-/// flagged one may be flagged wrongly (a borrow), never bytes below it: the lowest flag is exact.
-fn escape_mask(w: u64) -> u64 {
-    let zero_in = |v: u64| v.wrapping_sub(ONES) & !v;
-    (w.wrapping_sub(ONES * 0x20) & !w | zero_in(w ^ (ONES * b'"' as u64)) | zero_in(w ^ (ONES * b'\\' as u64))) & HIGHS
+/// A bit for each byte of `block` that JSON needs escaped: below 0x20, `"` or `\`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn needs_escape(block: &[u8; 16]) -> u32 {
+    use std::arch::x86_64::*;
+    // SAFETY: SSE2 is part of x86_64 (every intrinsic here needs only it); the load reads
+    // exactly the 16 bytes of `block`.
+    unsafe {
+        let v = _mm_loadu_si128(block.as_ptr().cast());
+        let ctl = _mm_cmpeq_epi8(_mm_max_epu8(v, _mm_set1_epi8(0x1f)), _mm_set1_epi8(0x1f));
+        let q = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
+        let bs = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
+        _mm_movemask_epi8(_mm_or_si128(ctl, _mm_or_si128(q, bs))) as u32
+    }
 }
 
-/// What follows the `\` of a byte's escape (`u` for `\u00XX`), or 0 for a byte that stays.
-const ESCAPE: [u8; 256] = {
-    let mut t = [0u8; 256];
-    let mut c = 0;
-    while c < 0x20 {
-        t[c] = b'u';
-        c += 1;
+/// The same, eight bytes at a time in a `u64` (exact: no borrow crosses bytes). Where SSE2 is not
+/// there; on x86_64 the tests hold the two to the same answers.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn needs_escape(block: &[u8; 16]) -> u32 {
+    needs_escape_swar(block)
+}
+
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+#[inline(always)]
+fn needs_escape_swar(block: &[u8; 16]) -> u32 {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    // The high bit of each byte that is zero (7-bit sums do not carry into the next byte).
+    let zero = |v: u64| !((v & LOW7).wrapping_add(LOW7) | v) & !LOW7;
+    let word = |w: u64| {
+        let m = zero(w & (ONES * 0xe0)) | zero(w ^ (ONES * b'"' as u64)) | zero(w ^ (ONES * b'\\' as u64));
+        // The high bit of byte j moved to bit j.
+        ((m >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56) as u32
+    };
+    let (lo, hi) = block.split_at(8);
+    word(u64::from_le_bytes(lo.try_into().expect("8 bytes")))
+        | word(u64::from_le_bytes(hi.try_into().expect("8 bytes"))) << 8
+}
+
+/// `c`'s escape (`c` is below 0x20, `"` or `\`), written as 8 bytes, and its length.
+#[inline(always)]
+fn escape_of(c: u8) -> ([u8; 8], usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    match c {
+        b'"' => (*b"\\\"      ", 2),
+        b'\\' => (*b"\\\\      ", 2),
+        b'\n' => (*b"\\n      ", 2),
+        b'\r' => (*b"\\r      ", 2),
+        b'\t' => (*b"\\t      ", 2),
+        0x08 => (*b"\\b      ", 2),
+        0x0c => (*b"\\f      ", 2),
+        c => (
+            [
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[(c >> 4) as usize],
+                HEX[(c & 15) as usize],
+                0,
+                0,
+            ],
+            6,
+        ),
     }
-    t[b'"' as usize] = b'"';
-    t[b'\\' as usize] = b'\\';
-    t[b'\n' as usize] = b'n';
-    t[b'\r' as usize] = b'r';
-    t[b'\t' as usize] = b't';
-    t[0x08] = b'b';
-    t[0x0C] = b'f';
-    t
-};
+}
 
 /// Appends `s` to `out` as the inside of a JSON string: `"`, `\` and the control characters
 /// escaped, everything else (UTF-8 included) as it is.
@@ -71,65 +112,68 @@ pub fn escape_json_into(out: &mut Vec<u8>, s: &str) {
 
 /// Bytes gathered before they are appended to the output.
 const FLUSH_AT: usize = 4096;
-/// The scratch buffer's size: a step starts below FLUSH_AT and adds at most 7 bytes of a word (8
-/// are copied) and then an escape of at most 6 (`\u00XX`).
-const SCRATCH: usize = FLUSH_AT + 16;
+/// The scratch buffer's size: a block starts below FLUSH_AT, and may add 16 escapes of 6 bytes
+/// (`\u00XX`) and then a 16-byte copy.
+const SCRATCH: usize = FLUSH_AT + 16 * 6 + 16;
 
 /// [`escape_json_into`] with a scratch buffer the caller keeps across messages (so it is not
 /// zeroed for each).
 ///
-/// Words of 8 bytes without a byte to escape are copied whole; bytes are gathered in the scratch
-/// buffer and appended to `out` 4 KiB at a time, since event-log JSON has a `"` every few bytes
-/// and a `Vec` append per run and per escape cost more than the scan. (A branch-free loop over
-/// every byte measured twice as slow on event logs.)
+/// The input is looked at 16 bytes at a time (SSE2 on x86_64): a block without a byte to escape is
+/// copied whole; in one with some, each is found from the block's bit mask, the bytes before it
+/// are already in place, and its escape is written. Bytes are gathered in the scratch buffer and
+/// appended to `out` 4 KiB at a time, since event-log JSON has a `"` every few bytes and a `Vec`
+/// append per run and per escape cost more than the scan. (A branch-free loop over every byte
+/// measured twice as slow on event logs; 8 bytes at a time in a `u64`, restarting after each
+/// escape, 1.7 times as slow as this on event logs and 1.15 on the synthetic data.)
 fn escape_json_with(out: &mut Vec<u8>, s: &str, buf: &mut [u8; SCRATCH]) {
     let b = s.as_bytes();
     out.reserve(b.len());
     let (mut n, mut i) = (0, 0);
-    while i < b.len() {
+    while let Some(block) = b.get(i..i + 16) {
+        let block: &[u8; 16] = block.try_into().expect("16 bytes");
         if n >= FLUSH_AT {
             out.extend_from_slice(&buf[..n]);
             n = 0;
         }
-        if let Some(word) = b.get(i..i + 8) {
-            // Copy the word; keep the bytes before the first one that needs escaping.
-            buf[n..n + 8].copy_from_slice(word);
-            let m = escape_mask(u64::from_le_bytes(word.try_into().expect("8 bytes")));
-            let clean = if m == 0 { 8 } else { (m.trailing_zeros() / 8) as usize };
-            (n, i) = (n + clean, i + clean);
-            if clean == 8 {
-                continue;
+        buf[n..n + 16].copy_from_slice(block);
+        let mut m = needs_escape(block);
+        if m == 0 {
+            (n, i) = (n + 16, i + 16);
+            continue;
+        }
+        // The block's bytes from `done` on are copied at `n`, up to the next escape.
+        let mut done = 0;
+        while m != 0 {
+            let k = m.trailing_zeros() as usize;
+            m &= m - 1;
+            n += k - done;
+            let (e, len) = escape_of(block[k]);
+            buf[n..n + 8].copy_from_slice(&e);
+            n += len;
+            done = k + 1;
+            // The rest of the block, as a fixed 16-byte copy of the input where it has 16 more
+            // bytes (a copy of variable length is a call to memcpy).
+            match b.get(i + done..i + done + 16) {
+                Some(next) => buf[n..n + 16].copy_from_slice(next),
+                None => buf[n..n + 16 - done].copy_from_slice(&block[done..]),
             }
         }
-        let c = b[i];
-        i += 1;
-        match ESCAPE[c as usize] {
-            0 => {
-                buf[n] = c;
-                n += 1;
-            }
-            b'u' => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                buf[n..n + 6].copy_from_slice(&[
-                    b'\\',
-                    b'u',
-                    b'0',
-                    b'0',
-                    HEX[(c >> 4) as usize],
-                    HEX[(c & 15) as usize],
-                ]);
-                n += 6;
-            }
-            e => {
-                buf[n] = b'\\';
-                buf[n + 1] = e;
-                n += 2;
-            }
+        n += 16 - done;
+        i += 16;
+    }
+    for &c in &b[i..] {
+        if c < 0x20 || c == b'"' || c == b'\\' {
+            let (e, len) = escape_of(c);
+            buf[n..n + 8].copy_from_slice(&e);
+            n += len;
+        } else {
+            buf[n] = c;
+            n += 1;
         }
     }
     out.extend_from_slice(&buf[..n]);
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +208,26 @@ mod tests {
         );
         assert_eq!(escaped("\u{1}"), "\\u0001");
         assert_eq!(escaped("{\"a\":\"b\\c\"}"), "{\\\"a\\\":\\\"b\\\\c\\\"}");
+    }
+
+    #[test]
+    fn the_portable_mask_finds_the_same_bytes_as_sse2() {
+        // Every byte value at every position, among plain and high bytes.
+        for c in 0..=255u8 {
+            for at in 0..16 {
+                for filler in [b'a', 0x7f, 0x80, 0xff, b' ', 0x21] {
+                    let mut block = [filler; 16];
+                    block[at] = c;
+                    let want = block
+                        .iter()
+                        .enumerate()
+                        .filter(|&(_, &b)| b < 0x20 || b == b'"' || b == b'\\')
+                        .fold(0u32, |m, (i, _)| m | 1 << i);
+                    assert_eq!(needs_escape_swar(&block), want, "{block:?}");
+                    assert_eq!(needs_escape(&block), want, "{block:?}");
+                }
+            }
+        }
     }
 
     #[test]
