@@ -79,11 +79,12 @@ impl ProgressRecord {
 
     /// Records that the chunk's first `offset` bytes are delivered, durably.
     pub fn record(&mut self, offset: u64) -> io::Result<()> {
-        // A bare number from an older logship is at most 21 bytes: the line covers it whole.
         self.file.write_all_at(&progress_line(offset), 0)?;
         if self.settled {
             return self.file.sync_data();
         }
+        // Whatever a longer file held after the line (it would make the line unreadable).
+        self.file.set_len(PROGRESS_LEN as u64)?;
         self.file.sync_all()?;
         crate::fsutil::sync_parent(&self.path)?;
         self.settled = true;
@@ -134,6 +135,10 @@ mod tests {
             };
             assert_eq!(read_progress(&chunk), want, "cut {cut}");
         }
+        // A longer file is cut to the line at its first record.
+        std::fs::write(progress_path(&chunk), "9".repeat(100)).unwrap();
+        ProgressRecord::open(&chunk).unwrap().record(5).unwrap();
+        assert_eq!(read_progress(&chunk), 5);
         // Garbage reads as nothing; so does a planted symlink refuse to be written through.
         std::fs::write(progress_path(&chunk), "x y").unwrap();
         assert_eq!(read_progress(&chunk), 0);

@@ -454,8 +454,7 @@ impl CloudWatchSink {
             // The record's lines so far all end with a newline (only a chunk's last may not).
             let prev = b.text.get(b.last_line..end - 1);
             let continues = !self.rule.starts_record(body, Some(prev));
-            let max_msg = self.settings.max_event_size.bytes() as usize - EVENT_OVERHEAD;
-            if !continues || end - b.record_start + line.len() > max_msg {
+            if !continues || end - b.record_start + line.len() > self.max_message() {
                 if continues {
                     // Larger than an event: the rest of the record becomes the next event.
                     self.counters.records_split.fetch_add(1, Ordering::Relaxed);
@@ -510,7 +509,7 @@ impl CloudWatchSink {
         if own.is_none() {
             c.records_untimed.fetch_add(1, Ordering::Relaxed);
         }
-        let max_msg = self.settings.max_event_size.bytes() as usize - EVENT_OVERHEAD;
+        let max_msg = self.max_message();
         if stop - start > max_msg {
             c.records_split.fetch_add(1, Ordering::Relaxed);
         }
@@ -553,6 +552,12 @@ impl CloudWatchSink {
         }
         b.batch_end = end;
         Ok(())
+    }
+
+    /// The most message bytes of one event (the configured event size, less what CloudWatch
+    /// counts on top of a message).
+    fn max_message(&self) -> usize {
+        self.settings.max_event_size.bytes() as usize - EVENT_OVERHEAD
     }
 
     /// The time of a record (`text`, not empty), by the output's rule.
