@@ -257,6 +257,13 @@ mod tests {
                 }
             }
         }
+        // Blocks whose 16 bytes all take six (`\u0001`), starting at every point just before the
+        // flush: the most a block can add to the scratch buffer.
+        for before in 4080..4100 {
+            let s = "a".repeat(before) + &"\u{1}".repeat(64);
+            let back: String = serde_json::from_str(&format!("\"{}\"", escaped(&s))).unwrap();
+            assert_eq!(back, s);
+        }
         let dense = "\u{1}x".repeat(5000);
         let back: String = serde_json::from_str(&format!("\"{}\"", escaped(&dense))).unwrap();
         assert_eq!(back, dense);
