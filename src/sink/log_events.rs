@@ -259,8 +259,9 @@ mod tests {
         }
         // Blocks whose 16 bytes all take six (`\u0001`), starting at every point just before the
         // flush: the most a block can add to the scratch buffer.
-        for before in 4080..4100 {
-            let s = "a".repeat(before) + &"\u{1}".repeat(64);
+        // Leading `"`s (two bytes out for one in) put the block at every offset of the buffer.
+        for (shift, before) in (0..16).flat_map(|shift| (4064..4100).map(move |before| (shift, before))) {
+            let s = "\"".repeat(shift) + &"a".repeat(before) + &"\u{1}".repeat(64);
             let back: String = serde_json::from_str(&format!("\"{}\"", escaped(&s))).unwrap();
             assert_eq!(back, s);
         }
