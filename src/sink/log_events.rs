@@ -3,7 +3,7 @@
 //! Why: the SDK turns every event into its own `InputLogEvent` string and escapes it byte by byte
 //! (a capacity check and a push per byte). On Spark's JSON lines, where a `"` comes every few
 //! bytes, that was 29 % of the CloudWatch output's CPU, more than the SHA-256 of the body that
-//! SigV4 needs. Here the messages are escaped straight into one buffer, eight bytes at a time
+//! SigV4 needs. Here the messages are escaped straight into one buffer, 16 bytes at a time
 //! where nothing needs escaping. The SDK still signs, sends, retries and reads the answer: the
 //! body replaces the one it serialized (for an empty event list) before signing
 //! ([`CloudWatchSink`](super::cloudwatch::CloudWatchSink)).
@@ -20,9 +20,9 @@ pub fn put_log_events_body(out: &mut Vec<u8>, group: &str, stream: &str, events:
     out.reserve(64 + group.len() + stream.len() + estimate);
     let mut scratch = [0; SCRATCH];
     out.extend_from_slice(b"{\"logGroupName\":\"");
-    escape_json_into(out, group);
+    escape_json_with(out, group.as_bytes(), &mut scratch);
     out.extend_from_slice(b"\",\"logStreamName\":\"");
-    escape_json_into(out, stream);
+    escape_json_with(out, stream.as_bytes(), &mut scratch);
     out.extend_from_slice(b"\",\"logEvents\":[");
     for (n, e) in events.iter().enumerate() {
         if n > 0 {
