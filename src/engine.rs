@@ -67,7 +67,7 @@ pub type Reloader = Box<ReloadFn>;
 /// How one configuration's run ended.
 enum Outcome {
     /// The drain completed (or its deadline passed).
-    Finished(Summary),
+    Finished(Box<Summary>),
     /// SIGHUP brought a valid new configuration; everything was committed and stopped.
     Reload(Box<Config>),
 }
@@ -82,7 +82,7 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<Summary, En
         let trying_new = next.is_some();
         let attempt = next.take().unwrap_or_else(|| running.clone());
         match run_config(attempt.clone(), &mut signals, reload.as_deref(), trying_new).await {
-            Ok(Outcome::Finished(summary)) => return Ok(summary),
+            Ok(Outcome::Finished(summary)) => return Ok(*summary),
             Ok(Outcome::Reload(new)) => {
                 running = attempt;
                 next = Some(*new);
@@ -135,6 +135,17 @@ async fn run_config(
                     .any(|s| s.kind == SourceKind::SparkEvents && config.routes(s).contains(&i)),
             destination: Sink::destination(o),
             crc32: Sink::sends_written_crc32(o),
+            hold_ms: (matches!(o.kind, OutputKind::Cloudwatch(_))
+                && config.records_for_output(i) != crate::config::Records::Lines)
+                .then(|| {
+                    config
+                        .sources
+                        .iter()
+                        .filter(|s| config.routes(s).contains(&i))
+                        .map(|s| s.multiline_flush.get().as_millis() as i64)
+                        .max()
+                        .unwrap_or(0)
+                }),
         })
         .collect();
     let limits = ChunkLimits {
@@ -297,7 +308,7 @@ async fn run_config(
         }
     }
     summary
-        .map(Outcome::Finished)
+        .map(|s| Outcome::Finished(Box::new(s)))
         .ok_or_else(|| EngineError::Thread("pipeline thread ended without a result".into()))
 }
 

@@ -110,6 +110,18 @@ pub struct Pipeline {
     committed_once: bool,
 }
 
+/// When open chunk `c` is due to be sealed by the flush mode (ms since the epoch): the one rule
+/// that the pass that seals chunks and the sleep that waits for the next one both use (the
+/// buffer adds the wait for a record that may still continue, `ChunkStore::seal_due`).
+fn flush_due_ms(config: &Config, c: &crate::buffer::ChunkMeta, now: i64) -> i64 {
+    let b = &config.buffer;
+    match b.flush_mode {
+        FlushMode::Lazy => c.timekey * 1000 + (b.timekey.get() + b.timekey_wait.get()).as_millis() as i64,
+        FlushMode::Interval => c.created_ms + b.flush_interval.get().as_millis() as i64,
+        FlushMode::Immediate => now,
+    }
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -440,16 +452,11 @@ impl Pipeline {
     }
 
     fn seal_due(&mut self) {
-        let b = &self.config.buffer;
         let now = now_ms();
-        let tk = b.timekey.get().as_millis() as i64;
-        let wait = b.timekey_wait.get().as_millis() as i64;
-        let interval = b.flush_interval.get().as_millis() as i64;
-        match b.flush_mode {
-            FlushMode::Lazy => self.store.seal_where(|c| now >= c.timekey * 1000 + tk + wait),
-            FlushMode::Interval => self.store.seal_where(|c| now >= c.created_ms + interval),
-            FlushMode::Immediate => self.store.seal_where(|_| true),
-        };
+        let config = &self.config;
+        if let Err(e) = self.store.seal_due(now, |c| flush_due_ms(config, c, now)) {
+            self.undo_batch("sealing chunks failed", &e);
+        }
     }
 
     fn commit(&mut self) {
@@ -564,6 +571,7 @@ impl Pipeline {
         let path = self.store.chunk_path(seq);
         match write_secondary(
             &path,
+            c.len,
             &out.secondary_dir(self.store.dir()),
             &out.secondary_basename(),
             self.config.buffer.fsync,
@@ -627,15 +635,9 @@ impl Pipeline {
             }
         }
         // The next open chunk to become due.
-        let b = &self.config.buffer;
         let now_wall = now_ms();
-        for c in self.store.open_chunks().filter(|c| c.len > 0) {
-            let due_ms = match b.flush_mode {
-                FlushMode::Lazy => c.timekey * 1000 + (b.timekey.get() + b.timekey_wait.get()).as_millis() as i64,
-                FlushMode::Interval => c.created_ms + b.flush_interval.get().as_millis() as i64,
-                FlushMode::Immediate => now_wall,
-            };
-            let wait = Duration::from_millis((due_ms - now_wall).max(0) as u64);
+        if let Some(due) = self.store.next_due(|c| flush_due_ms(&self.config, c, now_wall)) {
+            let wait = Duration::from_millis((due - now_wall).max(0) as u64);
             next = next.min(now + wait);
         }
         if draining && !reading_done && self.write_backoff.is_none() {
@@ -671,6 +673,7 @@ impl Pipeline {
         }
         self.summary.buffer_dir = self.store.dir().to_path_buf();
         self.summary.damaged_chunks = self.store.damaged().to_vec();
+        self.summary.unaccounted = self.store.unaccounted().to_vec();
         self.summary.drain_reason = self.drain_reason.take().map(|r| r.to_string());
         self.summary
     }

@@ -1,12 +1,13 @@
 //! Log records: which lines of a log belong together, and when a record says it was written.
 //!
 //! CloudWatch Logs is read one event at a time, so a Java stack trace or a Python traceback must
-//! be one event, not forty. A [`RecordRule`] says where records start. The tail source keeps the
-//! last record of a file back until the next one starts (or the file has been quiet for the
-//! source's `multiline_flush`), and the buffer cuts full chunks at record starts, so a record is
-//! never split across chunks or time keys. The CloudWatch output joins the lines of a record into
-//! one event with the same rule. Outputs that store bytes (files, S3) are not changed at all: the
-//! rule only moves where chunks end.
+//! be one event, not forty. A [`RecordRule`] says where records start. The buffer keeps a record's
+//! lines in one chunk (for CloudWatch it waits for a file's last record until the next one starts,
+//! or the file has been quiet for the source's `multiline_flush`; see `buffer::ChunkStore::append`),
+//! and cuts full chunks at record starts, so a record is split across chunks only when it alone is
+//! larger than one. The CloudWatch output joins the lines of a record into one event with the same
+//! rule. Outputs that store bytes (files, S3) are not changed at all: the rule only moves where full
+//! chunks end.
 //!
 //! The built-in rule ([`RecordRule::Auto`]) recognises what Spark's containers write, with no
 //! per-file setting: log4j 2 text with Spark's default pattern (a record starts with its date; a
@@ -58,8 +59,42 @@ impl RecordRule {
         match self {
             RecordRule::Lines => true,
             RecordRule::Start(re) => re.is_match(&text(line)),
-            RecordRule::Auto => !continues(line, prev),
+            RecordRule::Auto => !continues(line, || traceback_is_nested(prev)),
         }
+    }
+
+    /// [`RecordRule::starts_record`] after a line known only by what the rule needs of it.
+    pub fn starts_record_after(&self, line: &[u8], prev: PrevLine) -> bool {
+        match self {
+            RecordRule::Lines => true,
+            RecordRule::Start(re) => re.is_match(&text(line)),
+            RecordRule::Auto => !continues(line, || prev.nests_traceback),
+        }
+    }
+
+    /// How many leading bytes of `data` (whole lines) continue the record whose last line was
+    /// `prev`: the lines before the first one that starts a record.
+    pub fn continuation_len(&self, data: &[u8], prev: PrevLine) -> usize {
+        if !self.is_multiline() {
+            return 0;
+        }
+        let mut at = 0;
+        let mut prev_line: Option<&[u8]> = None;
+        while at < data.len() {
+            let end = memchr::memchr(b'\n', &data[at..]).map_or(data.len(), |i| at + i + 1);
+            let body = &data[at..end];
+            let body = body.strip_suffix(b"\n").unwrap_or(body);
+            let starts = match prev_line {
+                None => self.starts_record_after(body, prev),
+                Some(p) => self.starts_record(body, Some(p)),
+            };
+            if starts {
+                break;
+            }
+            prev_line = Some(body);
+            at = end;
+        }
+        at
     }
 
     /// Where the complete records of `data` (whole lines, ending with a newline) end: the start
@@ -114,8 +149,26 @@ fn text(line: &[u8]) -> Cow<'_, str> {
     String::from_utf8_lossy(line)
 }
 
-/// The built-in rule: whether `line` continues the record that `prev` belongs to.
-fn continues(line: &[u8], prev: &[u8]) -> bool {
+/// What a rule needs to know of the line before another one (kept for a file's last line, whose
+/// bytes are gone by the time the next line arrives).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrevLine {
+    /// A Python traceback after it continues its record (see `traceback_is_nested`).
+    nests_traceback: bool,
+}
+
+impl PrevLine {
+    /// What the rule needs of `line` (without its newline).
+    pub fn of(line: &[u8]) -> PrevLine {
+        PrevLine {
+            nests_traceback: traceback_is_nested(line),
+        }
+    }
+}
+
+/// The built-in rule: whether `line` continues the record that the line before it belongs to
+/// (`nested`: whether a traceback after that line is part of its record).
+fn continues(line: &[u8], nested: impl FnOnce() -> bool) -> bool {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     match line.first() {
         // A blank line inside a trace, indented frames and messages (`\tat`, `  File`).
@@ -126,7 +179,7 @@ fn continues(line: &[u8], prev: &[u8]) -> bool {
                 || is_exception_header(line)
                 || line.starts_with(b"During handling of the above exception, another exception occurred:")
                 || line.starts_with(b"The above exception was the direct cause of the following exception:")
-                || (line.starts_with(b"Traceback (most recent call last):") && traceback_is_nested(prev))
+                || (line.starts_with(b"Traceback (most recent call last):") && nested())
         }
     }
 }

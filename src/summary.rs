@@ -90,6 +90,10 @@ pub struct Summary {
     /// Chunks that recovery found shorter than committed or missing: what was left of them was
     /// delivered, the rest is lost.
     pub damaged_chunks: Vec<crate::buffer::DamagedChunk>,
+    /// Files in the buffer's `chunks/` directory that recovery could not account for: kept
+    /// where they are, never delivered.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unaccounted: Vec<PathBuf>,
 }
 
 impl Summary {
@@ -122,6 +126,7 @@ impl Summary {
         if !self.unread.is_empty()
             || !self.left_in_buffer.is_empty()
             || !self.damaged_chunks.is_empty()
+            || !self.unaccounted.is_empty()
             || !self.not_shipped.is_empty()
         {
             EXIT_UNDELIVERED
@@ -168,6 +173,12 @@ impl Summary {
                 d.committed,
                 d.key,
                 d.path.display()
+            ));
+        }
+        for p in &self.unaccounted {
+            s.push_str(&format!(
+                "logship: KEPT: {} is in the buffer but logship did not make it (or cannot account for it); it was not delivered\n",
+                p.display()
             ));
         }
         for n in &self.not_shipped {

@@ -225,8 +225,9 @@ pub struct SourceConfig {
     /// do not match continue the record before them (replaces the built-in rule).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multiline_start: Option<String>,
-    /// The last record of a file is held back until the next one starts, or until the file has
-    /// been quiet this long (a record's lines are written together; this bounds the delay).
+    /// For CloudWatch: a file's last record waits in the buffer until the next one starts, or
+    /// until the file has been quiet this long (a record's lines are written together; this
+    /// bounds the delay). Nothing waits for outputs that store bytes.
     #[serde(default = "default_multiline_flush")]
     pub multiline_flush: HumanDuration,
     /// A fixed tag for every file of this source. Without it, each file's tag is its path

@@ -310,7 +310,28 @@ impl LiveState {
             markers: self.markers.map().values().collect(),
             destinations: &self.destinations,
         };
-        serde_json::to_vec(&s).expect("state serializes")
+        super::state::with_checksum(serde_json::to_vec(&s).expect("state serializes"))
+    }
+
+    /// A journal record that changes nothing: the first record after snapshot `generation`, so
+    /// that a journal always holds at least one record once there is a snapshot (one without
+    /// it is then known to be gone, see [`STATE_VERSION`]).
+    pub fn empty_record(&self, generation: u64) -> Vec<u8> {
+        let d = StateDeltaRef {
+            generation,
+            next_seq: self.next_seq,
+            sources: Vec::new(),
+            sources_removed: Vec::new(),
+            moved: Vec::new(),
+            chunks: Vec::new(),
+            chunks_removed: Vec::new(),
+            indices: Vec::new(),
+            indices_removed: Vec::new(),
+            markers: Vec::new(),
+            markers_removed: Vec::new(),
+            destinations: &self.destinations,
+        };
+        frame(&d)
     }
 
     /// A journal record (header and payload) of what changed since the last commit.
@@ -340,13 +361,7 @@ impl LiveState {
             markers_removed,
             destinations: &self.destinations,
         };
-        let mut out = vec![0u8; HEADER];
-        serde_json::to_writer(&mut out, &d).expect("state serializes");
-        let payload_len = (out.len() - HEADER) as u32;
-        let sum = fnv1a(&out[HEADER..]);
-        out[..4].copy_from_slice(&payload_len.to_le_bytes());
-        out[4..HEADER].copy_from_slice(&sum.to_le_bytes());
-        out
+        frame(&d)
     }
 
     /// The current state is the committed one.
@@ -417,41 +432,123 @@ impl LiveState {
     }
 
     /// Applies the records of `journal` that follow this state's snapshot, in order, up to the
-    /// first one that is torn or not valid. Returns the length of the journal that holds good
-    /// records (the rest is to be cut off) and how many were applied.
-    pub fn replay(&mut self, journal: &File) -> io::Result<(u64, u64)> {
+    /// first one that is torn or not valid, and says why it stopped (see [`Replay`]).
+    pub fn replay(&mut self, journal: &File) -> io::Result<Replay> {
         let mut r = BufReader::with_capacity(64 << 10, journal);
         let (mut good, mut applied) = (0u64, 0u64);
         let mut header = [0u8; HEADER];
         let mut payload = Vec::new();
-        loop {
+        let end = loop {
             if !read_full(&mut r, &mut header)? {
-                break;
+                break if journal.metadata()?.len() == good {
+                    ReplayEnd::Clean
+                } else {
+                    ReplayEnd::Torn
+                };
             }
             let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
             let sum = u64::from_le_bytes(header[4..].try_into().expect("8 bytes"));
             if len > MAX_RECORD {
-                break;
+                break ReplayEnd::Torn;
             }
             payload.resize(len as usize, 0);
             if !read_full(&mut r, &mut payload)? || fnv1a(&payload) != sum {
-                break;
+                break ReplayEnd::Torn;
             }
             let Ok(d) = serde_json::from_slice::<StateDelta>(&payload) else {
-                break;
+                break ReplayEnd::Torn;
             };
             if d.generation != self.generation {
-                // Left from before the snapshot (a crash before the journal was emptied).
-                break;
+                // At the start: left from before the snapshot (a crash before the journal was
+                // emptied). After good records, no commit of this logship writes that.
+                break if good == 0 {
+                    ReplayEnd::Stale
+                } else {
+                    ReplayEnd::Inconsistent
+                };
             }
             if !self.apply(d) {
-                break;
+                break ReplayEnd::Inconsistent;
             }
             good += (HEADER + payload.len()) as u64;
             applied += 1;
-        }
-        Ok((good, applied))
+        };
+        let end = match end {
+            // A record that does not check out is the last append, torn by a crash, only if no
+            // good record of this snapshot follows it.
+            ReplayEnd::Torn if valid_record_after(journal, good + 1, self.generation)? => ReplayEnd::Damaged,
+            e => e,
+        };
+        Ok(Replay { good, applied, end })
     }
+}
+
+/// What [`LiveState::replay`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replay {
+    /// Bytes of good records: the journal is cut to this length (what follows is a torn append
+    /// or records of an earlier snapshot), unless `end` says it is damaged.
+    pub good: u64,
+    /// How many records were applied.
+    pub applied: u64,
+    /// Why it stopped.
+    pub end: ReplayEnd,
+}
+
+/// Why a replay stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayEnd {
+    /// At the end of the journal.
+    Clean,
+    /// At a record that is incomplete or does not check out, with nothing valid after it: the
+    /// append a crash interrupted. That commit did not happen.
+    Torn,
+    /// At records of an earlier snapshot (a crash between a snapshot and the journal's reset).
+    Stale,
+    /// At a record that does not check out, with valid records of this snapshot after it: the
+    /// journal was damaged, and the commits after the damage cannot be applied.
+    Damaged,
+    /// At a valid record that does not fit the state before it (a record of another snapshot
+    /// after this one's, or one that moves a checkpoint no earlier record made): records are
+    /// missing.
+    Inconsistent,
+}
+
+/// Whether a record of `generation` that checks out starts anywhere in `journal` at or after
+/// `from`. Read only when a record did not check out, to tell a torn last append (nothing
+/// follows it) from damage in the middle.
+fn valid_record_after(journal: &File, from: u64, generation: u64) -> io::Result<bool> {
+    let len = journal.metadata()?.len();
+    if from >= len {
+        return Ok(false);
+    }
+    let mut rest = vec![0u8; (len - from) as usize];
+    journal.read_exact_at(&mut rest, from)?;
+    for at in 0..rest.len().saturating_sub(HEADER) {
+        let n = u32::from_le_bytes(rest[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let payload = at + HEADER..at + HEADER + n;
+        if n == 0 || payload.end > rest.len() {
+            continue;
+        }
+        let sum = u64::from_le_bytes(rest[at + 4..at + HEADER].try_into().expect("8 bytes"));
+        if fnv1a(&rest[payload.clone()]) == sum
+            && serde_json::from_slice::<StateDelta>(&rest[payload]).is_ok_and(|d| d.generation == generation)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// A record: the header (payload length, checksum) and the payload, `d` as JSON.
+fn frame(d: &StateDeltaRef<'_>) -> Vec<u8> {
+    let mut out = vec![0u8; HEADER];
+    serde_json::to_writer(&mut out, d).expect("state serializes");
+    let payload_len = (out.len() - HEADER) as u32;
+    let sum = fnv1a(&out[HEADER..]);
+    out[..4].copy_from_slice(&payload_len.to_le_bytes());
+    out[4..HEADER].copy_from_slice(&sum.to_le_bytes());
+    out
 }
 
 /// Reads exactly `buf.len()` bytes; false at a clean or torn end.
@@ -499,6 +596,12 @@ impl Journal {
         self.file.set_len(len)?;
         self.len = len;
         Ok(())
+    }
+
+    /// Empties the journal and writes `first`, the first record after a new snapshot.
+    pub fn reset(&mut self, first: &[u8], durable: bool) -> io::Result<()> {
+        self.cut(0)?;
+        self.append(first, durable, &|| {})
     }
 
     /// Appends one record (whole, then fdatasync with `durable`). `halfway` runs after the first
@@ -574,7 +677,8 @@ mod tests {
             live.settle();
         }
         let mut again = base.clone();
-        let (good, applied) = again.replay(j.file()).unwrap();
+        let Replay { good, applied, end } = again.replay(j.file()).unwrap();
+        assert_eq!(end, ReplayEnd::Clean);
         assert_eq!((good, applied), (j.len, 3));
         assert_eq!(again.sources.map(), live.sources.map());
         assert_eq!(again.next_seq, 3);
@@ -617,7 +721,7 @@ mod tests {
         j.append(&rec, true, &|| {}).unwrap();
         live.settle();
         let mut again = base.clone();
-        assert_eq!(again.replay(j.file()).unwrap(), (j.len, 1));
+        assert_eq!(again.replay(j.file()).unwrap(), replay(j.len, 1, ReplayEnd::Clean));
         assert_eq!(again.sources.map(), live.sources.map());
         assert_eq!(
             *again.sources.map()[&source_key(&checkpoint(4, 0))].path,
@@ -640,12 +744,19 @@ mod tests {
             ends.push(j.len);
         }
         let mut all = state_with(2);
-        assert_eq!(all.replay(&File::open(&path).unwrap()).unwrap(), (ends[1], 2));
-        // Without checkpoint 1, the second record is not valid: nothing of it applies.
+        assert_eq!(
+            all.replay(&File::open(&path).unwrap()).unwrap(),
+            replay(ends[1], 2, ReplayEnd::Clean)
+        );
+        // Without checkpoint 1, the second record is not valid: nothing of it applies, and the
+        // journal is known to miss records.
         let mut base = state_with(2);
         base.sources.remove(&source_key(&checkpoint(1, 0)));
         base.settle();
-        assert_eq!(base.replay(&File::open(&path).unwrap()).unwrap(), (ends[0], 1));
+        assert_eq!(
+            base.replay(&File::open(&path).unwrap()).unwrap(),
+            replay(ends[0], 1, ReplayEnd::Inconsistent)
+        );
         assert_eq!(base.next_seq, 1);
         assert_eq!(base.sources.map()[&source_key(&checkpoint(0, 0))].pos, 5);
     }
@@ -666,22 +777,51 @@ mod tests {
             ends.push(j.len);
         }
         let whole = std::fs::read(&path).unwrap();
-        // Torn in the last record: the first two apply.
-        std::fs::write(&path, &whole[..whole.len() - 5]).unwrap();
-        let mut s = base.clone();
-        assert_eq!(s.replay(&File::open(&path).unwrap()).unwrap(), (ends[1], 2));
-        assert_eq!(s.sources.map()[&source_key(&checkpoint(0, 0))].pos, 2);
-        // A flipped byte in the second record: only the first applies.
+        // Torn in the last record, at any byte: the first two apply, the end is a torn append.
+        for cut in 1..(ends[2] - ends[1]) as usize {
+            std::fs::write(&path, &whole[..whole.len() - cut]).unwrap();
+            let mut s = base.clone();
+            assert_eq!(
+                s.replay(&File::open(&path).unwrap()).unwrap(),
+                replay(ends[1], 2, ReplayEnd::Torn),
+                "cut by {cut}"
+            );
+            assert_eq!(s.sources.map()[&source_key(&checkpoint(0, 0))].pos, 2);
+        }
+        // A flipped bit in the last record: as torn (a power loss can leave one so).
         let mut bad = whole.clone();
-        bad[ends[0] as usize + HEADER + 3] ^= 1;
+        bad[ends[1] as usize + HEADER + 3] ^= 1;
         std::fs::write(&path, &bad).unwrap();
         let mut s = base.clone();
-        assert_eq!(s.replay(&File::open(&path).unwrap()).unwrap(), (ends[0], 1));
+        assert_eq!(
+            s.replay(&File::open(&path).unwrap()).unwrap(),
+            replay(ends[1], 2, ReplayEnd::Torn)
+        );
+        // A flipped bit anywhere in the second record, with the third intact after it: damage,
+        // not a torn end.
+        for i in ends[0] as usize..ends[1] as usize {
+            let mut bad = whole.clone();
+            bad[i] ^= 0x04;
+            std::fs::write(&path, &bad).unwrap();
+            let mut s = base.clone();
+            assert_eq!(
+                s.replay(&File::open(&path).unwrap()).unwrap(),
+                replay(ends[0], 1, ReplayEnd::Damaged),
+                "byte {i}"
+            );
+        }
         // Records of another generation (left from before a newer snapshot) are not applied.
         std::fs::write(&path, &whole).unwrap();
         let mut s = base.clone();
         s.generation = 1;
-        assert_eq!(s.replay(&File::open(&path).unwrap()).unwrap(), (0, 0));
+        assert_eq!(
+            s.replay(&File::open(&path).unwrap()).unwrap(),
+            replay(0, 0, ReplayEnd::Stale)
+        );
+    }
+
+    fn replay(good: u64, applied: u64, end: ReplayEnd) -> Replay {
+        Replay { good, applied, end }
     }
 
     #[test]

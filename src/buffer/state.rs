@@ -21,7 +21,38 @@ use crate::fsutil::FileId;
 /// key and new position), which a version-2 logship would ignore: it refuses the state instead.
 /// A version-2 state is read, and the first commit writes a version-3 snapshot, so records in
 /// the new form only ever follow a version-3 snapshot.
-pub const STATE_VERSION: u32 = 3;
+/// Version 4 ends the snapshot with its checksum (`"checksum":"<FNV-1a 64 of the bytes before
+/// the field>"`, the last field), so a flipped bit is an error and not a position moved; and a
+/// journal emptied for a new snapshot starts with a record of that snapshot's generation, so a
+/// journal without its snapshot is never taken for a fresh start. Older snapshots are read, and
+/// the first commit replaces them.
+pub const STATE_VERSION: u32 = 4;
+
+/// What precedes a version-4 snapshot's checksum (see [`STATE_VERSION`]).
+const CHECKSUM_FIELD: &[u8] = b",\"checksum\":\"";
+
+/// `json` (a JSON object, as serde writes it) with its checksum added as the last field.
+pub fn with_checksum(mut json: Vec<u8>) -> Vec<u8> {
+    debug_assert_eq!(json.last(), Some(&b'}'));
+    json.pop();
+    let sum = crate::fsutil::fnv1a(&json);
+    json.extend_from_slice(CHECKSUM_FIELD);
+    json.extend_from_slice(format!("{sum:016x}\"}}").as_bytes());
+    json
+}
+
+/// Whether `bytes` end with a checksum field that matches what precedes it: `Some(true)` it
+/// does, `Some(false)` it is there and does not match, `None` there is none.
+fn checksum_holds(bytes: &[u8]) -> Option<bool> {
+    let body = bytes.trim_ascii_end();
+    let at = memchr::memmem::rfind(body, CHECKSUM_FIELD)?;
+    let rest = &body[at + CHECKSUM_FIELD.len()..];
+    let hex = rest.strip_suffix(b"\"}")?;
+    let sum = std::str::from_utf8(hex)
+        .ok()
+        .and_then(|h| u64::from_str_radix(h, 16).ok());
+    Some(hex.len() == 16 && sum == Some(crate::fsutil::fnv1a(&body[..at])))
+}
 
 /// Which checkpoint: the source (config name), the file's device and inode, and its tag (a
 /// Spark event-log source may follow a file and mirror another with the same identity).
@@ -130,6 +161,11 @@ pub struct ChunkMeta {
     /// the upload then reads the chunk for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crc32: Option<u32>,
+    /// The followed file whose lines it holds, in an output that keeps records whole (its
+    /// chunks hold one file's lines each). Not kept across a restart: recovered chunks are
+    /// sealed.
+    #[serde(skip)]
+    pub file: Option<FileId>,
 }
 
 impl ChunkMeta {
@@ -149,6 +185,7 @@ impl ChunkMeta {
             no_replace: false,
             alternatives: None,
             crc32: None,
+            file: None,
         }
     }
 }
@@ -207,6 +244,15 @@ pub enum StateError {
         /// The error.
         source: serde_json::Error,
     },
+    /// A version-4 snapshot whose checksum is missing or does not match its bytes (a flipped
+    /// bit, a cut, someone else's edit): none of it can be trusted.
+    #[error(
+        "buffer state {path} is damaged (its checksum does not match its contents); nothing was changed. Its undelivered chunks are in the chunks/ directory beside it: move the buffer directory aside to start afresh"
+    )]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+    },
     /// Written by a newer logship.
     #[error(
         "buffer state {path} has format version {found}; this logship reads version {STATE_VERSION} (use the newer logship, or another buffer dir)"
@@ -251,6 +297,15 @@ impl StateFile {
                 found: v.version,
             });
         }
+        match checksum_holds(&bytes) {
+            Some(true) => {}
+            None if v.version < 4 => {}
+            _ => {
+                return Err(StateError::Damaged {
+                    path: path.to_path_buf(),
+                });
+            }
+        }
         serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
             path: path.to_path_buf(),
             source,
@@ -278,7 +333,7 @@ mod tests {
             tag: "a".into(),
             source: "s".into(),
         });
-        std::fs::write(&p, serde_json::to_vec(&s).unwrap()).unwrap();
+        std::fs::write(&p, with_checksum(serde_json::to_vec(&s).unwrap())).unwrap();
         assert_eq!(StateFile::load(&p).unwrap(), s);
     }
 
@@ -293,6 +348,40 @@ mod tests {
         .unwrap();
         let s = StateFile::load(&p).unwrap();
         assert_eq!((s.version, s.generation, s.next_seq), (1, 0, 4));
+    }
+
+    /// A version-4 snapshot carries its checksum: any flipped bit, a cut or a missing checksum
+    /// is refused with the path, never read as other positions.
+    #[test]
+    fn a_snapshot_that_does_not_match_its_checksum_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.json");
+        let s = StateFile {
+            version: STATE_VERSION,
+            next_seq: 12,
+            ..Default::default()
+        };
+        let bytes = with_checksum(serde_json::to_vec(&s).unwrap());
+        std::fs::write(&p, &bytes).unwrap();
+        assert_eq!(StateFile::load(&p).unwrap(), s);
+        for i in 0..bytes.len() {
+            for bit in [0x01u8, 0x10, 0x80] {
+                let mut bad = bytes.clone();
+                bad[i] ^= bit;
+                std::fs::write(&p, &bad).unwrap();
+                assert!(
+                    StateFile::load(&p).is_err(),
+                    "bit {bit:#x} of byte {i} flipped was read"
+                );
+            }
+        }
+        for cut in [1, 10, bytes.len() / 2] {
+            std::fs::write(&p, &bytes[..bytes.len() - cut]).unwrap();
+            assert!(StateFile::load(&p).is_err(), "cut by {cut} was read");
+        }
+        std::fs::write(&p, serde_json::to_vec(&s).unwrap()).unwrap();
+        let e = StateFile::load(&p).unwrap_err().to_string();
+        assert!(e.contains("damaged") && e.contains("state.json"), "{e}");
     }
 
     #[test]

@@ -205,6 +205,10 @@ pub struct CloudWatchSink {
     rule: RecordRule,
     /// What it did with records, for `/metrics` and the summary.
     counters: Arc<EventCounters>,
+    /// The time of the last record sent to each stream: an untimed record at the start of a
+    /// chunk takes the time of the record before it in the chunk before (a stream's chunks are
+    /// delivered in order), as it does inside a chunk.
+    last_times: Mutex<std::collections::HashMap<String, i64>>,
 }
 
 fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
@@ -241,6 +245,7 @@ impl CloudWatchSink {
             group_ready: Default::default(),
             rule,
             counters: Arc::default(),
+            last_times: Default::default(),
         })
     }
 
@@ -379,7 +384,7 @@ impl CloudWatchSink {
             record_lines: 0,
             // The end of the last record whose events are all sent or in the batch.
             batch_end: start,
-            last_ts: None,
+            last_ts: self.last_times.lock().expect("last times lock").get(&stream).copied(),
             read_ms: chunk.created_ms,
             pending: Vec::new(),
             pending_bytes: 0,
@@ -434,6 +439,9 @@ impl CloudWatchSink {
             self.put(&stream, b.batch.sorted(), &b.text, &mut b.body).await?;
         }
         record_progress(&mut b.progress, &chunk.path, offset)?;
+        if let Some(ts) = b.last_ts {
+            self.last_times.lock().expect("last times lock").insert(stream, ts);
+        }
         Ok(())
     }
 

@@ -23,11 +23,11 @@ pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 
 pub use crate::config::StoreAs;
 
-/// The file to upload for `chunk` and its length: the chunk itself, or its compressed sibling
-/// (made now unless a previous attempt left it complete).
-pub fn prepare(chunk: &Path, store_as: StoreAs, level: Option<i32>) -> io::Result<(PathBuf, u64)> {
+/// The file to upload for `chunk` (its first `len` bytes, the committed ones: the file may hold
+/// more, which are never shipped) and the length to upload: the chunk itself, or its compressed
+/// sibling (made now unless a previous attempt left it complete).
+pub fn prepare(chunk: &Path, len: u64, store_as: StoreAs, level: Option<i32>) -> io::Result<(PathBuf, u64)> {
     if store_as == StoreAs::Text {
-        let len = std::fs::metadata(chunk)?.len();
         return Ok((chunk.to_path_buf(), len));
     }
     let out = sibling(chunk, store_as);
@@ -35,7 +35,7 @@ pub fn prepare(chunk: &Path, store_as: StoreAs, level: Option<i32>) -> io::Resul
         return Ok((out, m.len()));
     }
     let tmp = out.with_extension(format!("{}.tmp", store_as.extension()));
-    let mut src = File::open(chunk)?;
+    let mut src = io::Read::take(File::open(chunk)?, len);
     let dst = BufWriter::with_capacity(64 * 1024, File::create(&tmp)?);
     let mut buf = vec![0u8; 128 * 1024];
     match store_as {
@@ -80,12 +80,17 @@ mod tests {
         let data: Vec<u8> = (0..200_000u32)
             .flat_map(|i| format!("line {i}\n").into_bytes())
             .collect();
-        std::fs::write(&chunk, &data).unwrap();
+        // Bytes past the chunk's length (cut off by a rollback that could not cut the file)
+        // are never shipped.
+        let mut on_disk = data.clone();
+        on_disk.extend_from_slice(b"uncommitted\n");
+        std::fs::write(&chunk, &on_disk).unwrap();
+        let n = data.len() as u64;
         assert_eq!(
-            prepare(&chunk, StoreAs::Text, None).unwrap(),
+            prepare(&chunk, n, StoreAs::Text, None).unwrap(),
             (chunk.clone(), data.len() as u64)
         );
-        let (gz, len) = prepare(&chunk, StoreAs::Gzip, None).unwrap();
+        let (gz, len) = prepare(&chunk, n, StoreAs::Gzip, None).unwrap();
         assert_eq!(gz, d.path().join("7.chunk.gz"));
         assert_eq!(std::fs::metadata(&gz).unwrap().len(), len);
         let mut out = Vec::new();
@@ -93,7 +98,7 @@ mod tests {
             .read_to_end(&mut out)
             .unwrap();
         assert_eq!(out, data);
-        let (zst, _) = prepare(&chunk, StoreAs::Zstd, None).unwrap();
+        let (zst, _) = prepare(&chunk, n, StoreAs::Zstd, None).unwrap();
         assert_eq!(zstd::decode_all(File::open(&zst).unwrap()).unwrap(), data);
         cleanup(&chunk, StoreAs::Gzip);
         assert!(!gz.exists());

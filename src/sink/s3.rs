@@ -87,8 +87,8 @@ impl S3Sink {
     pub async fn deliver(&self, chunk: &SealedChunk) -> Result<(), DeliveryError> {
         let store_as = self.settings.store_as;
         let level = self.settings.compression_level;
-        let src = chunk.path.clone();
-        let (file, len) = tokio::task::spawn_blocking(move || prepare(&src, store_as, level))
+        let (src, chunk_len) = (chunk.path.clone(), chunk.len);
+        let (file, len) = tokio::task::spawn_blocking(move || prepare(&src, chunk_len, store_as, level))
             .await
             .map_err(|e| DeliveryError::Retryable(format!("compression task failed: {e}")))?
             .map_err(|e| {

@@ -19,7 +19,13 @@ pub struct SecondaryError {
 }
 
 /// Copies the chunk file `chunk` to the first unused `<dir>/<basename>.<n>`; returns that path.
-pub fn write_secondary(chunk: &Path, dir: &Path, basename: &str, durable: bool) -> Result<PathBuf, SecondaryError> {
+pub fn write_secondary(
+    chunk: &Path,
+    len: u64,
+    dir: &Path,
+    basename: &str,
+    durable: bool,
+) -> Result<PathBuf, SecondaryError> {
     let err = |source| SecondaryError {
         dir: dir.to_path_buf(),
         source,
@@ -28,8 +34,10 @@ pub fn write_secondary(chunk: &Path, dir: &Path, basename: &str, durable: bool) 
     let mut src = fs::File::open(chunk).map_err(err)?;
     // Only what was not delivered yet (an output that delivers a chunk in parts records how far
     // it got; see `buffer::siblings`).
-    let delivered = crate::buffer::siblings::read_progress(chunk);
+    let delivered = crate::buffer::siblings::read_progress(chunk).min(len);
     io::Seek::seek(&mut src, io::SeekFrom::Start(delivered)).map_err(err)?;
+    // Its first `len` bytes: the file may hold more that were never committed.
+    let mut src = io::Read::take(src, len - delivered);
     for n in 0u64.. {
         let path = dir.join(format!("{basename}.{n}"));
         match OpenOptions::new().write(true).create_new(true).open(&path) {
@@ -57,10 +65,11 @@ mod tests {
     fn takes_the_first_unused_number_and_copies_exact_bytes() {
         let d = tempfile::tempdir().unwrap();
         let chunk = d.path().join("1.chunk");
-        fs::write(&chunk, b"line 1\nline 2\n").unwrap();
+        // Bytes after the chunk's length were never committed: not copied.
+        fs::write(&chunk, b"line 1\nline 2\nuncommitted\n").unwrap();
         let dir = d.path().join("error");
-        let a = write_secondary(&chunk, &dir, "s3.log", false).unwrap();
-        let b = write_secondary(&chunk, &dir, "s3.log", false).unwrap();
+        let a = write_secondary(&chunk, 14, &dir, "s3.log", false).unwrap();
+        let b = write_secondary(&chunk, 14, &dir, "s3.log", false).unwrap();
         assert_eq!(a, dir.join("s3.log.0"));
         assert_eq!(b, dir.join("s3.log.1"));
         assert_eq!(fs::read(&b).unwrap(), b"line 1\nline 2\n");

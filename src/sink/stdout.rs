@@ -12,12 +12,13 @@ use crate::buffer::SealedChunk;
 pub struct StdoutSink;
 
 impl StdoutSink {
-    /// Streams the chunk file to stdout in blocks.
+    /// Streams the chunk (its first `len` bytes) to stdout in blocks.
     pub async fn deliver(&self, chunk: &SealedChunk) -> Result<(), DeliveryError> {
-        let path = chunk.path.clone();
+        let (path, len) = (chunk.path.clone(), chunk.len);
         tokio::task::spawn_blocking(move || -> Result<(), DeliveryError> {
-            let mut f = std::fs::File::open(&path)
+            let f = std::fs::File::open(&path)
                 .map_err(|e| DeliveryError::Retryable(format!("cannot open chunk {}: {e}", path.display())))?;
+            let mut f = f.take(len);
             let out = std::io::stdout();
             let mut out = out.lock();
             let mut buf = vec![0u8; 64 * 1024];

@@ -30,8 +30,8 @@ pub trait Source: Send {
     /// When the next scan for new files is due (`None`: now).
     fn next_scan(&self) -> Option<Instant>;
 
-    /// When a file's wait ends (a rotated file's `rotate_wait`, a held-back record's
-    /// `multiline_flush`), so the pipeline wakes to read it.
+    /// When a file's wait ends (a rotated file's `rotate_wait`), so the pipeline wakes to read
+    /// it.
     fn next_deadline(&self) -> Option<Instant>;
 
     /// How often to look at files for growth without an event.

@@ -65,7 +65,8 @@ pub struct TailStats {
     pub partial_lines_flushed: u64,
     /// Files discovered.
     pub files_found: u64,
-    /// Records larger than a read block (256 KiB), cut at a line end inside them.
+    /// Records that an output keeping records whole could not keep in one chunk (a record
+    /// larger than a chunk).
     pub records_split: u64,
 }
 
@@ -96,9 +97,6 @@ pub struct TailedFile {
     /// Size when the drain started: the drain reads up to here (a writer that keeps going does
     /// not keep the drain going), and only bytes before it count as not delivered.
     drain_size: Option<u64>,
-    /// Its last record is held back (it may continue): read it once the next record starts,
-    /// or `multiline_flush` after the file last grew.
-    holding: bool,
     /// Its checkpoint may differ from the committed one (read, renamed, new).
     unsaved: bool,
 }
@@ -314,18 +312,13 @@ impl Source for TailSource {
 
     /// When a file that went away will have waited `rotate_wait`.
     fn next_deadline(&self) -> Option<Instant> {
-        if !self.any_gone && !self.rule.is_multiline() {
+        if !self.any_gone {
             return None;
         }
         let wait = self.config.rotate_wait.get();
-        let flush = self.config.multiline_flush.get();
         self.files
             .iter()
-            .filter_map(|f| {
-                let rotated = f.gone_since.map(|g| g.max(f.last_growth) + wait);
-                let held = f.holding.then_some(f.last_growth + flush);
-                rotated.into_iter().chain(held).min()
-            })
+            .filter_map(|f| f.gone_since.map(|g| g.max(f.last_growth) + wait))
             .min()
     }
 

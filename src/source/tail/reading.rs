@@ -109,7 +109,6 @@ impl TailSource {
         now_ms: i64,
     ) -> Result<u64, TailError> {
         let framing = self.config.format;
-        let flush = self.config.multiline_flush.get();
         let cut = if self.rule.is_multiline() {
             Cut::RecordStart(&self.rule)
         } else {
@@ -189,37 +188,19 @@ impl TailSource {
             let data = &self.buf[..n];
             if framing == Framing::Raw {
                 for &o in &self.routes {
-                    store.append(o, &f.tag, Cut::Anywhere, data, now_ms)?;
+                    store.append(o, &f.tag, Some(f.id), Cut::Anywhere, data, now_ms)?;
                 }
                 f.pos += n as u64;
                 continue;
             }
             if let Some(last_nl) = memchr::memrchr(b'\n', data) {
-                let mut lines = &data[..=last_nl];
-                if self.rule.is_multiline() {
-                    // The last record may continue in what follows: keep it back until the
-                    // next record starts, the file has been quiet for `multiline_flush`, or
-                    // the drain.
-                    let complete = self.rule.complete_prefix(lines);
-                    let partial = &data[last_nl + 1..];
-                    let at_end = f.pos + n as u64 >= size;
-                    let next_starts =
-                        !partial.is_empty() && self.rule.starts_record(partial, Some(crate::record::last_line(lines)));
-                    if complete > 0 {
-                        lines = &lines[..complete];
-                    } else if !at_end || next_starts {
-                        if !at_end && !next_starts {
-                            // One record larger than the read block: it is cut here.
-                            self.stats.records_split += 1;
-                        }
-                    } else if !flush_partial && now < f.last_growth + flush {
-                        f.holding = true;
-                        break;
-                    }
-                    f.holding = false;
-                }
+                // Every whole line goes into the buffer now, a record's last line included:
+                // a line that stayed only in the file could be lost to a truncation. Keeping a
+                // record whole for an output that joins its lines is the buffer's part
+                // (`OutputKeying::hold_ms`).
+                let lines = &data[..=last_nl];
                 for &o in &self.routes {
-                    store.append(o, &f.tag, cut, lines, now_ms)?;
+                    store.append(o, &f.tag, Some(f.id), cut, lines, now_ms)?;
                 }
                 f.pos += lines.len() as u64;
                 f.lines += memchr::memchr_iter(b'\n', lines).count() as u64;
@@ -230,7 +211,7 @@ impl TailSource {
             if n as u64 >= max_line {
                 // The block is exactly max_line_size long: split here.
                 for &o in &self.routes {
-                    store.append(o, &f.tag, Cut::Anywhere, data, now_ms)?;
+                    store.append(o, &f.tag, Some(f.id), Cut::Anywhere, data, now_ms)?;
                 }
                 f.pos += n as u64;
                 self.stats.lines_split += 1;
@@ -286,6 +267,7 @@ impl TailSource {
         }
         let read = f.pos.saturating_sub(start);
         self.stats.bytes_read += read;
+        self.stats.records_split += store.take_records_split();
         Ok(read)
     }
 
@@ -301,7 +283,7 @@ impl TailSource {
     ) -> Result<(), TailError> {
         let mut seqs = Vec::with_capacity(routes.len());
         for &o in routes {
-            seqs.push(store.reserve(o, &f.tag, len, now_ms)?);
+            seqs.push(store.reserve(o, &f.tag, Some(f.id), len, now_ms)?);
         }
         let mut done = 0;
         while done < len {
