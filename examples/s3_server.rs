@@ -32,7 +32,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("{scheme}://{}", listener.local_addr()?);
     loop {
         let (socket, _) = listener.accept().await?;
-        let service = service.clone();
+        // Each request is handled to its end in a task of its own: hyper drops a handler whose
+        // client went away, and s3s-fs writes an object in steps (bytes, then metadata), so a
+        // client killed right after its body could leave an object without its metadata, which
+        // real S3 (an atomic PUT) never does.
+        let service = {
+            let service = service.clone();
+            hyper::service::service_fn(move |req| {
+                let service = service.clone();
+                async move {
+                    tokio::spawn(async move { hyper::service::Service::call(&service, req).await })
+                        .await
+                        .expect("request handler")
+                }
+            })
+        };
         let tls = tls.clone();
         tokio::spawn(async move {
             let builder = ConnBuilder::new(TokioExecutor::new());

@@ -68,8 +68,9 @@ pub type Reloader = Box<ReloadFn>;
 enum Outcome {
     /// The drain completed (or its deadline passed).
     Finished(Box<Summary>),
-    /// SIGHUP brought a valid new configuration; everything was committed and stopped.
-    Reload(Box<Config>),
+    /// SIGHUP brought a valid new configuration; everything was committed and stopped. What
+    /// this configuration's run did is carried into the next one's summary.
+    Reload(Box<Config>, Box<Summary>),
 }
 
 /// Runs `config` until the drain completes (or its deadline passes), reloading it on SIGHUP
@@ -78,12 +79,23 @@ pub async fn run(config: Config, reload: Option<Reloader>) -> Result<Summary, En
     let mut signals = lifecycle::Signals::install();
     let mut running = config;
     let mut next: Option<Config> = None;
+    // What the runs before the last reload did: the summary counts the whole process.
+    let mut earlier: Option<Summary> = None;
     loop {
         let trying_new = next.is_some();
         let attempt = next.take().unwrap_or_else(|| running.clone());
         match run_config(attempt.clone(), &mut signals, reload.as_deref(), trying_new).await {
-            Ok(Outcome::Finished(summary)) => return Ok(*summary),
-            Ok(Outcome::Reload(new)) => {
+            Ok(Outcome::Finished(mut summary)) => {
+                if let Some(e) = earlier {
+                    summary.absorb(e);
+                }
+                return Ok(*summary);
+            }
+            Ok(Outcome::Reload(new, mut done)) => {
+                if let Some(e) = earlier.take() {
+                    done.absorb(e);
+                }
+                earlier = Some(*done);
                 running = attempt;
                 next = Some(*new);
             }
@@ -113,41 +125,7 @@ async fn run_config(
             })?;
         sinks.push(sink);
     }
-    let keying = config
-        .outputs
-        .iter()
-        .enumerate()
-        .map(|(i, o)| OutputKeying {
-            name: o.name.clone(),
-            template: o.key_format.clone(),
-            path: o.path.clone(),
-            time_slice_format: o
-                .time_slice_format
-                .clone()
-                .unwrap_or_else(|| default_time_slice_format(config.buffer.timekey.get().as_secs()).to_string()),
-            file_extension: Sink::file_extension(o).to_string(),
-            index_start: o.index_start,
-            by_tag: o.key_format.has_tag()
-                || !matches!(o.kind, OutputKind::File { .. } | OutputKind::Stdout | OutputKind::S3(_))
-                || config
-                    .sources
-                    .iter()
-                    .any(|s| s.kind == SourceKind::SparkEvents && config.routes(s).contains(&i)),
-            destination: Sink::destination(o),
-            crc32: Sink::sends_written_crc32(o),
-            hold_ms: (matches!(o.kind, OutputKind::Cloudwatch(_))
-                && config.records_for_output(i) != crate::config::Records::Lines)
-                .then(|| {
-                    config
-                        .sources
-                        .iter()
-                        .filter(|s| config.routes(s).contains(&i))
-                        .map(|s| s.multiline_flush.get().as_millis() as i64)
-                        .max()
-                        .unwrap_or(0)
-                }),
-        })
-        .collect();
+    let keying = output_keying(&config);
     let limits = ChunkLimits {
         timekey_secs: config.buffer.timekey.get().as_secs().max(1) as i64,
         chunk_limit: config.buffer.chunk_limit.bytes(),
@@ -285,14 +263,17 @@ async fn run_config(
             let _ = d.await;
         }
         let _ = ctl_tx.send(Control::Halt);
-        let _ = (&mut done_rx).await;
+        let mut done = (&mut done_rx).await.unwrap_or_default();
+        for (o, counters) in done.outputs.iter_mut().zip(&event_counters) {
+            o.events = counters.as_ref().map(|c| c.values().into_iter().collect());
+        }
         drop((ctl_tx, shutdown));
         let _ = thread.join();
         // The metrics address is bound again by the next run.
         if let Some(m) = metrics_server {
             m.stop().await;
         }
-        return Ok(Outcome::Reload(Box::new(new)));
+        return Ok(Outcome::Reload(Box::new(new), Box::new(done)));
     }
     shutdown.cancel();
     drop((ctl_tx, shutdown));
@@ -310,6 +291,46 @@ async fn run_config(
     summary
         .map(|s| Outcome::Finished(Box::new(s)))
         .ok_or_else(|| EngineError::Thread("pipeline thread ended without a result".into()))
+}
+
+/// How each output of `config` makes its chunks' keys, and what its chunks keep (the buffer's
+/// view of the outputs).
+pub fn output_keying(config: &Config) -> Vec<OutputKeying> {
+    config
+        .outputs
+        .iter()
+        .enumerate()
+        .map(|(i, o)| OutputKeying {
+            name: o.name.clone(),
+            template: o.key_format.clone(),
+            path: o.path.clone(),
+            time_slice_format: o
+                .time_slice_format
+                .clone()
+                .unwrap_or_else(|| default_time_slice_format(config.buffer.timekey.get().as_secs()).to_string()),
+            file_extension: Sink::file_extension(o).to_string(),
+            index_start: o.index_start,
+            by_tag: o.key_format.has_tag()
+                || !matches!(o.kind, OutputKind::File { .. } | OutputKind::Stdout | OutputKind::S3(_))
+                || config
+                    .sources
+                    .iter()
+                    .any(|s| s.kind == SourceKind::SparkEvents && config.routes(s).contains(&i)),
+            destination: Sink::destination(o),
+            crc32: Sink::sends_written_crc32(o),
+            hold_ms: (matches!(o.kind, OutputKind::Cloudwatch(_))
+                && config.records_for_output(i) != crate::config::Records::Lines)
+                .then(|| {
+                    config
+                        .sources
+                        .iter()
+                        .filter(|s| config.routes(s).contains(&i))
+                        .map(|s| s.multiline_flush.get().as_millis() as i64)
+                        .max()
+                        .unwrap_or(0)
+                }),
+        })
+        .collect()
 }
 
 /// How a run ends, in one place (as tokio's mini-redis hands a `Shutdown` down): why the drain

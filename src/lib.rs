@@ -8,6 +8,7 @@
 pub mod buffer;
 /// The configuration model, its own crate (no AWS dependency) so the injector shares it.
 pub use logship_config as config;
+pub mod clock;
 pub mod crashpoint;
 pub mod engine;
 pub mod fluentd;

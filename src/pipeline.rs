@@ -15,15 +15,16 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::buffer::{CheckpointChanges, ChunkStore, SealedChunk};
+use crate::buffer::{CheckpointChanges, ChunkStore, SealedChunk, SourceKey, source_key};
+use crate::clock::Clock;
 use crate::config::{Config, FlushMode};
 use crate::lifecycle::EndReason;
 use crate::metrics::Metrics;
-use crate::sink::secondary::write_secondary;
+use crate::sink::secondary::{fill_secondary, reserve_secondary};
 use crate::source::{Source, Targets};
 use crate::summary::{SecondaryFile, Summary};
 use crate::watch::DirWatcher;
@@ -65,6 +66,27 @@ const FILES_PUBLISH_EVERY: Duration = Duration::from_secs(1);
 /// The smallest batch after write errors: on a nearly full disk, small batches still fit.
 const MIN_BATCH_BYTES: u64 = 64 << 10;
 
+/// What one pass ([`Pipeline::step`]) did, and what comes next.
+#[derive(Debug, Clone, Copy)]
+pub struct Pass {
+    /// What comes next.
+    pub next: Next,
+    /// Whether the pass read every file to the size it saw and committed what it read (a
+    /// write error, a pause after one, the budget or the buffer's limit leave it false).
+    pub read_committed: bool,
+}
+
+/// What comes after a pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// The run is over: [`Pipeline::finish`] says what it did.
+    Done,
+    /// Another pass at once (more to read).
+    Again,
+    /// A wait for a message, or at most this long (the next due time).
+    Wait(Duration),
+}
+
 /// The pipeline thread's state.
 pub struct Pipeline {
     config: Arc<Config>,
@@ -77,6 +99,9 @@ pub struct Pipeline {
     in_flight: HashSet<u64>,
     /// Chunks that could not even be written to the secondary: kept, not re-dispatched.
     stuck: HashSet<u64>,
+    /// Chunks bound for the secondary directory whose move could not be recorded yet (the buffer
+    /// could not be written): tried again after the next commit.
+    to_secondary: Vec<(u64, String)>,
     drain_reason: Option<EndReason>,
     /// Reading was told to stop before the drain point.
     stop_reading: bool,
@@ -108,25 +133,25 @@ pub struct Pipeline {
     /// Whether this run has committed: its first commit records every checkpoint (dropping
     /// those of files gone while it was not running), later ones only what changed.
     committed_once: bool,
+    /// The drain deadline passed: the next pass puts what is left aside and ends.
+    deadline_hit: bool,
+    /// Reading is over (the drain read everything, or reading was told to stop).
+    reading_done: bool,
+    /// Where the time comes from.
+    clock: Clock,
 }
 
 /// When open chunk `c` is due to be sealed by the flush mode (ms since the epoch): the one rule
 /// that the pass that seals chunks and the sleep that waits for the next one both use (the
 /// buffer adds the wait for a record that may still continue, `ChunkStore::seal_due`).
-fn flush_due_ms(config: &Config, c: &crate::buffer::ChunkMeta, now: i64) -> i64 {
+fn flush_due_ms(config: &Config, c: &crate::buffer::ChunkMeta) -> i64 {
     let b = &config.buffer;
     match b.flush_mode {
         FlushMode::Lazy => c.timekey * 1000 + (b.timekey.get() + b.timekey_wait.get()).as_millis() as i64,
         FlushMode::Interval => c.created_ms + b.flush_interval.get().as_millis() as i64,
-        FlushMode::Immediate => now,
+        // Due from the moment it is opened.
+        FlushMode::Immediate => c.created_ms,
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl Pipeline {
@@ -154,6 +179,7 @@ impl Pipeline {
             summary,
             in_flight: HashSet::new(),
             stuck: HashSet::new(),
+            to_secondary: Vec::new(),
             drain_reason: None,
             stop_reading: false,
             halt: false,
@@ -166,10 +192,20 @@ impl Pipeline {
             watcher: None,
             metrics: None,
             committed_once: false,
+            deadline_hit: false,
+            reading_done: false,
+            clock: Clock::System,
             files_published: None,
             full_next: true,
             files_stale: false,
         }
+    }
+
+    /// Makes the pipeline read the time from `clock` (a test's).
+    pub fn set_clock(&mut self, clock: Clock) {
+        self.last_poll = clock.now();
+        self.last_pass = clock.now();
+        self.clock = clock;
     }
 
     /// Gives the pipeline the metrics it keeps up to date.
@@ -185,7 +221,7 @@ impl Pipeline {
         m.buffer_bytes.store(self.store.total_bytes(), Ordering::Relaxed);
         m.buffer_chunks
             .store(self.store.chunks().len() as u64, Ordering::Relaxed);
-        let now = Instant::now();
+        let now = self.clock.now();
         if self.files_published.is_some_and(|t| now < t + FILES_PUBLISH_EVERY) {
             self.files_stale = true;
             return;
@@ -228,75 +264,103 @@ impl Pipeline {
 
     /// Runs until the drain is complete or the deadline passes; returns what happened.
     pub fn run(mut self) -> Summary {
-        let mut deadline_hit = false;
-        let mut reading_done = false;
         loop {
-            // 1. Messages.
-            while let Ok(m) = self.rx.try_recv() {
-                deadline_hit |= self.handle(m);
-            }
-            if deadline_hit {
-                self.deadline();
-                break;
-            }
-            if self.halt {
-                self.commit();
-                break;
-            }
-            self.wake.pending.store(false, Ordering::SeqCst);
-            let draining = self.drain_reason.is_some();
-
-            // 2. Discover, read, seal, commit, dispatch.
-            self.last_pass = Instant::now();
-            if !draining && (self.wake.rescan.swap(false, Ordering::SeqCst) || self.scan_due(Instant::now())) {
-                self.scan_all();
-            }
-            let mut progressed = false;
-            if self.stop_reading && !reading_done {
-                reading_done = true;
-                self.store.seal_all();
-            }
-            if !reading_done && let Ok(n) = self.read_all(draining) {
-                progressed = n > 0;
-                if draining && n == 0 && !self.over_limit() {
-                    reading_done = true;
-                    self.store.seal_all();
-                }
-            }
-            self.seal_due();
-            if !self.backing_off() {
-                self.commit();
-            }
-            self.publish();
-
-            // 3. Done when everything read was delivered (or put aside).
-            if reading_done && self.store.chunks().all(|c| self.stuck.contains(&c.seq)) {
-                break;
-            }
-            // More to read at once: the drain reads to the end; a pass that stopped at its
-            // budget goes on. Otherwise the next event (or timer) starts the next pass.
-            if progressed && (draining || self.full_next) {
-                continue;
-            }
-
-            // 4. Sleep until something is due or a message arrives.
-            let timeout = self.next_wake(Instant::now(), draining, reading_done);
+            let next = self.step().next;
+            let timeout = match next {
+                Next::Done => break,
+                Next::Again => continue,
+                Next::Wait(timeout) => timeout,
+            };
+            // Sleep until something is due or a message arrives.
             match self.rx.recv_timeout(timeout) {
                 Ok(m) => {
                     let event = matches!(m, Control::Wake);
-                    deadline_hit |= self.handle(m);
-                    let since = self.last_pass.elapsed();
+                    self.deadline_hit |= self.handle(m);
+                    let since = self.clock.now().saturating_duration_since(self.last_pass);
                     if event && self.drain_reason.is_none() && since < PASS_GAP {
                         std::thread::sleep(PASS_GAP - since);
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
-                    deadline_hit |= self.handle(Control::Drain(EndReason::ControlClosed));
+                    self.deadline_hit |= self.handle(Control::Drain(EndReason::ControlClosed));
                 }
             }
         }
         self.finish()
+    }
+
+    /// One pass: the messages that arrived, then discover, read, seal, commit, dispatch. Says
+    /// what comes next (done, another pass at once, or a wait for a message or a due time);
+    /// [`Pipeline::run`] loops over it, and a test can drive it pass by pass.
+    pub fn step(&mut self) -> Pass {
+        // 1. Messages.
+        while let Ok(m) = self.rx.try_recv() {
+            self.deadline_hit |= self.handle(m);
+        }
+        let mut pass = Pass {
+            next: Next::Done,
+            read_committed: false,
+        };
+        if self.deadline_hit {
+            self.deadline();
+            return pass;
+        }
+        if self.halt {
+            pass.read_committed = self.commit();
+            return pass;
+        }
+        self.wake.pending.store(false, Ordering::SeqCst);
+        let draining = self.drain_reason.is_some();
+
+        // 2. Discover, read, seal, commit, dispatch.
+        self.last_pass = self.clock.now();
+        if !draining && (self.wake.rescan.swap(false, Ordering::SeqCst) || self.scan_due(self.clock.now())) {
+            self.scan_all();
+        }
+        let mut progressed = false;
+        if self.stop_reading && !self.reading_done {
+            self.reading_done = true;
+            self.store.seal_all();
+        }
+        let mut read_all = false;
+        if !self.reading_done
+            && let Ok(n) = self.read_all(draining)
+        {
+            progressed = n > 0;
+            read_all = !self.full_next;
+            if draining && n == 0 && !self.over_limit() {
+                self.reading_done = true;
+                self.store.seal_all();
+            }
+        }
+        self.seal_due();
+        if !self.backing_off() {
+            pass.read_committed = self.commit() && read_all;
+            for (seq, reason) in std::mem::take(&mut self.to_secondary) {
+                self.put_in_secondary(seq, &reason);
+            }
+        }
+        self.publish();
+
+        // 3. Done when everything read was delivered (or put aside).
+        if self.reading_done && self.store.chunks().all(|c| self.stuck.contains(&c.seq)) {
+            return pass;
+        }
+        // More to read at once: the drain reads to the end; a pass that stopped at its budget
+        // goes on. Otherwise the next event (or timer) starts the next pass.
+        pass.next = if progressed && (draining || self.full_next) {
+            Next::Again
+        } else {
+            Next::Wait(self.next_wake(self.clock.now(), draining, self.reading_done))
+        };
+        pass
+    }
+
+    /// Hands the pipeline a message, as the engine's channel does (for a test that drives it
+    /// with [`Pipeline::step`]; the message is acted on at the next step).
+    pub fn handle_message(&mut self, m: Control) {
+        self.deadline_hit |= self.handle(m);
     }
 
     /// Applies one message; true when it is the deadline.
@@ -335,10 +399,21 @@ impl Pipeline {
     fn scan_all(&mut self) {
         self.full_next = true;
         self.add_watches();
-        let now = Instant::now();
+        let now = self.clock.now();
         let checkpoints = self.store.checkpoints();
         for s in &mut self.sources {
             s.scan(checkpoints, now);
+        }
+        if self.sources.iter().any(|s| s.adoptable()) {
+            let held: HashSet<SourceKey> = self
+                .sources
+                .iter()
+                .flat_map(|s| s.checkpoints())
+                .map(|c| source_key(&c))
+                .collect();
+            for s in &mut self.sources {
+                s.adopt(checkpoints, &held);
+            }
         }
     }
 
@@ -350,7 +425,7 @@ impl Pipeline {
     /// delivery frees space).
     fn backing_off(&mut self) -> bool {
         match self.write_backoff {
-            Some(t) if Instant::now() < t => true,
+            Some(t) if self.clock.now() < t => true,
             Some(_) => {
                 self.write_backoff = None;
                 false
@@ -390,7 +465,7 @@ impl Pipeline {
                 return Err(());
             }
         }
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut targets = self.targets(now, draining);
         if targets.is_none() {
             self.last_poll = now;
@@ -402,13 +477,13 @@ impl Pipeline {
             if self.over_limit() {
                 if self
                     .backpressure_logged
-                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+                    .is_none_or(|t| self.clock.now().saturating_duration_since(t) >= Duration::from_secs(60))
                 {
                     tracing::warn!(
                         limit = %self.config.buffer.total_limit,
                         "buffer is full; reading pauses until deliveries free space"
                     );
-                    self.backpressure_logged = Some(Instant::now());
+                    self.backpressure_logged = Some(self.clock.now());
                 }
                 break;
             }
@@ -421,7 +496,14 @@ impl Pipeline {
                 if budget == 0 {
                     continue;
                 }
-                match s.read(&mut self.store, budget, draining, now, now_ms(), targets.as_ref()) {
+                match s.read(
+                    &mut self.store,
+                    budget,
+                    draining,
+                    now,
+                    self.clock.now_ms(),
+                    targets.as_ref(),
+                ) {
                     Ok(n) => pass += n,
                     Err(e) => {
                         self.undo_batch("reading into the buffer failed", &e);
@@ -452,29 +534,38 @@ impl Pipeline {
     }
 
     fn seal_due(&mut self) {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let config = &self.config;
-        if let Err(e) = self.store.seal_due(now, |c| flush_due_ms(config, c, now)) {
+        if let Err(e) = self.store.seal_due(now, |c| flush_due_ms(config, c)) {
             self.undo_batch("sealing chunks failed", &e);
         }
     }
 
-    fn commit(&mut self) {
-        let changes = if self.committed_once {
-            let (mut set, mut removed) = (Vec::new(), Vec::new());
-            for s in &self.sources {
-                let (s_set, s_removed) = s.checkpoint_changes();
-                set.extend(s_set);
-                removed.extend(s_removed);
+    /// Commits what was read and what changed; false when the commit failed (undone).
+    fn commit(&mut self) -> bool {
+        let mut changes = CheckpointChanges::none();
+        for s in &self.sources {
+            let (set, removed) = s.checkpoint_changes();
+            if self.committed_once {
+                changes.set.extend(set);
+            } else {
+                // The run's first commit records every checkpoint the sources hold.
+                changes.set.extend(s.checkpoints());
             }
-            if set.is_empty() && removed.is_empty() && !self.store.is_dirty() {
-                return;
-            }
-            CheckpointChanges::Some { set, removed }
-        } else {
-            CheckpointChanges::All(self.sources.iter().flat_map(|s| s.checkpoints()).collect())
-        };
-        match self.store.commit(changes, now_ms()) {
+            changes.removed.extend(removed);
+        }
+        if !self.committed_once {
+            // And forgets those of files that are gone; the others stay for a source that
+            // follows them again (a reload that dropped or renamed a source, then brings it
+            // back): checkpoints belong to files, not to the sources' names.
+            let held: HashSet<SourceKey> = changes.set.iter().map(source_key).collect();
+            changes
+                .removed
+                .extend(crate::source::tail::gone_checkpoints(self.store.checkpoints(), &held));
+        } else if changes.set.is_empty() && changes.removed.is_empty() && !self.store.is_dirty() {
+            return true;
+        }
+        match self.store.commit(changes, self.clock.now_ms()) {
             Ok(sealed) => {
                 self.committed_once = true;
                 if std::mem::take(&mut self.write_failing) {
@@ -487,8 +578,12 @@ impl Pipeline {
                 for chunk in sealed {
                     self.dispatch(chunk);
                 }
+                true
             }
-            Err(e) => self.undo_batch("cannot commit the buffer", &e),
+            Err(e) => {
+                self.undo_batch("cannot commit the buffer", &e);
+                false
+            }
         }
     }
 
@@ -508,12 +603,19 @@ impl Pipeline {
             s.rewind();
         }
         self.full_next = true;
-        self.write_backoff = Some(Instant::now() + Duration::from_secs(1));
+        self.write_backoff = Some(self.clock.now() + Duration::from_secs(1));
     }
 
     fn dispatch(&mut self, chunk: SealedChunk) {
         if self.in_flight.contains(&chunk.seq) || self.stuck.contains(&chunk.seq) {
             return;
+        }
+        if chunk.secondary.is_some() {
+            // A run that crashed was writing it to the secondary directory: finish that.
+            return self.put_in_secondary(
+                chunk.seq,
+                "its output had failed (the write was finished after a restart)",
+            );
         }
         match self.outputs.get(chunk.output) {
             Some(tx) => {
@@ -560,6 +662,9 @@ impl Pipeline {
         self.put_in_secondary(seq, error);
     }
 
+    /// Writes chunk `seq` to its output's secondary directory and forgets it: the file's name is
+    /// taken and recorded in the buffer first (one commit), then the bytes are written, so a
+    /// crash in between makes the next run write that same file (see `sink::secondary`).
     fn put_in_secondary(&mut self, seq: u64, reason: &str) {
         let Some(c) = self.store.chunk(seq).cloned() else {
             return;
@@ -568,15 +673,34 @@ impl Pipeline {
             self.stuck.insert(seq);
             return;
         };
+        let file = match &c.secondary {
+            Some(f) => f.clone(),
+            None => {
+                let reserved = reserve_secondary(&out.secondary_dir(self.store.dir()), &out.secondary_basename());
+                match reserved {
+                    Ok(f) => {
+                        self.store.send_to_secondary(seq, f.clone());
+                        if !self.commit() {
+                            // The buffer cannot be written now (the commit was undone): again
+                            // once it can.
+                            let _ = std::fs::remove_file(&f);
+                            self.to_secondary.push((seq, reason.to_string()));
+                            return;
+                        }
+                        f
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, key = %c.key, "cannot write the secondary file; the chunk stays in the buffer");
+                        self.stuck.insert(seq);
+                        return;
+                    }
+                }
+            }
+        };
         let path = self.store.chunk_path(seq);
-        match write_secondary(
-            &path,
-            c.len,
-            &out.secondary_dir(self.store.dir()),
-            &out.secondary_basename(),
-            self.config.buffer.fsync,
-        ) {
-            Ok(file) => {
+        match fill_secondary(&path, c.len, &file, self.config.buffer.fsync) {
+            Ok(()) => {
+                crate::crashpoint::hit("secondary-written");
                 tracing::warn!(file = %file.display(), key = %c.key, bytes = c.len, "chunk written to the secondary directory");
                 if let Some(m) = self.output_metrics(&c.output) {
                     m.secondary_chunks.fetch_add(1, Ordering::Relaxed);
@@ -635,8 +759,8 @@ impl Pipeline {
             }
         }
         // The next open chunk to become due.
-        let now_wall = now_ms();
-        if let Some(due) = self.store.next_due(|c| flush_due_ms(&self.config, c, now_wall)) {
+        let now_wall = self.clock.now_ms();
+        if let Some(due) = self.store.next_due(|c| flush_due_ms(&self.config, c)) {
             let wait = Duration::from_millis((due - now_wall).max(0) as u64);
             next = next.min(now + wait);
         }
@@ -652,7 +776,8 @@ impl Pipeline {
         next.saturating_duration_since(now).max(Duration::from_millis(1))
     }
 
-    fn finish(mut self) -> Summary {
+    /// What the run did (after the last pass).
+    pub fn finish(mut self) -> Summary {
         self.store.sync_dir();
         for s in &self.sources {
             self.summary
@@ -674,6 +799,7 @@ impl Pipeline {
         self.summary.buffer_dir = self.store.dir().to_path_buf();
         self.summary.damaged_chunks = self.store.damaged().to_vec();
         self.summary.unaccounted = self.store.unaccounted().to_vec();
+        self.summary.state_doubts = self.store.state_doubts().to_vec();
         self.summary.drain_reason = self.drain_reason.take().map(|r| r.to_string());
         self.summary
     }

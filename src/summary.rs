@@ -94,6 +94,10 @@ pub struct Summary {
     /// where they are, never delivered.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unaccounted: Vec<PathBuf>,
+    /// What recovery had to undo in the buffer's state that a crash alone does not explain:
+    /// lines may have been lost or repeated.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub state_doubts: Vec<String>,
 }
 
 impl Summary {
@@ -117,6 +121,56 @@ impl Summary {
         }
     }
 
+    /// Adds what an earlier run of the same process did (before a configuration reload): its
+    /// deliveries, secondary files, counters and what its recovery found. What is left (unread,
+    /// in the buffer) is this run's to say.
+    pub fn absorb(&mut self, earlier: Summary) {
+        for e in earlier.outputs {
+            match self.outputs.iter_mut().find(|o| o.name == e.name) {
+                Some(o) => {
+                    o.chunks_delivered += e.chunks_delivered;
+                    o.bytes_delivered += e.bytes_delivered;
+                    o.last_key = o.last_key.take().or(e.last_key);
+                    let mut secondary = e.secondary;
+                    secondary.append(&mut o.secondary);
+                    o.secondary = secondary;
+                    match (&mut o.events, e.events) {
+                        (Some(now), Some(then)) => {
+                            for (k, v) in then {
+                                *now.entry(k).or_insert(0) += v;
+                            }
+                        }
+                        (now @ None, then) => *now = then,
+                        (Some(_), None) => {}
+                    }
+                }
+                // An output the reload removed: what it did still happened.
+                None => self.outputs.push(e),
+            }
+        }
+        for e in earlier.sources {
+            match self.sources.iter_mut().find(|s| s.name == e.name) {
+                Some(s) => s.stats.add(&e.stats),
+                None => self.sources.push(e),
+            }
+        }
+        self.write_errors += earlier.write_errors;
+        let mut damaged = earlier.damaged_chunks;
+        damaged.retain(|d| !self.damaged_chunks.iter().any(|x| x.path == d.path));
+        damaged.append(&mut self.damaged_chunks);
+        self.damaged_chunks = damaged;
+        for d in earlier.state_doubts {
+            if !self.state_doubts.contains(&d) {
+                self.state_doubts.push(d);
+            }
+        }
+        for p in earlier.unaccounted {
+            if !self.unaccounted.contains(&p) {
+                self.unaccounted.push(p);
+            }
+        }
+    }
+
     pub(crate) fn output_mut(&mut self, name: &str) -> Option<&mut OutputSummary> {
         self.outputs.iter_mut().find(|o| o.name == name)
     }
@@ -127,6 +181,7 @@ impl Summary {
             || !self.left_in_buffer.is_empty()
             || !self.damaged_chunks.is_empty()
             || !self.unaccounted.is_empty()
+            || !self.state_doubts.is_empty()
             || !self.not_shipped.is_empty()
         {
             EXIT_UNDELIVERED
@@ -174,6 +229,9 @@ impl Summary {
                 d.key,
                 d.path.display()
             ));
+        }
+        for d in &self.state_doubts {
+            s.push_str(&format!("logship: STATE: {d}\n"));
         }
         for p in &self.unaccounted {
             s.push_str(&format!(

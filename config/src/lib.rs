@@ -751,7 +751,8 @@ pub struct RetryConfig {
     pub exponential_base: f32,
     /// No wait is longer than this (fluentd `retry_max_interval`).
     pub max_interval: HumanDuration,
-    /// Randomize each wait (jitter), as fluentd's `retry_randomize`.
+    /// Randomize each wait (jitter), as fluentd's `retry_randomize`: each is drawn from half of
+    /// the exponential wait to all of it, so it is never longer than `max_interval`.
     pub randomize: bool,
     /// Give up after this many retries (fluentd `retry_max_times`); 0 = no retry.
     pub max_times: usize,

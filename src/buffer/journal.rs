@@ -448,15 +448,23 @@ impl LiveState {
             }
             let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
             let sum = u64::from_le_bytes(header[4..].try_into().expect("8 bytes"));
-            if len > MAX_RECORD {
-                break ReplayEnd::Torn;
+            let rest = journal.metadata()?.len() - good - HEADER as u64;
+            if u64::from(len) > rest || len > MAX_RECORD {
+                // The journal ends inside the record: a torn append, unless its length is what
+                // is damaged (the whole record is there, shorter than it says).
+                payload.resize(rest as usize, 0);
+                let whole = read_full(&mut r, &mut payload)? && checksum_of_a_prefix(&payload, sum);
+                break if whole { ReplayEnd::Mismatch } else { ReplayEnd::Torn };
             }
             payload.resize(len as usize, 0);
-            if !read_full(&mut r, &mut payload)? || fnv1a(&payload) != sum {
+            if !read_full(&mut r, &mut payload)? {
                 break ReplayEnd::Torn;
             }
+            if fnv1a(&payload) != sum {
+                break ReplayEnd::Mismatch;
+            }
             let Ok(d) = serde_json::from_slice::<StateDelta>(&payload) else {
-                break ReplayEnd::Torn;
+                break ReplayEnd::Mismatch;
             };
             if d.generation != self.generation {
                 // At the start: left from before the snapshot (a crash before the journal was
@@ -476,7 +484,9 @@ impl LiveState {
         let end = match end {
             // A record that does not check out is the last append, torn by a crash, only if no
             // good record of this snapshot follows it.
-            ReplayEnd::Torn if valid_record_after(journal, good + 1, self.generation)? => ReplayEnd::Damaged,
+            ReplayEnd::Torn | ReplayEnd::Mismatch if valid_record_after(journal, good + 1, self.generation)? => {
+                ReplayEnd::Damaged
+            }
             e => e,
         };
         Ok(Replay { good, applied, end })
@@ -500,9 +510,13 @@ pub struct Replay {
 pub enum ReplayEnd {
     /// At the end of the journal.
     Clean,
-    /// At a record that is incomplete or does not check out, with nothing valid after it: the
-    /// append a crash interrupted. That commit did not happen.
+    /// At a record that the journal ends inside (or whose header is incomplete), with nothing
+    /// valid after it: the append a crash interrupted. That commit did not happen.
     Torn,
+    /// At the last record, whole in length, that does not check out: what a power loss during
+    /// its append can leave, but also what damage to a committed record leaves. It is undone as
+    /// a torn one is, and reported: if it was committed, what it recorded is lost or repeated.
+    Mismatch,
     /// At records of an earlier snapshot (a crash between a snapshot and the journal's reset).
     Stale,
     /// At a record that does not check out, with valid records of this snapshot after it: the
@@ -512,6 +526,20 @@ pub enum ReplayEnd {
     /// after this one's, or one that moves a checkpoint no earlier record made): records are
     /// missing.
     Inconsistent,
+}
+
+/// Whether some prefix of `bytes` has the FNV-1a checksum `sum`: a record whose length field was
+/// damaged, not an append cut short (whose bytes hash to it only when they are all there).
+fn checksum_of_a_prefix(bytes: &[u8], sum: u64) -> bool {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        if h == sum {
+            return true;
+        }
+    }
+    false
 }
 
 /// Whether a record of `generation` that checks out starts anywhere in `journal` at or after
@@ -788,15 +816,22 @@ mod tests {
             );
             assert_eq!(s.sources.map()[&source_key(&checkpoint(0, 0))].pos, 2);
         }
-        // A flipped bit in the last record: as torn (a power loss can leave one so).
-        let mut bad = whole.clone();
-        bad[ends[1] as usize + HEADER + 3] ^= 1;
-        std::fs::write(&path, &bad).unwrap();
-        let mut s = base.clone();
-        assert_eq!(
-            s.replay(&File::open(&path).unwrap()).unwrap(),
-            replay(ends[1], 2, ReplayEnd::Torn)
-        );
+        // A flipped bit anywhere in the last record (its length, its checksum, its payload):
+        // undone as a torn one (a power loss can leave one so), but told apart from a crash's
+        // torn append.
+        for i in ends[1] as usize..ends[2] as usize {
+            for bit in [0x01u8, 0x40] {
+                let mut bad = whole.clone();
+                bad[i] ^= bit;
+                std::fs::write(&path, &bad).unwrap();
+                let mut s = base.clone();
+                assert_eq!(
+                    s.replay(&File::open(&path).unwrap()).unwrap(),
+                    replay(ends[1], 2, ReplayEnd::Mismatch),
+                    "byte {i}, bit {bit:#x}"
+                );
+            }
+        }
         // A flipped bit anywhere in the second record, with the third intact after it: damage,
         // not a torn end.
         for i in ends[0] as usize..ends[1] as usize {

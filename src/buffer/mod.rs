@@ -204,6 +204,9 @@ pub struct SealedChunk {
     pub alternatives: Option<KeyAlternatives>,
     /// The CRC32 of its bytes when it was kept while they were written ([`ChunkMeta::crc32`]).
     pub crc32: Option<u32>,
+    /// The secondary file a previous run was writing it to ([`ChunkMeta::secondary`]): it goes
+    /// there, not to its output.
+    pub secondary: Option<PathBuf>,
 }
 
 /// The key of an open chunk: output, tag, time key and file (see [`ChunkStore::open_key`]).
@@ -250,28 +253,22 @@ pub fn checkpoints_of_source<'a>(
         .map(|(_, c)| c)
 }
 
-/// The checkpoints a commit records.
-#[derive(Debug, Clone)]
-pub enum CheckpointChanges {
-    /// Every checkpoint the sources hold: any other in the state is dropped (the first commit
-    /// of a run, which forgets files that are gone or no longer configured).
-    All(Vec<SourceCheckpoint>),
-    /// Only what changed since the last commit.
-    Some {
-        /// New or moved checkpoints.
-        set: Vec<SourceCheckpoint>,
-        /// Files no longer followed.
-        removed: Vec<SourceKey>,
-    },
+/// The checkpoints a commit records: what changed since the last commit. (The first commit of a
+/// run sets every checkpoint the sources hold, and removes those of files that are gone; the
+/// checkpoints of files no source follows now stay, so a source that comes back, or is renamed,
+/// resumes where its files were.)
+#[derive(Debug, Clone, Default)]
+pub struct CheckpointChanges {
+    /// New or moved checkpoints.
+    pub set: Vec<SourceCheckpoint>,
+    /// Checkpoints to forget: files let go, gone, or whose checkpoint another source took.
+    pub removed: Vec<SourceKey>,
 }
 
 impl CheckpointChanges {
     /// No change.
     pub fn none() -> CheckpointChanges {
-        CheckpointChanges::Some {
-            set: Vec::new(),
-            removed: Vec::new(),
-        }
+        CheckpointChanges::default()
     }
 }
 
@@ -315,6 +312,9 @@ pub struct ChunkStore {
     /// Open chunk per (output, tag, timekey, file): the tag only where the output keeps tags
     /// apart, the file only where it keeps records whole.
     open: HashMap<OpenKey, u64>,
+    /// The open chunks of each stream (output, tag, file: the open-chunk key without its time
+    /// key), to seal them in order (see [`ChunkStore::seal`]).
+    streams: HashMap<(usize, String, Option<FileId>), std::collections::BTreeSet<u64>>,
     /// The record at the end of each open chunk that ends with one (see [`TailRecord`]).
     tails: HashMap<u64, TailRecord>,
     /// Per output that keeps records whole, the chunk each file's last record is in.
@@ -341,6 +341,8 @@ pub struct ChunkStore {
     damaged: Vec<DamagedChunk>,
     /// Files under `chunks/` that recovery could not account for, kept (reported at exit).
     unaccounted: Vec<PathBuf>,
+    /// What recovery had to undo that a crash alone does not explain (reported at exit).
+    doubts: Vec<String>,
     /// Size of the next snapshot, about, and of the reserve held for it.
     state_len: u64,
     reserve_len: u64,
@@ -388,6 +390,7 @@ impl ChunkStore {
             mut state,
             mut journal,
             have_snapshot,
+            doubts,
         } = recovery::load_state(&state_path, &journal_path)?;
         // Chunks go only where they were bound: refuse to start rather than deliver them to
         // another destination under the same output name.
@@ -453,6 +456,7 @@ impl ChunkStore {
             have_snapshot: have_snapshot || !damaged.is_empty(),
             total,
             open: HashMap::new(),
+            streams: HashMap::new(),
             tails: HashMap::new(),
             last_chunk: HashMap::new(),
             records_split: 0,
@@ -464,6 +468,7 @@ impl ChunkStore {
             to_delete: Vec::new(),
             damaged,
             unaccounted,
+            doubts,
             reserve_len: 0,
             _lock: lock,
         })
@@ -502,6 +507,11 @@ impl ChunkStore {
     /// Files under `chunks/` that recovery could not account for (kept where they are).
     pub fn unaccounted(&self) -> &[PathBuf] {
         &self.unaccounted
+    }
+
+    /// What recovery had to undo that a crash alone does not explain.
+    pub fn state_doubts(&self) -> &[String] {
+        &self.doubts
     }
 
     /// The buffer directory.
@@ -604,9 +614,8 @@ impl ChunkStore {
             ok.template.render(&values, 0)
         };
         let path = self.chunk_path(seq);
-        let file = crate::fsutil::private_file()
-            .truncate(true)
-            .open(&path)
+        let file = crate::crashpoint::fail("chunk-open")
+            .and_then(|()| crate::fsutil::private_file().truncate(true).open(&path))
             .map_err(|source| BufferError::Write { path, source })?;
         self.state.next_seq += 1;
         let meta = ChunkMeta {
@@ -618,6 +627,10 @@ impl ChunkStore {
         };
         self.state.chunks.insert(seq, meta);
         self.handles.insert(seq, file);
+        self.streams
+            .entry((map_key.0, map_key.1.clone(), map_key.3))
+            .or_default()
+            .insert(seq);
         self.open.insert(map_key, seq);
         Ok(seq)
     }
@@ -669,7 +682,12 @@ impl ChunkStore {
         // write since the commit that fails part-way must still be cut off.
         let _ = self.state.chunks.get_mut(&seq);
         let f = self.handles.get_mut(&seq).expect("open chunk has a handle");
-        if let Err(source) = f.write_all(bytes) {
+        let written = match crate::crashpoint::fail("chunk-write") {
+            // A full disk takes part of a write, then refuses the rest.
+            Err(e) => f.write_all(&bytes[..bytes.len() / 2]).and(Err(e)),
+            Ok(()) => f.write_all(bytes),
+        };
+        if let Err(source) = written {
             return Err(BufferError::Write {
                 path: self.chunk_dir.join(format!("{seq}.chunk")),
                 source,
@@ -1002,16 +1020,36 @@ impl ChunkStore {
         self.write_to(seq, bytes, now_ms)
     }
 
+    /// Ends an open chunk: nothing more is added to it (it ends with a line without a newline,
+    /// which no other line may run on into).
+    pub fn end_chunk(&mut self, seq: u64) {
+        self.seal(seq);
+    }
+
     /// Seals one chunk: it takes no more data and will be dispatched after the next commit.
+    /// Older open chunks of the same stream (output, tag, file) are sealed first: a stream's
+    /// chunks are delivered in the order they were opened, so a file's lines arrive in order even
+    /// when a younger chunk fills up (or ends with a half line) before an older one is due.
     fn seal(&mut self, seq: u64) {
         if self.state.chunks.get(&seq).is_none_or(|c| c.sealed) {
             return;
         }
-        let c = self.state.chunks.get_mut(&seq).expect("exists");
-        c.sealed = true;
+        let c = self.state.chunks.get(&seq).expect("exists");
         let (output, tag, timekey, file) = (c.output.clone(), c.tag.clone(), c.timekey, c.file);
         let output = self.outputs_index(&output);
         let key = self.open_key(output, &tag, timekey, file);
+        let stream = (key.0, key.1.clone(), key.3);
+        if let Some(open) = self.streams.get_mut(&stream) {
+            open.remove(&seq);
+            let older: Vec<u64> = open.range(..seq).copied().collect();
+            for s in older {
+                self.seal(s);
+            }
+            if self.streams.get(&stream).is_some_and(|o| o.is_empty()) {
+                self.streams.remove(&stream);
+            }
+        }
+        self.state.chunks.get_mut(&seq).expect("exists").sealed = true;
         self.open.remove(&key);
         self.tails.remove(&seq);
         if let Some(f) = file
@@ -1069,36 +1107,11 @@ impl ChunkStore {
                 }
             }
         }
-        match changes {
-            CheckpointChanges::All(all) => {
-                // Every checkpoint: the ones not among them are dropped.
-                // Borrowed keys: with 10,000 files followed, owned ones were 20,000 strings
-                // copied at the run's first commit, its moment of peak memory.
-                let keep: HashSet<(&str, FileId, &str)> = all.iter().map(|c| (&*c.source, c.id, &*c.tag)).collect();
-                let stale: Vec<SourceKey> = self
-                    .state
-                    .sources
-                    .map()
-                    .keys()
-                    .filter(|k| !keep.contains(&(&*k.0, k.1, &*k.2)))
-                    .cloned()
-                    .collect();
-                drop(keep);
-                for k in &stale {
-                    self.state.sources.remove(k);
-                }
-                for c in all {
-                    self.state.sources.insert(source_key(&c), c);
-                }
-            }
-            CheckpointChanges::Some { set, removed } => {
-                for k in &removed {
-                    self.state.sources.remove(k);
-                }
-                for c in set {
-                    self.state.sources.insert(source_key(&c), c);
-                }
-            }
+        for k in &changes.removed {
+            self.state.sources.remove(k);
+        }
+        for c in changes.set {
+            self.state.sources.insert(source_key(&c), c);
         }
         let horizon = self.timekey_of(now_ms) - TIMED_COUNTER_TTL_SECS;
         let expired: Vec<journal::IndexKey> = self
@@ -1126,7 +1139,11 @@ impl ChunkStore {
         }
         self.ensure_reserve();
         let mut out = Vec::new();
-        for seq in std::mem::take(&mut self.newly_sealed) {
+        // In the order they were opened (a stream's older chunks are sealed first, see `seal`).
+        let mut sealed = std::mem::take(&mut self.newly_sealed);
+        sealed.sort_unstable();
+        sealed.dedup();
+        for seq in sealed {
             self.handles.remove(&seq);
             if let Some(c) = self.state.chunks.get(&seq) {
                 out.push(SealedChunk {
@@ -1142,6 +1159,7 @@ impl ChunkStore {
                     no_replace: c.no_replace,
                     alternatives: c.alternatives.clone(),
                     crc32: c.crc32,
+                    secondary: c.secondary.clone(),
                 });
             }
         }
@@ -1152,6 +1170,10 @@ impl ChunkStore {
     /// the journal has grown past the snapshot's size. On a full disk the reserve is given up
     /// for this one write.
     fn write_state(&mut self) -> Result<(), BufferError> {
+        crate::crashpoint::fail("state-write").map_err(|source| BufferError::Write {
+            path: self.state_path.clone(),
+            source,
+        })?;
         let compact =
             !self.have_snapshot || self.journal.broken || self.journal.len >= self.snapshot_len.max(COMPACT_MIN_BYTES);
         if compact {
@@ -1226,6 +1248,7 @@ impl ChunkStore {
             self.state.chunks.remove(seq);
         }
         self.open.clear();
+        self.streams.clear();
         self.tails.clear();
         self.last_chunk.clear();
         self.handles.clear();
@@ -1249,6 +1272,14 @@ impl ChunkStore {
         self.total = self.state.chunks.map().values().map(|c| c.len).sum();
     }
 
+    /// Records that chunk `seq` goes to the secondary file `file` (committed with the next
+    /// commit, before the file is written).
+    pub fn send_to_secondary(&mut self, seq: u64, file: PathBuf) {
+        if let Some(c) = self.state.chunks.get_mut(&seq) {
+            c.secondary = Some(file);
+        }
+    }
+
     /// Forgets a chunk that was delivered (or written to the secondary directory). The chunk file
     /// is deleted after the next commit.
     pub fn remove(&mut self, seq: u64) {
@@ -1256,6 +1287,13 @@ impl ChunkStore {
             self.total -= c.len;
             if !c.sealed {
                 let key = self.open_key(self.outputs_index(&c.output), &c.tag, c.timekey, c.file);
+                let stream = (key.0, key.1.clone(), key.3);
+                if let Some(open) = self.streams.get_mut(&stream) {
+                    open.remove(&seq);
+                    if open.is_empty() {
+                        self.streams.remove(&stream);
+                    }
+                }
                 self.open.remove(&key);
             }
         }
@@ -1311,6 +1349,7 @@ impl ChunkStore {
             })?;
             len += copied;
         }
+        crate::crashpoint::hit("chunk-written");
         self.state.chunks.get_mut(&seq).expect("just added").len = len;
         self.total += len;
         self.handles.insert(seq, file);
@@ -1595,7 +1634,14 @@ mod tests {
         let all: Vec<SourceCheckpoint> = (0..5000).map(|i| checkpoint(i, 100)).collect();
         {
             let mut s = store(d.path(), 1000);
-            s.commit(CheckpointChanges::All(all.clone()), 1_000).unwrap();
+            s.commit(
+                CheckpointChanges {
+                    set: all.clone(),
+                    removed: vec![],
+                },
+                1_000,
+            )
+            .unwrap();
             let snapshot = fs::metadata(d.path().join("state.json")).unwrap().len();
             assert!(
                 snapshot > 500_000,
@@ -1605,7 +1651,7 @@ mod tests {
             for round in 1..=50u64 {
                 let before = journal_len(d.path());
                 s.append(0, "pod-7", None, Cut::LineEnd, b"line\n", 1_000).unwrap();
-                let moved = CheckpointChanges::Some {
+                let moved = CheckpointChanges {
                     set: vec![checkpoint(7, 100 + 5 * round)],
                     removed: if round == 50 {
                         vec![source_key(&checkpoint(9, 100))]
@@ -1643,13 +1689,20 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let (old_journal, positions) = {
             let mut s = store(d.path(), 1 << 20);
-            s.commit(CheckpointChanges::All(vec![checkpoint(1, 0)]), 1_000).unwrap();
+            s.commit(
+                CheckpointChanges {
+                    set: vec![checkpoint(1, 0)],
+                    removed: vec![],
+                },
+                1_000,
+            )
+            .unwrap();
             let mut old_journal = Vec::new();
             let mut snapshots = 0;
             let mut last_len = 0;
             for round in 1..=2000u64 {
                 s.append(0, "pod-1", None, Cut::LineEnd, b"x\n", 1_000).unwrap();
-                let moved = CheckpointChanges::Some {
+                let moved = CheckpointChanges {
                     set: vec![checkpoint(1, 2 * round)],
                     removed: vec![],
                 };
@@ -1730,7 +1783,7 @@ mod tests {
             let mut s = store(d.path(), 1000);
             assert_eq!(s.checkpoints()[&source_key(&checkpoint(1, 0))].pos, 20);
             assert_eq!(version(d.path()), 2, "read as it is");
-            let moved = |pos| CheckpointChanges::Some {
+            let moved = |pos| CheckpointChanges {
                 set: vec![checkpoint(1, pos)],
                 removed: vec![],
             };

@@ -31,6 +31,8 @@ pub(super) struct Recovered {
     pub journal: Journal,
     /// Whether a snapshot of this version exists (otherwise the first commit writes one).
     pub have_snapshot: bool,
+    /// What recovery had to undo that a crash alone does not explain (reported at exit).
+    pub doubts: Vec<String>,
 }
 
 /// Reads the snapshot and applies the journal (see the module doc for what is refused).
@@ -65,6 +67,7 @@ pub(super) fn load_state(state_path: &Path, journal_path: &Path) -> Result<Recov
     // that format does not know follows it (see `STATE_VERSION`).
     let have_snapshot = snapshot_exists && snapshot.version == state::STATE_VERSION;
     let mut state = LiveState::from_snapshot(snapshot);
+    let mut doubts = Vec::new();
     let replay = state.replay(journal.file()).map_err(|source| {
         BufferError::State(state::StateError::Read {
             path: journal_path.to_path_buf(),
@@ -95,6 +98,15 @@ pub(super) fn load_state(state_path: &Path, journal_path: &Path) -> Result<Recov
             at = replay.good,
             "the last commit before the previous run stopped was cut short; it did not happen, and what it covered is read again"
         ),
+        ReplayEnd::Mismatch => {
+            let doubt = format!(
+                "the last record of {} (at byte {}) does not check out: a power loss while it was written, or damage. It was undone; if that commit had completed, the lines it recorded are read again if they are still in their files, or lost",
+                journal_path.display(),
+                replay.good
+            );
+            tracing::error!("{doubt}");
+            doubts.push(doubt);
+        }
         ReplayEnd::Clean | ReplayEnd::Stale => {}
     }
     journal.cut(replay.good).map_err(journal_err)?;
@@ -102,6 +114,7 @@ pub(super) fn load_state(state_path: &Path, journal_path: &Path) -> Result<Recov
         state,
         journal,
         have_snapshot,
+        doubts,
     })
 }
 
@@ -247,7 +260,7 @@ mod tests {
                 source: "s".into(),
             };
             s.commit(
-                CheckpointChanges::Some {
+                CheckpointChanges {
                     set: vec![c],
                     removed: vec![],
                 },

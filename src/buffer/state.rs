@@ -161,6 +161,11 @@ pub struct ChunkMeta {
     /// the upload then reads the chunk for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crc32: Option<u32>,
+    /// The secondary file it is being written to (its output failed for good): recorded before
+    /// the file is written, so a run that crashed in between finishes that write and does not
+    /// deliver the chunk as well.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secondary: Option<PathBuf>,
     /// The followed file whose lines it holds, in an output that keeps records whole (its
     /// chunks hold one file's lines each). Not kept across a restart: recovered chunks are
     /// sealed.
@@ -185,6 +190,7 @@ impl ChunkMeta {
             no_replace: false,
             alternatives: None,
             crc32: None,
+            secondary: None,
             file: None,
         }
     }

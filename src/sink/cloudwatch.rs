@@ -623,6 +623,8 @@ impl CloudWatchSink {
 
 /// Records that the first `offset` bytes of `chunk` are delivered.
 fn record_progress(progress: &mut ProgressRecord, chunk: &Path, offset: u64) -> Result<(), DeliveryError> {
+    // CloudWatch has the batch; the record does not say so yet.
+    crate::crashpoint::hit("cloudwatch-batch-accepted");
     progress
         .record(offset)
         .map_err(|e| DeliveryError::Retryable(format!("cannot record progress of {}: {e}", chunk.display())))?;

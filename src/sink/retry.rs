@@ -2,10 +2,11 @@
 //! parameters, per chunk. A chunk that runs out of retries goes to the secondary directory; the
 //! chunks after it are not affected (fluentd drops its whole queue at that point).
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use tokio::sync::watch;
 
 use super::{DeliveryError, Sink};
@@ -42,15 +43,30 @@ pub async fn deliver_with_retry(
     retries: &AtomicU64,
     deliveries: &watch::Receiver<Deliveries>,
 ) -> Result<(), DeliveryError> {
+    retry(|| sink.deliver(chunk), &chunk.key, config, retries, deliveries).await
+}
+
+/// [`deliver_with_retry`] for any attempt (`key` names what it delivers, in messages).
+pub(crate) async fn retry<F, Fut>(
+    mut attempt: F,
+    key: &str,
+    config: &RetryConfig,
+    retries: &AtomicU64,
+    deliveries: &watch::Receiver<Deliveries>,
+) -> Result<(), DeliveryError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), DeliveryError>>,
+{
     let mut wait = config.wait.get().max(Duration::from_millis(100));
     loop {
-        match deliver_with_backoff(sink, chunk, config, retries, deliveries).await {
+        match with_backoff(&mut attempt, key, config, retries, deliveries).await {
             Err(e) if e.is_credentials() => {
                 retries.fetch_add(1, Ordering::Relaxed);
                 // Jittered (half to the full wait), so the executors of a job whose credentials
                 // expired together do not all come back in the same instant.
                 let jittered = wait.mul_f64(0.5 + fastrand::f64() / 2.0);
-                tracing::warn!(key = %chunk.key, seq = chunk.seq, error = %e, retry_in = ?jittered, "cannot upload with the current credentials; keeping the chunk and trying again");
+                tracing::warn!(%key, error = %e, retry_in = ?jittered, "cannot upload with the current credentials; keeping the chunk and trying again");
                 sleep_unless_paused(jittered, deliveries.clone()).await;
                 wait = (wait * 2).min(CREDENTIALS_MAX_WAIT);
             }
@@ -67,37 +83,57 @@ async fn sleep_unless_paused(d: Duration, mut deliveries: watch::Receiver<Delive
     }
 }
 
-async fn deliver_with_backoff(
-    sink: &Sink,
-    chunk: &SealedChunk,
-    config: &RetryConfig,
-    retries: &AtomicU64,
-    deliveries: &watch::Receiver<Deliveries>,
-) -> Result<(), DeliveryError> {
-    let mut backoff = ExponentialBuilder::new()
+/// The waits between attempts: fluentd's exponential schedule (`wait` × `exponential_base`^n,
+/// at most `max_interval`), at most `max_times` of them. With `randomize`, each wait is drawn
+/// from half of it to all of it, so that retries of many chunks spread out and no wait is ever
+/// longer than `max_interval`. (backon's own jitter adds up to the whole wait again: up to twice
+/// `max_interval`.)
+pub fn schedule(config: &RetryConfig) -> impl Iterator<Item = Duration> + Send + Sync + Unpin + use<> {
+    let exponential = ExponentialBuilder::new()
         .with_min_delay(config.wait.get())
         .with_factor(config.exponential_base)
         .with_max_delay(config.max_interval.get())
-        .with_max_times(config.max_times);
-    if config.randomize {
-        // backon seeds its jitter from the process's randomness only with its `std` feature
-        // (on here); without it every process would wait the same "random" times.
-        backoff = backoff.with_jitter();
-    }
-    let for_sleep = deliveries.clone();
-    let attempt = || async {
-        if *deliveries.borrow() != Deliveries::Run {
-            return Err(DeliveryError::Paused);
+        .with_max_times(config.max_times)
+        .build();
+    let randomize = config.randomize;
+    exponential.map(move |d| {
+        if randomize {
+            d.mul_f64(0.5 + fastrand::f64() / 2.0)
+        } else {
+            d
         }
-        sink.deliver(chunk).await
+    })
+}
+
+async fn with_backoff<F, Fut>(
+    attempt: &mut F,
+    key: &str,
+    config: &RetryConfig,
+    retries: &AtomicU64,
+    deliveries: &watch::Receiver<Deliveries>,
+) -> Result<(), DeliveryError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), DeliveryError>>,
+{
+    let for_sleep = deliveries.clone();
+    let attempt = || {
+        let run = *deliveries.borrow() == Deliveries::Run;
+        let fut = run.then(&mut *attempt);
+        async move {
+            match fut {
+                Some(f) => f.await,
+                None => Err(DeliveryError::Paused),
+            }
+        }
     };
     let run = attempt
-        .retry(backoff)
+        .retry(schedule(config))
         .sleep(move |d| sleep_unless_paused(d, for_sleep.clone()))
         .when(DeliveryError::is_retryable)
         .notify(|e: &DeliveryError, wait: Duration| {
             retries.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(key = %chunk.key, seq = chunk.seq, error = %e, retry_in = ?wait, "delivery failed; retrying");
+            tracing::warn!(%key, error = %e, retry_in = ?wait, "delivery failed; retrying");
         });
     match tokio::time::timeout(config.timeout.get(), run).await {
         Ok(r) => r,
@@ -105,5 +141,156 @@ async fn deliver_with_backoff(
             "gave up after retry timeout {}",
             config.timeout
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::units::HumanDuration;
+    use std::sync::Mutex;
+    use tokio::time::Instant;
+
+    fn config(wait: u64, base: f32, max_interval: u64, randomize: bool, max_times: usize, timeout: u64) -> RetryConfig {
+        RetryConfig {
+            wait: HumanDuration::secs(wait),
+            exponential_base: base,
+            max_interval: HumanDuration::secs(max_interval),
+            randomize,
+            max_times,
+            timeout: HumanDuration::secs(timeout),
+        }
+    }
+
+    /// Runs `retry` over attempts that fail with `errors` in turn (then succeed), with tokio's
+    /// clock paused (it moves only when every task sleeps); returns the result and the instant
+    /// of each attempt, in seconds from the start.
+    async fn attempts(
+        c: &RetryConfig,
+        errors: impl Fn(usize) -> Option<DeliveryError>,
+        deliveries: &watch::Receiver<Deliveries>,
+    ) -> (Result<(), DeliveryError>, Vec<f64>, u64) {
+        let start = Instant::now();
+        let at = Mutex::new(Vec::new());
+        let retries = AtomicU64::new(0);
+        let r = retry(
+            || {
+                let mut at = at.lock().unwrap();
+                at.push(start.elapsed().as_secs_f64());
+                let e = errors(at.len() - 1);
+                async move { e.map_or(Ok(()), Err) }
+            },
+            "k",
+            c,
+            &retries,
+            deliveries,
+        )
+        .await;
+        (r, at.into_inner().unwrap(), retries.load(Ordering::Relaxed))
+    }
+
+    fn running() -> (watch::Sender<Deliveries>, watch::Receiver<Deliveries>) {
+        watch::channel(Deliveries::Run)
+    }
+
+    fn failing(_: usize) -> Option<DeliveryError> {
+        Some(DeliveryError::Retryable("503".into()))
+    }
+
+    /// Waits grow by `exponential_base` from `wait`, stop growing at `max_interval`, and
+    /// `max_times` retries follow the first attempt; the last error is what is returned.
+    #[tokio::test(start_paused = true)]
+    async fn waits_grow_exponentially_up_to_the_cap_and_max_times_retries_follow_the_first_try() {
+        let (_tx, rx) = running();
+        let (r, at, retries) = attempts(&config(1, 2.0, 10, false, 6, 3600), failing, &rx).await;
+        assert_eq!(at, [0.0, 1.0, 3.0, 7.0, 15.0, 25.0, 35.0]);
+        assert_eq!(retries, 6);
+        assert!(matches!(r, Err(DeliveryError::Retryable(e)) if e == "503"));
+        // A success ends it.
+        let (r, at, _) = attempts(
+            &config(1, 3.0, 100, false, 6, 3600),
+            |i| (i < 2).then(|| failing(i).unwrap()),
+            &rx,
+        )
+        .await;
+        assert!(r.is_ok());
+        assert_eq!(at, [0.0, 1.0, 4.0]);
+        // No retries: one attempt.
+        let (r, at, retries) = attempts(&config(1, 2.0, 10, false, 0, 3600), failing, &rx).await;
+        assert!(r.is_err());
+        assert_eq!((at.len(), retries), (1, 0));
+    }
+
+    /// `retry.timeout` ends the retries of a chunk however many are left.
+    #[tokio::test(start_paused = true)]
+    async fn the_retry_timeout_ends_the_retries_whatever_max_times_says() {
+        let (_tx, rx) = running();
+        let (r, at, _) = attempts(&config(2, 1.0, 10, false, 1000, 9), failing, &rx).await;
+        assert_eq!(at, [0.0, 2.0, 4.0, 6.0, 8.0]);
+        assert!(
+            matches!(&r, Err(DeliveryError::Retryable(e)) if e.contains("retry timeout")),
+            "{r:?}"
+        );
+    }
+
+    /// With `randomize`, each wait is between half of the exponential wait and all of it: never
+    /// longer than `max_interval`, and not always the same.
+    #[test]
+    fn randomized_waits_stay_between_half_and_all_of_the_wait_and_under_the_cap() {
+        let c = config(1, 2.0, 8, true, 12, 3600);
+        let plain: Vec<Duration> = schedule(&RetryConfig {
+            randomize: false,
+            ..c.clone()
+        })
+        .collect();
+        assert_eq!(plain.len(), 12);
+        assert_eq!(*plain.last().unwrap(), Duration::from_secs(8));
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..500 {
+            for (got, full) in schedule(&c).zip(&plain) {
+                assert!(got >= *full / 2 && got <= *full, "{got:?} for {full:?}");
+                assert!(got <= Duration::from_secs(8));
+                seen.insert(got.as_millis());
+            }
+        }
+        assert!(seen.len() > 100, "the waits vary ({} values)", seen.len());
+    }
+
+    /// A permanent error is not retried; a credentials error is retried past `max_times`,
+    /// until it passes.
+    #[tokio::test(start_paused = true)]
+    async fn permanent_errors_are_not_retried_and_credential_errors_wait_for_new_credentials() {
+        let (_tx, rx) = running();
+        let (r, at, _) = attempts(
+            &config(1, 2.0, 10, false, 5, 3600),
+            |_| Some(DeliveryError::Permanent("400".into())),
+            &rx,
+        )
+        .await;
+        assert!(matches!(r, Err(DeliveryError::Permanent(_))));
+        assert_eq!(at.len(), 1);
+        let (r, at, _) = attempts(
+            &config(1, 2.0, 10, false, 1, 3600),
+            |i| (i < 8).then(|| DeliveryError::Credentials("expired".into())),
+            &rx,
+        )
+        .await;
+        assert!(r.is_ok());
+        assert_eq!(at.len(), 9);
+    }
+
+    /// Paused (a reload), no new attempt starts and the wait ends at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_starts_no_new_attempt() {
+        let (tx, rx) = running();
+        let c = config(60, 2.0, 600, false, 5, 3600);
+        let run = attempts(&c, failing, &rx);
+        let pause = async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            tx.send(Deliveries::Pause).unwrap();
+        };
+        let ((r, at, _), ()) = tokio::join!(run, pause);
+        assert!(matches!(r, Err(DeliveryError::Paused)), "{r:?}");
+        assert_eq!(at, [0.0]);
     }
 }

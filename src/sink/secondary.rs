@@ -2,7 +2,11 @@
 //!
 //! As fluentd's `secondary_file`, each chunk is written whole to `<directory>/<basename>.<n>`,
 //! n the first unused number from 0. The file holds exactly the chunk's bytes, so it can be
-//! shipped again later (`logship ship --once`).
+//! shipped again later (`logship ship --once`). It is written in three steps: the name is taken
+//! (an empty file), the buffer records that the chunk goes there (`ChunkMeta::secondary`, one
+//! commit), then the bytes are written and the chunk is forgotten. A crash after the name was
+//! recorded is finished by the next run, which writes the same file again; it never delivers the
+//! chunk as well.
 
 use std::fs::{self, OpenOptions};
 use std::io;
@@ -18,19 +22,35 @@ pub struct SecondaryError {
     pub source: io::Error,
 }
 
-/// Copies the chunk file `chunk` to the first unused `<dir>/<basename>.<n>`; returns that path.
-pub fn write_secondary(
-    chunk: &Path,
-    len: u64,
-    dir: &Path,
-    basename: &str,
-    durable: bool,
-) -> Result<PathBuf, SecondaryError> {
+/// Takes the first unused `<dir>/<basename>.<n>` by creating it, empty (another logship writing
+/// to the same directory takes another number); returns its path. The chunk's bytes are written
+/// into it by [`fill_secondary`] once the buffer has recorded that the chunk goes there, so that
+/// a crash between the two is finished by the next run, not repeated by a delivery.
+pub fn reserve_secondary(dir: &Path, basename: &str) -> Result<PathBuf, SecondaryError> {
     let err = |source| SecondaryError {
         dir: dir.to_path_buf(),
         source,
     };
     fs::create_dir_all(dir).map_err(err)?;
+    for n in 0u64.. {
+        let path = dir.join(format!("{basename}.{n}"));
+        match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(_) => return Ok(path),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(err(e)),
+        }
+    }
+    unreachable!("u64 numbers run out")
+}
+
+/// Writes the first `len` bytes of the chunk file `chunk` (less what an output that delivers in
+/// parts already delivered) into `dest`, a file [`reserve_secondary`] made, replacing whatever
+/// a run that crashed half-way left in it; syncs it with `durable`.
+pub fn fill_secondary(chunk: &Path, len: u64, dest: &Path, durable: bool) -> Result<(), SecondaryError> {
+    let err = |source| SecondaryError {
+        dir: dest.parent().unwrap_or(dest).to_path_buf(),
+        source,
+    };
     let mut src = fs::File::open(chunk).map_err(err)?;
     // Only what was not delivered yet (an output that delivers a chunk in parts records how far
     // it got; see `buffer::siblings`).
@@ -38,23 +58,10 @@ pub fn write_secondary(
     io::Seek::seek(&mut src, io::SeekFrom::Start(delivered)).map_err(err)?;
     // Its first `len` bytes: the file may hold more that were never committed.
     let mut src = io::Read::take(src, len - delivered);
-    for n in 0u64.. {
-        let path = dir.join(format!("{basename}.{n}"));
-        match OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(mut f) => {
-                let r = crate::fsutil::copy_stream(&mut src, &mut f, &mut vec![0u8; 256 * 1024])
-                    .and_then(|_| if durable { f.sync_all() } else { Ok(()) });
-                if let Err(e) = r {
-                    let _ = fs::remove_file(&path);
-                    return Err(err(e));
-                }
-                return Ok(path);
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(err(e)),
-        }
-    }
-    unreachable!("u64 numbers run out")
+    let mut f = OpenOptions::new().write(true).truncate(true).open(dest).map_err(err)?;
+    crate::fsutil::copy_stream(&mut src, &mut f, &mut vec![0u8; 256 * 1024])
+        .and_then(|_| if durable { f.sync_all() } else { Ok(()) })
+        .map_err(err)
 }
 
 #[cfg(test)]
@@ -68,10 +75,14 @@ mod tests {
         // Bytes after the chunk's length were never committed: not copied.
         fs::write(&chunk, b"line 1\nline 2\nuncommitted\n").unwrap();
         let dir = d.path().join("error");
-        let a = write_secondary(&chunk, 14, &dir, "s3.log", false).unwrap();
-        let b = write_secondary(&chunk, 14, &dir, "s3.log", false).unwrap();
+        let a = reserve_secondary(&dir, "s3.log").unwrap();
+        let b = reserve_secondary(&dir, "s3.log").unwrap();
         assert_eq!(a, dir.join("s3.log.0"));
         assert_eq!(b, dir.join("s3.log.1"));
+        assert_eq!(fs::read(&b).unwrap(), b"");
+        // Filled (again, as a run that finishes a crashed one's write does): exactly the bytes.
+        fs::write(&b, b"half written by a run that crashed, and longer").unwrap();
+        fill_secondary(&chunk, 14, &b, false).unwrap();
         assert_eq!(fs::read(&b).unwrap(), b"line 1\nline 2\n");
     }
 }

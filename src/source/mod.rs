@@ -40,6 +40,17 @@ pub trait Source: Send {
     /// Looks for new files, resuming known ones from `checkpoints`.
     fn scan(&mut self, checkpoints: &Checkpoints, now: Instant);
 
+    /// Whether the last scan opened files without a checkpoint of this source's own, which may
+    /// resume from another's ([`Source::adopt`]).
+    fn adoptable(&self) -> bool {
+        false
+    }
+
+    /// After every source scanned: files opened without a checkpoint of this source resume from
+    /// another source's checkpoint of the same file that no source holds (`held`), as when a
+    /// source was renamed. Checkpoints belong to files, not to the sources' names.
+    fn adopt(&mut self, _checkpoints: &Checkpoints, _held: &HashSet<SourceKey>) {}
+
     /// Reads new data into `store`, up to `budget` bytes; returns the bytes read. `drain`: read to the drain point, unterminated last lines included.
     /// With `targets`, only the followed files at those paths are looked at (the files that
     /// file-system events named), and each one found is counted in `targets.matched`.

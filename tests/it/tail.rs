@@ -468,3 +468,33 @@ fn thousands_of_followed_files_share_chunks_and_commits_write_only_what_moved() 
     want.sort();
     assert!(got == want, "delivered lines differ from the lines written");
 }
+
+/// Issue 32: nothing is held back in a followed file for an output that stores bytes. A stack
+/// trace growing a frame at a time reaches a directory output frame by frame (it used to wait
+/// for the next record, or for 256 KiB of it, and a `copytruncate` in that window lost it).
+#[test]
+fn a_growing_stack_trace_reaches_a_byte_output_as_it_is_written_and_survives_a_copytruncate() {
+    let env = Env::new();
+    let log = env.path("app.log");
+    append(&log, b"");
+    let d = Daemon::spawn(&env.follow_args("*.log"), env.dir.path());
+    d.wait_until("following", T, || d.stderr().contains("following file"));
+    let mut written = b"26/12/01 10:00:00 ERROR Executor: Exception in task 0.0\n".to_vec();
+    append(&log, &written);
+    for i in 0..6 {
+        d.wait_until("the trace so far", T, || collect(&env.out, "app.log") == written);
+        let frame = format!("\tat org.apache.spark.Task.run(Task.scala:{i})\n");
+        append(&log, frame.as_bytes());
+        written.extend_from_slice(frame.as_bytes());
+    }
+    d.wait_until("the whole trace", T, || collect(&env.out, "app.log") == written);
+    // logrotate's copytruncate right after the last frame was read: nothing of it is lost.
+    fs::write(&log, b"").unwrap();
+    let after = b"26/12/01 10:00:01 INFO Executor: after the rotation\n";
+    append(&log, after);
+    written.extend_from_slice(after);
+    env.signal_end();
+    let mut d = d;
+    assert_eq!(d.wait_exit(T).code(), Some(0), "{}", d.stderr());
+    assert_bytes_eq(&collect(&env.out, "app.log"), &written);
+}

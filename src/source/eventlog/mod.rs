@@ -240,6 +240,14 @@ impl Source for EventLogSource {
             .min(self.mirror_interval.max(Duration::from_secs(1)))
     }
 
+    fn adoptable(&self) -> bool {
+        self.tail.adoptable()
+    }
+
+    fn adopt(&mut self, checkpoints: &Checkpoints, held: &std::collections::HashSet<SourceKey>) {
+        self.tail.adopt(checkpoints, held);
+    }
+
     /// Looks for applications and their files.
     fn scan(&mut self, checkpoints: &Checkpoints, now: Instant) {
         self.tail.scan(checkpoints, now);

@@ -157,13 +157,20 @@ impl TailSource {
         let meta = file.metadata()?;
         let id = FileId::of(&meta);
         let size = meta.len();
-        let resume = checkpoints_of_file(checkpoints, &self.config.name, id).next().and_then(|c| {
-            let same = holds_checkpoint(&file, size, c);
-            if !same {
-                tracing::info!(path = %path.display(), "checkpoint does not match the file's content (new file with a reused inode, or rewritten); reading from the start");
-            }
-            same.then(|| (c.pos, c.tag.clone()))
-        });
+        // Of this source's checkpoints of this identity (a file deleted and another that took
+        // its inode number may both have one), the one whose leading bytes the file still has.
+        let mut stale = false;
+        let resume = checkpoints_of_file(checkpoints, &self.config.name, id)
+            .find(|c| {
+                let same = holds_checkpoint(&file, size, c);
+                stale |= !same;
+                same
+            })
+            .map(|c| (c.pos, c.tag.clone()));
+        if resume.is_none() && stale {
+            tracing::info!(path = %path.display(), "checkpoint does not match the file's content (new file with a reused inode, or rewritten); reading from the start");
+        }
+        let adoptable = resume.is_none();
         let (pos, tag) = match resume {
             Some((pos, tag)) => (pos, tag),
             None => {
@@ -185,12 +192,15 @@ impl TailSource {
             lines: 0,
             committed_pos: pos,
             fp,
+            committed_fp: fp,
             scan_hint: 0,
             gone_since: None,
             last_growth: now,
             last_size: size,
+            last_mtime: meta.modified().ok(),
             drain_size: None,
             unsaved: true,
+            adoptable,
         }))
     }
 
@@ -212,6 +222,11 @@ impl TailSource {
 /// checkpoint, already "gone" from its path, so it is read to its end and then let go.
 fn moved_file(c: &SourceCheckpoint, now: Instant) -> Option<TailedFile> {
     use std::os::unix::fs::DirEntryExt;
+    if c.fp_len == 0 {
+        // Nothing was known of its content (it was empty): any file that took its inode
+        // number would pass for it.
+        return None;
+    }
     let dir = c.path.parent()?;
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
         // The inode from the directory entry: no stat for the other names.
@@ -219,6 +234,11 @@ fn moved_file(c: &SourceCheckpoint, now: Instant) -> Option<TailedFile> {
             continue;
         }
         let path = entry.path();
+        if *path == *c.path {
+            // Not moved: still at its path, which this source no longer follows (a reload
+            // changed its patterns). Another source may follow it from this checkpoint.
+            continue;
+        }
         let Ok(file) = crate::fsutil::open_for_reading(&path) else {
             continue;
         };
@@ -239,15 +259,61 @@ fn moved_file(c: &SourceCheckpoint, now: Instant) -> Option<TailedFile> {
             lines: 0,
             committed_pos: c.pos,
             fp,
+            committed_fp: fp,
             scan_hint: 0,
             gone_since: Some(now),
             last_growth: now,
             last_size: size,
+            last_mtime: meta.modified().ok(),
             drain_size: None,
             unsaved: true,
+            adoptable: false,
         });
     }
     None
+}
+
+/// The checkpoints of `cps` that no source holds (`held`) and whose file is gone: neither at its
+/// path nor beside it under another name (same inode). Nothing can read those files again. The
+/// others stay: a source that follows the file again resumes from its checkpoint.
+pub fn gone_checkpoints(
+    cps: &Checkpoints,
+    held: &std::collections::HashSet<crate::buffer::SourceKey>,
+) -> Vec<crate::buffer::SourceKey> {
+    use std::os::unix::fs::DirEntryExt;
+    let mut dirs: std::collections::HashMap<&Path, std::collections::HashMap<u64, Vec<PathBuf>>> = Default::default();
+    let mut gone = Vec::new();
+    for (k, c) in cps {
+        if held.contains(k) {
+            continue;
+        }
+        // The same file: same identity and the same leading bytes (another file may have
+        // taken the inode number of one that was deleted).
+        let holds = |p: &Path| {
+            crate::fsutil::open_for_reading(p).is_ok_and(|f| {
+                f.metadata()
+                    .is_ok_and(|m| FileId::of(&m) == c.id && holds_checkpoint(&f, m.len(), c))
+            })
+        };
+        let here = holds(&c.path);
+        let beside = !here
+            && c.path.parent().is_some_and(|dir| {
+                dirs.entry(dir)
+                    .or_insert_with(|| {
+                        let mut by_ino: std::collections::HashMap<u64, Vec<PathBuf>> = Default::default();
+                        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                            by_ino.entry(e.ino()).or_default().push(e.path());
+                        }
+                        by_ino
+                    })
+                    .get(&c.id.ino)
+                    .is_some_and(|paths| paths.iter().any(|p| holds(p)))
+            });
+        if !here && !beside {
+            gone.push(k.clone());
+        }
+    }
+    gone
 }
 
 /// What kind of file `meta` describes, for messages.

@@ -28,7 +28,7 @@ mod discovery;
 mod identity;
 mod reading;
 
-pub use discovery::glob_base;
+pub use discovery::{glob_base, gone_checkpoints};
 
 use discovery::is_glob;
 use identity::Fingerprint;
@@ -70,6 +70,27 @@ pub struct TailStats {
     pub records_split: u64,
 }
 
+impl TailStats {
+    /// Adds another run's counters.
+    pub fn add(&mut self, o: &TailStats) {
+        // Every field, by name: a new counter does not compile until it is added here too.
+        let TailStats {
+            bytes_read,
+            truncations,
+            lines_split,
+            partial_lines_flushed,
+            files_found,
+            records_split,
+        } = o;
+        self.bytes_read += bytes_read;
+        self.truncations += truncations;
+        self.lines_split += lines_split;
+        self.partial_lines_flushed += partial_lines_flushed;
+        self.files_found += files_found;
+        self.records_split += records_split;
+    }
+}
+
 /// One followed file.
 #[derive(Debug)]
 pub struct TailedFile {
@@ -86,6 +107,9 @@ pub struct TailedFile {
     pub lines: u64,
     committed_pos: u64,
     fp: Fingerprint,
+    /// The fingerprint as of the last commit (a rollback puts it back with the position: a
+    /// truncation seen in the batch that was undone must be seen again).
+    committed_fp: Fingerprint,
     /// Bytes after `pos` already known to hold no newline (saves rescanning a growing long line).
     scan_hint: u64,
     /// When it stopped matching any path (renamed away or deleted).
@@ -94,11 +118,16 @@ pub struct TailedFile {
     last_growth: Instant,
     /// Size at the last look.
     last_size: u64,
+    /// Modification time at the last `fstat` (a rewrite to the same size changes only it).
+    last_mtime: Option<std::time::SystemTime>,
     /// Size when the drain started: the drain reads up to here (a writer that keeps going does
     /// not keep the drain going), and only bytes before it count as not delivered.
     drain_size: Option<u64>,
     /// Its checkpoint may differ from the committed one (read, renamed, new).
     unsaved: bool,
+    /// Opened in the last scan without a checkpoint of this source: it may take another
+    /// source's checkpoint of the same file ([`Source::adopt`]).
+    adoptable: bool,
 }
 
 impl TailedFile {
@@ -251,6 +280,53 @@ impl Source for TailSource {
         self.by_path_stale = true;
     }
 
+    fn adoptable(&self) -> bool {
+        self.files.iter().any(|f| f.adoptable)
+    }
+
+    /// A file this source found without a checkpoint of its own resumes from another source's
+    /// checkpoint of the same file (same identity and leading bytes) that no source holds now:
+    /// the source was renamed, or another one followed the file before a reload. Of several,
+    /// the furthest. That checkpoint is removed at the next commit, which records this one.
+    fn adopt(&mut self, checkpoints: &Checkpoints, held: &std::collections::HashSet<SourceKey>) {
+        let mut by_id: std::collections::HashMap<FileId, Vec<(&SourceKey, &SourceCheckpoint)>> = Default::default();
+        if self.files.iter().any(|f| f.adoptable) {
+            for (k, c) in checkpoints {
+                if *k.0 != *self.name && !held.contains(k) {
+                    by_id.entry(c.id).or_default().push((k, c));
+                }
+            }
+        }
+        for i in 0..self.files.len() {
+            let f = &mut self.files[i];
+            if !std::mem::take(&mut f.adoptable) {
+                continue;
+            }
+            let Some(candidates) = by_id.get(&f.id) else { continue };
+            let size = f.file.metadata().map_or(0, |m| m.len());
+            let best = candidates
+                .iter()
+                .filter(|(_, c)| identity::holds_checkpoint(&f.file, size, c))
+                .max_by_key(|(_, c)| c.pos);
+            if let Some((k, c)) = best {
+                tracing::info!(path = %f.path.display(), from = %k.0, pos = c.pos, "resuming where another source's checkpoint of this file left it");
+                f.pos = c.pos;
+                f.committed_pos = c.pos;
+                f.scan_hint = 0;
+                if !f.unsaved {
+                    f.unsaved = true;
+                    self.unsaved.push(i);
+                }
+                self.forgotten.push((*k).clone());
+                // Taken: no other file or source takes it too.
+                let taken = (*k).clone();
+                for v in by_id.values_mut() {
+                    v.retain(|(k, _)| **k != taken);
+                }
+            }
+        }
+    }
+
     fn read(
         &mut self,
         store: &mut ChunkStore,
@@ -357,6 +433,7 @@ impl Source for TailSource {
         for i in std::mem::take(&mut self.unsaved) {
             let f = &mut self.files[i];
             f.committed_pos = f.pos;
+            f.committed_fp = f.fp;
             f.unsaved = false;
         }
         self.forgotten.clear();
@@ -366,7 +443,10 @@ impl Source for TailSource {
     fn rewind(&mut self) {
         for f in &mut self.files {
             f.pos = f.committed_pos;
+            f.fp = f.committed_fp;
             f.scan_hint = 0;
+            // Looked at afresh: what the undone batch saw (a truncation, a rewrite) is seen again.
+            f.last_mtime = None;
         }
     }
 

@@ -136,17 +136,30 @@ impl TailSource {
                 }
             }
         }
+        // The modification time, when the size came from `fstat`: a file truncated and written
+        // again to the very size it had between two looks changed only that.
+        let mut touched = false;
         let mut size = match size {
             Some(s) => s,
-            None => f.file.metadata().map_err(|e| read_err(&f.path, e))?.len(),
+            None => {
+                let m = f.file.metadata().map_err(|e| read_err(&f.path, e))?;
+                let mtime = m.modified().ok();
+                touched = mtime != f.last_mtime;
+                f.last_mtime = mtime;
+                m.len()
+            }
         };
         if let Some(d) = f.drain_size {
             size = size.min(d);
         }
         let changed = size != f.last_size;
+        let starts_otherwise = |f: &TailedFile| -> Result<bool, TailError> {
+            Ok(f.fp.len > 0
+                && (size < f.fp.len as u64 || !starts_as(&f.file, &f.fp).map_err(|e| read_err(&f.path, e))?))
+        };
         if changed {
             f.last_growth = now;
-        } else if size == f.pos {
+        } else if size == f.pos && !(touched && starts_otherwise(f)?) {
             return Ok(0);
         }
         f.last_size = size;
@@ -154,11 +167,9 @@ impl TailSource {
             f.unsaved = true;
             self.unsaved.push(i);
         }
-        // Shrunk, or first bytes rewritten (copytruncate then new writes): start again.
-        let rewritten = size < f.pos
-            || (changed
-                && f.fp.len > 0
-                && (size < f.fp.len as u64 || !starts_as(&f.file, &f.fp).map_err(|e| read_err(&f.path, e))?));
+        // Shrunk, or first bytes rewritten (copytruncate then new writes, to any size): start
+        // again.
+        let rewritten = size < f.pos || ((changed || touched) && starts_otherwise(f)?);
         if rewritten {
             tracing::warn!(path = %f.path.display(), old_pos = f.pos, size, "file was truncated or rewritten; reading it from the start");
             self.stats.truncations += 1;
@@ -221,7 +232,7 @@ impl TailSource {
                 // Reached the end inside a line: wait for its newline (or flush at drain).
                 if flush_partial {
                     let len = size - f.pos;
-                    Self::copy_ahead(&self.routes, &mut self.buf, store, f, len, now_ms)?;
+                    Self::copy_ahead(&self.routes, &mut self.buf, store, f, len, true, now_ms)?;
                     self.stats.partial_lines_flushed += 1;
                 }
                 break;
@@ -252,13 +263,13 @@ impl TailSource {
             };
             match line_len {
                 Some(len) => {
-                    Self::copy_ahead(&self.routes, &mut self.buf, store, f, len, now_ms)?;
+                    Self::copy_ahead(&self.routes, &mut self.buf, store, f, len, false, now_ms)?;
                 }
                 None => {
                     f.scan_hint = scanned;
                     if flush_partial {
                         let len = size - f.pos;
-                        Self::copy_ahead(&self.routes, &mut self.buf, store, f, len, now_ms)?;
+                        Self::copy_ahead(&self.routes, &mut self.buf, store, f, len, true, now_ms)?;
                         self.stats.partial_lines_flushed += 1;
                     }
                     break;
@@ -272,13 +283,17 @@ impl TailSource {
     }
 
     /// Streams the next `len` bytes of `f` into one chunk per route (so a long line stays whole),
-    /// in pieces of at most the read block, and moves `f` past them.
+    /// in pieces of at most the read block, and moves `f` past them. `partial`: they end without
+    /// a newline (an unterminated last line, at the drain or after rotation), so the chunks they
+    /// went to are sealed: nothing of another file may run on into that line.
+    #[allow(clippy::too_many_arguments)]
     fn copy_ahead(
         routes: &[usize],
         buf: &mut [u8],
         store: &mut ChunkStore,
         f: &mut TailedFile,
         len: u64,
+        partial: bool,
         now_ms: i64,
     ) -> Result<(), TailError> {
         let mut seqs = Vec::with_capacity(routes.len());
@@ -305,6 +320,11 @@ impl TailSource {
         }
         f.pos += done;
         f.scan_hint = 0;
+        if partial {
+            for seq in seqs {
+                store.end_chunk(seq);
+            }
+        }
         Ok(())
     }
 }
