@@ -322,17 +322,19 @@ def main():
     ap.add_argument("--minutes", type=float, default=10)
     ap.add_argument("--seed", type=int, default=int(time.time()))
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--bin", help="the logship binary (default: release, else musl release, else debug)")
     a = ap.parse_args()
     disk_faults = in_namespace()
     rng = random.Random(a.seed)
     logship, server_bin = binaries()
+    logship = a.bin or logship
     py = python_path()
     work = os.path.join(ROOT, "target", "soak", time.strftime("%Y%m%d-%H%M%S"))
     os.makedirs(f"{work}/in")
     os.makedirs(f"{work}/s3/{BUCKET}")
     os.makedirs(f"{work}/buffer")
     if disk_faults:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", f"{work}/buffer"], check=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m,mode=0700", "tmpfs", f"{work}/buffer"], check=True)
     print(f"soak: {a.minutes:g} min, seed {a.seed}, {logship}, work {work}"
           f"{'' if disk_faults else ' (no full-disk faults: not root or no unshare)'}", flush=True)
     env = dict(os.environ, **CREDS, LOGSHIP_LOG="info")

@@ -477,7 +477,24 @@ fn a_growing_stack_trace_reaches_a_byte_output_as_it_is_written_and_survives_a_c
     let env = Env::new();
     let log = env.path("app.log");
     append(&log, b"");
-    let d = Daemon::spawn(&env.follow_args("*.log"), env.dir.path());
+    // A record that could wait for more lines would wait an hour: nothing may wait here at all.
+    let args = env.run_config(
+        r#"
+[buffer]
+dir = "{buffer}"
+flush_mode = "immediate"
+[lifecycle]
+signal_file = "{signal}"
+[[source]]
+type = "tail"
+paths = ["{input}/*.log"]
+multiline_flush = "1h"
+[[output]]
+type = "file"
+dir = "{out}"
+"#,
+    );
+    let d = Daemon::spawn(&args, env.dir.path());
     d.wait_until("following", T, || d.stderr().contains("following file"));
     let mut written = b"26/12/01 10:00:00 ERROR Executor: Exception in task 0.0\n".to_vec();
     append(&log, &written);
