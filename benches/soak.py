@@ -331,6 +331,10 @@ def main():
     py = python_path()
     work = os.path.join(ROOT, "target", "soak", time.strftime("%Y%m%d-%H%M%S"))
     os.makedirs(f"{work}/in")
+    # Its own copies: a build during the soak does not swap the binaries under it.
+    for b in ("logship", "s3_server"):
+        shutil.copy2(logship if b == "logship" else server_bin, f"{work}/{b}")
+    logship, server_bin = f"{work}/logship", f"{work}/s3_server"
     os.makedirs(f"{work}/s3/{BUCKET}")
     os.makedirs(f"{work}/buffer")
     if disk_faults:

@@ -37,7 +37,7 @@ pub const POINTS: &[(&str, Option<&str>)] = &[
 ];
 
 /// Every named place a test can make a write fail at ([`fail`]).
-pub const FAULTS: &[&str] = &["chunk-open", "chunk-write", "state-write"];
+pub const FAULTS: &[&str] = &["chunk-open", "chunk-write", "chunk-cut", "state-write"];
 
 struct Spec {
     point: String,

@@ -1232,9 +1232,16 @@ impl ChunkStore {
                 (_, Some(k)) => {
                     // Always cut back an open chunk, even when its recorded length did not
                     // move: a write that failed part-way (a full disk) left bytes that no
-                    // length counts.
-                    if let Ok(f) = OpenOptions::new().write(true).open(&path) {
-                        let _ = f.set_len(k.len);
+                    // length counts. Through the handle it was written with (opening it again
+                    // can fail for want of a file descriptor). A cut that fails anyway leaves
+                    // bytes that nothing reads: the chunk is sealed below, every output reads
+                    // its first `len` bytes, and recovery cuts it.
+                    let cut = crate::crashpoint::fail("chunk-cut").and_then(|()| match self.handles.get(&seq) {
+                        Some(f) => f.set_len(k.len),
+                        None => OpenOptions::new().write(true).open(&path)?.set_len(k.len),
+                    });
+                    if let Err(e) = cut {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot cut the chunk back to its committed length; the bytes after it are never delivered");
                     }
                 }
                 (Some(_), None) => {
@@ -1572,6 +1579,38 @@ mod tests {
         s.append(0, "t", None, Cut::LineEnd, b"a\n", 1_000).unwrap();
         s.seal_tag(0, "t");
         assert_eq!(s.commit(CheckpointChanges::none(), 1_000).unwrap()[0].crc32, None);
+    }
+
+    /// A rollback that cannot cut a chunk back (no file descriptor left) leaves bytes after its
+    /// committed length that nothing ever delivers: the chunk is sealed with its committed length
+    /// and CRC32, and what an output reads of it is exactly the committed bytes. (A run following
+    /// 10,000 files once sent such a chunk, longer than committed, to the secondary directory.)
+    #[test]
+    fn a_rollback_that_cannot_cut_a_chunk_leaves_bytes_that_are_never_delivered() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = store(d.path(), 1 << 20);
+        s.append(0, "t", None, Cut::LineEnd, b"committed\n", 1_000).unwrap();
+        s.commit(CheckpointChanges::none(), 1_000).unwrap();
+        s.append(0, "t", None, Cut::LineEnd, &b"undone\n".repeat(10_000), 1_000)
+            .unwrap();
+        crate::crashpoint::arm_fault("chunk-cut", 1, libc::EMFILE);
+        s.rollback();
+        crate::crashpoint::disarm();
+        let sealed = s.commit(CheckpointChanges::none(), 2_000).unwrap();
+        let c = sealed.iter().find(|c| c.seq == 0).expect("sealed by the rollback");
+        assert_eq!(c.len, 10);
+        assert!(fs::metadata(&c.path).unwrap().len() > 10, "the cut failed");
+        assert_eq!(c.crc32, Some(crc32fast::hash(b"committed\n")));
+        let (file, len) = crate::sink::compress::prepare(&c.path, c.len, crate::config::StoreAs::Text, None).unwrap();
+        assert_eq!(fs::read(file).unwrap()[..len as usize], *b"committed\n");
+        let (gz, _) = crate::sink::compress::prepare(&c.path, c.len, crate::config::StoreAs::Gzip, None).unwrap();
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(fs::File::open(gz).unwrap()), &mut out).unwrap();
+        assert_eq!(out, b"committed\n");
+        // A restart cuts it.
+        drop(s);
+        let _s = store(d.path(), 1 << 20);
+        assert_eq!(fs::metadata(d.path().join("chunks/0.chunk")).unwrap().len(), 10);
     }
 
     /// Small appends wait in memory for one write (before the commit, before an append to

@@ -379,3 +379,88 @@ fn the_default_follow_buffer_is_per_user_and_per_configuration() {
     assert_eq!(fs::metadata(&parent).unwrap().mode() & 0o777, 0o700);
     assert_eq!(fs::read_dir(&parent).unwrap().count(), 2);
 }
+
+/// Issue 32: a buffer whose state files do not hold together is refused, with the file named, and
+/// nothing in it is changed: a journal record damaged in the middle (valid records after it: not a
+/// torn append), the snapshot gone beside its journal, or the journal gone beside its snapshot.
+/// (They were taken for a torn end, or a fresh start: lines sent again, chunks deleted as
+/// unknown, exit 0.)
+#[test]
+fn a_damaged_state_is_refused_naming_the_file_and_nothing_in_the_buffer_changes() {
+    for damage in [
+        "a flipped bit mid-journal",
+        "state.json deleted",
+        "state.journal deleted",
+    ] {
+        let env = Env::new();
+        let log = env.path("app.log");
+        append(&log, b"");
+        let args = env.follow_args("*.log");
+        let mut d = Daemon::spawn(&args, env.dir.path());
+        d.wait_until("following", Duration::from_secs(60), || {
+            d.stderr().contains("following file")
+        });
+        // Commits: a snapshot, then a journal record each.
+        for round in 0..6 {
+            append(&log, &lines("round", round * 100, 100));
+            d.wait_until("delivered", Duration::from_secs(60), || {
+                collect(&env.out, "app.log").len() == lines("round", 0, (round + 1) * 100).len()
+            });
+        }
+        d.kill9();
+        let journal = env.buffer.join("state.journal");
+        match damage {
+            "a flipped bit mid-journal" => {
+                let mut bytes = fs::read(&journal).unwrap();
+                // Records: [length u32][FNV-1a u64][payload]; damage the second one's payload.
+                let mut at = 0;
+                let mut starts = Vec::new();
+                while at + 12 <= bytes.len() {
+                    starts.push(at);
+                    at += 12 + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+                }
+                assert!(starts.len() >= 3, "{damage}: {} records", starts.len());
+                bytes[starts[1] + 20] ^= 0x10;
+                fs::write(&journal, bytes).unwrap();
+            }
+            "state.json deleted" => fs::remove_file(env.buffer.join("state.json")).unwrap(),
+            _ => fs::remove_file(&journal).unwrap(),
+        }
+        let files = |dir: &std::path::Path| -> Vec<(String, Vec<u8>)> {
+            let mut v: Vec<_> = walk(dir)
+                .into_iter()
+                .filter(|p| !p.ends_with(".lock") && !p.ends_with(".reserve"))
+                .map(|p| (p.display().to_string(), fs::read(&p).unwrap()))
+                .collect();
+            v.sort();
+            v
+        };
+        let before = files(&env.buffer);
+        let mut d = Daemon::spawn(&args, env.dir.path());
+        let st = d.wait_exit(Duration::from_secs(60));
+        let err = d.stderr();
+        assert!(!st.success(), "{damage}: {err}");
+        let named = if damage == "state.json deleted" {
+            "state.json"
+        } else {
+            "state.journal"
+        };
+        assert!(
+            err.contains(named) && err.contains("Nothing was changed"),
+            "{damage}: {err}"
+        );
+        assert_eq!(files(&env.buffer), before, "{damage}: the buffer was changed");
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
