@@ -17,11 +17,13 @@ use logship::units::{ByteSize, HumanDuration};
 const EXIT_AND_SIGNALS: &str = "\
 Exit codes (run, ship):
   0  everything written before the drain point was delivered
-  1  fatal error: bad config, unusable buffer directory, an output that cannot start
+  1  fatal error: bad config, unusable buffer directory or damaged buffer state (the file is
+     named; nothing is changed), an output that cannot start
   2  usage error: a bad flag or flag value
   3  some chunks are in a secondary directory instead of their output
   4  some data was not delivered anywhere: left in the buffer, not read in time, missing from a
-     damaged chunk file, or a path that could not be shipped (each named in the summary)
+     damaged chunk file, or a path that could not be shipped; or files in the buffer that logship
+     could not account for (kept) (each named in the summary)
 
 Signals: SIGTERM or SIGINT start the drain; during a drain the first stops reading (what was read
 is delivered within 60 s) and a second ends the run. SIGHUP reloads the configuration (run).
