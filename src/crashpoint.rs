@@ -1,5 +1,5 @@
-//! Deterministic crash points and injected faults, for tests of invariant 4 (a crash at any
-//! instant loses nothing) and of write errors.
+//! Deterministic crash points and injected faults, for tests of the buffer's first invariant (a
+//! crash at any instant loses nothing and repeats nothing; see `buffer`) and of write errors.
 //!
 //! Random `kill -9` rarely lands in the few microseconds between, say, a chunk write and the
 //! commit that covers it. With `LOGSHIP_CRASH_AT=<point>:<n>` in the environment, the process

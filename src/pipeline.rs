@@ -6,7 +6,7 @@
 //! deadline) and otherwise sleeps until the next thing is due: a chunk's time key closing, a scan
 //! for new files, a safety poll. Idle, it wakes at most every few seconds.
 //!
-//! The drain (DESIGN invariant 6) is one ordered sequence: a last scan for files, every file read
+//! The drain is one ordered sequence: a last scan for files, every file read
 //! to its end (unterminated last lines included), every chunk sealed and committed, then
 //! delivered; the thread ends when nothing is left, or at the deadline, when what is left goes to
 //! the secondary directories.

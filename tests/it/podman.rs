@@ -573,9 +573,7 @@ impl PodCase {
 }
 
 fn emr_template(name: &str) -> Vec<u8> {
-    std::fs::read(repo().join("../shared/fixtures/emr").join(name))
-        .or_else(|_| std::fs::read(repo().join("tests/fixtures/emr").join(name)))
-        .unwrap()
+    std::fs::read(repo().join("tests/fixtures/emr").join(name)).unwrap()
 }
 
 /// EMR's driver template, its fluentd container replaced, in heartbeat mode, with the presigned
