@@ -32,7 +32,7 @@ pub struct QuickArgs {
     #[arg(long, requires = "spark_events", default_value = "at-end")]
     pub appstatus: AppStatusMode,
     /// Destination: file:///DIR (one file per chunk under DIR), s3://BUCKET/PREFIX,
-    /// cloudwatch://GROUP/STREAM (one event per line; STREAM may use %{tag}; default %{tag}), or stdout.
+    /// cloudwatch://GROUP/STREAM (one event per log record; STREAM may use %{tag}; default %{tag}), or stdout.
     #[arg(long)]
     pub to: String,
     /// S3: upload through this presigned POST file (re-read before every upload) instead of the
@@ -42,10 +42,10 @@ pub struct QuickArgs {
     /// S3: text, gzip or zstd.
     #[arg(long, default_value = "text")]
     pub store_as: crate::StoreAs,
-    /// S3 API: an S3-compatible endpoint URL (also AWS_ENDPOINT_URL).
+    /// S3 API or CloudWatch: another endpoint URL (also AWS_ENDPOINT_URL).
     #[arg(long)]
     pub endpoint: Option<String>,
-    /// S3 API: region (default from the AWS configuration).
+    /// S3 API or CloudWatch: region (default from the AWS configuration).
     #[arg(long)]
     pub region: Option<String>,
     /// S3 API: path-style addressing (endpoint/bucket/key).

@@ -124,9 +124,9 @@ fn quick_mode_errors_name_the_flag_and_are_usage_errors() {
 }
 
 #[test]
-fn the_readme_config_example_is_valid() {
-    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let start = readme.find("```toml\n").expect("README has a TOML example") + "```toml\n".len();
+fn the_documented_config_example_is_valid() {
+    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md")).unwrap();
+    let start = readme.find("```toml\n").expect("docs/configuration.md has a TOML example") + "```toml\n".len();
     let end = start + readme[start..].find("```").unwrap();
     let env = Env::new();
     let cfg = env.dir.path().join("readme.toml");
