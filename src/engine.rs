@@ -462,7 +462,9 @@ async fn deliver_loop(
 /// Reports a backfill's progress on stderr until aborted.
 async fn progress(metrics: Arc<Metrics>) {
     use std::io::{IsTerminal, Write};
-    let tty = std::io::stderr().is_terminal();
+    // With JSON logs, progress is a log line like the others.
+    let json = std::env::var("LOGSHIP_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let tty = std::io::stderr().is_terminal() && !json;
     let every = std::env::var("LOGSHIP_PROGRESS_EVERY")
         .ok()
         .and_then(|v| v.parse::<crate::units::HumanDuration>().ok())
@@ -508,6 +510,8 @@ async fn progress(metrics: Arc<Metrics>) {
                 size(delivered)
             );
             let _ = std::io::stderr().flush();
+        } else if json {
+            tracing::info!(percent = pct, read, total, files, delivered, "progress");
         } else {
             eprintln!(
                 "logship: progress: {pct}% read ({} of {} in {files} files), {} delivered",

@@ -130,13 +130,41 @@ enum Command {
 fn main() -> ExitCode {
     tune_malloc();
     let cli = Cli::parse();
-    init_logging();
+    if let Err(e) = init_logging() {
+        eprintln!("logship: error: {e}");
+        return ExitCode::from(logship::summary::EXIT_USAGE as u8);
+    }
     match real_main(cli) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
-            eprintln!("logship: error: {}", error_chain(&e));
+            say_error(&format!("logship: error: {}", error_chain(&e)));
             ExitCode::from(1)
         }
+    }
+}
+
+/// Whether logship's own logs are JSON lines (`LOGSHIP_LOG_FORMAT=json`): then every line it
+/// writes to stderr is one, the exit summary's included.
+static JSON_LOGS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+fn json_logs() -> bool {
+    JSON_LOGS.get().copied().unwrap_or(false)
+}
+
+/// A line for people on stderr: as it is, or as a JSON log line.
+fn say(line: &str) {
+    if json_logs() {
+        tracing::info!("{}", line.trim_start_matches("logship: "));
+    } else {
+        eprintln!("{line}");
+    }
+}
+
+fn say_error(line: &str) {
+    if json_logs() {
+        tracing::error!("{}", line.trim_start_matches("logship: error: "));
+    } else {
+        eprintln!("{line}");
     }
 }
 
@@ -200,9 +228,32 @@ const SDK_LOG_CAPS: &[&str] = &[
 /// the access key id (`Credentials`' `Debug`), signed requests and session tokens, and
 /// aws-config's profile provider logs assumed-role credentials at info. Its warnings (a region
 /// IMDS could not give) are multi-line dumps; logship says what is missing in its own words.
-fn init_logging() {
-    let mut filter = tracing_subscriber::EnvFilter::try_from_env("LOGSHIP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+fn init_logging() -> std::result::Result<(), String> {
+    let format = std::env::var("LOGSHIP_LOG_FORMAT").unwrap_or_default();
+    let json = match format.as_str() {
+        "json" => true,
+        "" | "text" => false,
+        other => return Err(format!("LOGSHIP_LOG_FORMAT={other:?}: must be text or json")),
+    };
+    let _ = JSON_LOGS.set(json);
+    let level = std::env::var("LOGSHIP_LOG").unwrap_or_default();
+    // Each directive a level, or target=level: a typo ("debgu") would otherwise be taken for the
+    // name of a target and quietly change nothing.
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    for d in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let lvl = d.rsplit_once('=').map_or(d, |(_, l)| l).to_ascii_lowercase();
+        if !LEVELS.contains(&lvl.as_str()) {
+            return Err(format!(
+                "LOGSHIP_LOG={level:?}: {d:?} is not a level ({}) or target=level",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    let mut filter = if level.trim().is_empty() {
+        tracing_subscriber::EnvFilter::new("info")
+    } else {
+        tracing_subscriber::EnvFilter::try_new(&level).map_err(|e| format!("LOGSHIP_LOG={level:?}: {e}"))?
+    };
     for cap in SDK_LOG_CAPS {
         filter = filter.add_directive(cap.parse().expect("a valid directive"));
     }
@@ -210,13 +261,14 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false);
-    if std::env::var("LOGSHIP_LOG_FORMAT").is_ok_and(|v| v == "json") {
+    if json {
         builder.json().init();
     } else {
         builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
     }
+    Ok(())
 }
 
 fn real_main(cli: Cli) -> Result<i32> {
@@ -237,13 +289,13 @@ fn real_main(cli: Cli) -> Result<i32> {
                 }
             }
             for p in &found {
-                eprintln!("logship: error: {p}");
+                say_error(&format!("logship: error: {p}"));
             }
             if !found.is_empty() {
                 return Ok(1);
             }
             if let Some(config) = config {
-                eprintln!("logship: {} is valid", config.display());
+                say(&format!("logship: {} is valid", config.display()));
             }
             Ok(0)
         }
@@ -314,7 +366,7 @@ fn real_main(cli: Cli) -> Result<i32> {
         }
         Command::Install { dest } => {
             install_self(&dest).with_context(|| format!("cannot install logship at {}", dest.display()))?;
-            eprintln!("logship: installed at {}", dest.display());
+            say(&format!("logship: installed at {}", dest.display()));
             Ok(0)
         }
         Command::Translate { file } => {
@@ -328,8 +380,11 @@ fn real_main(cli: Cli) -> Result<i32> {
             let buffer_dir = match (&args.buffer_dir, args.once) {
                 (Some(d), _) => d.clone(),
                 (None, true) => {
+                    use std::os::unix::fs::PermissionsExt;
+                    // Private, as every buffer directory (a run that fails keeps it).
                     let t = tempfile::Builder::new()
                         .prefix("logship-once-")
+                        .permissions(std::fs::Permissions::from_mode(0o700))
                         .tempdir()
                         .context("cannot create a temporary buffer directory")?;
                     let p = t.path().to_path_buf();
@@ -342,7 +397,9 @@ fn real_main(cli: Cli) -> Result<i32> {
             let c = match build(&args, buffer_dir) {
                 Ok(c) => c,
                 Err(logship::config::ConfigError::Invalid { key, message, .. }) => {
-                    eprintln!("logship: error: {key}: {message}\n\nFor more information, try 'logship ship --help'.");
+                    say_error(&format!(
+                        "logship: error: {key}: {message}\n\nFor more information, try 'logship ship --help'."
+                    ));
                     return Ok(logship::summary::EXIT_USAGE);
                 }
                 Err(e) => return Err(e.into()),
@@ -360,11 +417,11 @@ fn check_presigned_posts(config: &Config, origin: &std::path::Path, now: std::ti
         let Some(s3) = o.s3() else { continue };
         let Some(post) = &s3.presigned_post else { continue };
         if !post.exists() {
-            eprintln!(
+            say(&format!(
                 "logship: note: {}: output[{i}].s3.presigned_post {} does not exist yet; it must when logship runs",
                 origin.display(),
                 post.display()
-            );
+            ));
             continue;
         }
         // The literal start of every key this output writes.
@@ -452,7 +509,9 @@ fn run_engine(
         .build()
         .context("cannot start the runtime")?;
     let summary = rt.block_on(logship::engine::run(config, reload))?;
-    eprint!("{}", summary.human());
+    for line in summary.human().lines() {
+        say(line);
+    }
     eprintln!("{}", summary.json());
     let code = summary.exit_code();
     if let Some(t) = temp_buffer {
@@ -460,10 +519,10 @@ fn run_engine(
             drop(t);
         } else {
             let kept = t.keep();
-            eprintln!(
+            say(&format!(
                 "logship: buffer kept at {} (rerun with --buffer-dir to resume)",
                 kept.display()
-            );
+            ));
         }
     }
     Ok(code)

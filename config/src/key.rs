@@ -141,6 +141,11 @@ impl KeyTemplate {
         self.parts.contains(&Part::Tag)
     }
 
+    /// Whether it contains `%{path}`.
+    pub fn has_path(&self) -> bool {
+        self.parts.contains(&Part::Path)
+    }
+
     /// Whether two chunks can never get the same key from it: it holds `%{index}` (counted) or
     /// a per-chunk random part. Without one, every chunk of a tag in a time slice would land on
     /// one key, each replacing the last.

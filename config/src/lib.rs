@@ -1110,6 +1110,13 @@ impl Config {
             o.key_format = if o.path.is_empty() { events } else { events.under_path() };
             o.index_start = 1;
         }
+        // An output with a `path` and the default key format keys its objects under the path, as
+        // fluent-plugin-s3's default `%{path}...` does (a path nothing used was a silent surprise).
+        for (i, o) in self.outputs.iter_mut().enumerate() {
+            if !o.path.is_empty() && o.key_format == default_key_format() && !event_outputs.contains(&i) {
+                o.key_format = default_key_format().under_path();
+            }
+        }
         // A presigned POST cannot look whether a key is taken, so its default keys differ between
         // runs (a restarted container, a re-run job) by a random part.
         for (i, o) in self.outputs.iter_mut().enumerate() {
@@ -1137,11 +1144,11 @@ impl Config {
             return Err(invalid("output", "at least one [[output]] is required"));
         }
         if let Some(l) = &self.metrics.listen
-            && l.parse::<std::net::SocketAddr>().is_err()
+            && std::net::ToSocketAddrs::to_socket_addrs(l.as_str()).is_err()
         {
             return Err(invalid(
                 "metrics.listen",
-                format!("{l:?} is not an address like 127.0.0.1:9880"),
+                format!("{l:?} is not an address like 127.0.0.1:9880 or localhost:9880"),
             ));
         }
         let b = &self.buffer;
@@ -1204,6 +1211,18 @@ impl Config {
                 return Err(invalid(
                     format!("output[{i}].name"),
                     format!("duplicate name {:?}", o.name),
+                ));
+            }
+            if !o.path.is_empty()
+                && !o.key_format.has_path()
+                && !matches!(o.kind, OutputKind::Cloudwatch(_) | OutputKind::Stdout)
+            {
+                return Err(invalid(
+                    format!("output[{i}].path"),
+                    format!(
+                        "is {:?}, but key_format ({}) does not use %{{path}}: add %{{path}} to key_format, or leave path out",
+                        o.path, o.key_format
+                    ),
                 ));
             }
             if let OutputKind::S3(s3) = &o.kind {
@@ -1451,6 +1470,27 @@ paths = ["/var/log/spark/user/*/stdout"]
 type = "file"
 dir = "/tmp/out"
 "#;
+
+    /// Issue 35: a `path` goes into the default keys (as fluent-plugin-s3's default format puts
+    /// it); a key format that leaves out a path that is set is an error, not a silent surprise;
+    /// the metrics address may name a host.
+    #[test]
+    fn a_path_is_in_the_default_keys_and_an_unused_one_is_an_error() {
+        let with_path = MINIMAL.replace("dir = \"/tmp/out\"", "dir = \"/tmp/out\"\npath = \"jobs/42\"");
+        let c = Config::parse(&with_path, "test").unwrap();
+        assert_eq!(
+            c.outputs[0].key_format.to_string(),
+            "%{path}/%{tag}/%{time_slice}_%{index}.%{file_extension}"
+        );
+        let unused = with_path.replace("path = ", "key_format = \"%{tag}/%{index}.log\"\npath = ");
+        let e = Config::parse(&unused, "test").unwrap_err().to_string();
+        assert!(e.contains("output[0].path") && e.contains("%{path}"), "{e}");
+        let host = format!("[metrics]\nlisten = \"localhost:9880\"\n{MINIMAL}");
+        assert!(Config::parse(&host, "test").is_ok());
+        let bad = format!("[metrics]\nlisten = \"localhost\"\n{MINIMAL}");
+        let e = Config::parse(&bad, "test").unwrap_err().to_string();
+        assert!(e.contains("metrics.listen"), "{e}");
+    }
 
     #[test]
     fn minimal_config_gets_defaults_and_names() {

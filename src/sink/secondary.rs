@@ -8,7 +8,7 @@
 //! recorded is finished by the next run, which writes the same file again; it never delivers the
 //! chunk as well.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -31,10 +31,11 @@ pub fn reserve_secondary(dir: &Path, basename: &str) -> Result<PathBuf, Secondar
         dir: dir.to_path_buf(),
         source,
     };
-    fs::create_dir_all(dir).map_err(err)?;
+    // Private, as the buffer: what is in it is undelivered logs (0700, ours, 0600 files).
+    crate::fsutil::private_dir(dir).map_err(err)?;
     for n in 0u64.. {
         let path = dir.join(format!("{basename}.{n}"));
-        match OpenOptions::new().write(true).create_new(true).open(&path) {
+        match crate::fsutil::private_file().create_new(true).open(&path) {
             Ok(_) => return Ok(path),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(err(e)),
@@ -58,7 +59,11 @@ pub fn fill_secondary(chunk: &Path, len: u64, dest: &Path, durable: bool) -> Res
     io::Seek::seek(&mut src, io::SeekFrom::Start(delivered)).map_err(err)?;
     // Its first `len` bytes: the file may hold more that were never committed.
     let mut src = io::Read::take(src, len - delivered);
-    let mut f = OpenOptions::new().write(true).truncate(true).open(dest).map_err(err)?;
+    let mut f = crate::fsutil::private_file()
+        .truncate(true)
+        .create(false)
+        .open(dest)
+        .map_err(err)?;
     crate::fsutil::copy_stream(&mut src, &mut f, &mut vec![0u8; 256 * 1024])
         .and_then(|_| if durable { f.sync_all() } else { Ok(()) })
         .map_err(err)

@@ -126,7 +126,10 @@ fn quick_mode_errors_name_the_flag_and_are_usage_errors() {
 #[test]
 fn the_documented_config_example_is_valid() {
     let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md")).unwrap();
-    let start = readme.find("```toml\n").expect("docs/configuration.md has a TOML example") + "```toml\n".len();
+    let start = readme
+        .find("```toml\n")
+        .expect("docs/configuration.md has a TOML example")
+        + "```toml\n".len();
     let end = start + readme[start..].find("```").unwrap();
     let env = Env::new();
     let cfg = env.dir.path().join("readme.toml");
@@ -610,4 +613,72 @@ fn help_explains_exit_codes_and_signals() {
             assert!(text.contains(want), "{cmd} --help lacks {want:?}:\n{text}");
         }
     }
+}
+
+/// Issue 35: what `--once` keeps when a delivery fails is private like every buffer: its
+/// temporary buffer directory 0700, the secondary directory 0700 and its files 0600.
+#[test]
+fn a_failed_once_run_keeps_its_buffer_and_secondary_files_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    fs::write(env.path("app.log"), b"a line nobody else may read\n").unwrap();
+    let not_a_dir = env.dir.path().join("not-a-dir");
+    fs::write(&not_a_dir, b"").unwrap();
+    let tmp = env.dir.path().join("tmp");
+    fs::create_dir_all(&tmp).unwrap();
+    let mut args = env.once_args("app.log", &["--drain-deadline", "2s"]);
+    set_flag(&mut args, "--to", &format!("file://{}/out", not_a_dir.display()));
+    let mut cmd = logship_cmd();
+    cmd.env("TMPDIR", &tmp);
+    let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
+    assert_eq!(d.wait_exit(Duration::from_secs(60)).code(), Some(3), "{}", d.stderr());
+    let buffer = fs::read_dir(&tmp)
+        .unwrap()
+        .next()
+        .expect("the buffer is kept")
+        .unwrap()
+        .path();
+    let mode = |p: &std::path::Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&buffer), 0o700, "{}", buffer.display());
+    let secondary = buffer.join("secondary");
+    assert_eq!(mode(&secondary), 0o700);
+    let file = secondary.join("out.chunk.0");
+    assert_eq!(mode(&file), 0o600);
+    assert_eq!(fs::read(&file).unwrap(), b"a line nobody else may read\n");
+}
+
+/// Issue 35: a typo in `LOGSHIP_LOG` or `LOGSHIP_LOG_FORMAT` is a usage error that names the
+/// variable (it was ignored); with `LOGSHIP_LOG_FORMAT=json`, every line on stderr is JSON, the
+/// summary's too.
+#[test]
+fn log_settings_are_checked_and_json_logs_are_json_to_the_last_line() {
+    let env = Env::new();
+    fs::write(env.path("app.log"), b"one line\n").unwrap();
+    let args = env.once_args("app.log", &[]);
+    for (var, value) in [
+        ("LOGSHIP_LOG", "debgu"),
+        ("LOGSHIP_LOG", "logship=verbose"),
+        ("LOGSHIP_LOG_FORMAT", "jsn"),
+    ] {
+        let out = logship_cmd().args(&args).env(var, value).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}={value}: {err}");
+        assert!(err.contains(var) && err.contains(value), "{var}={value}: {err}");
+    }
+    let out = logship_cmd()
+        .args(&args)
+        .env("LOGSHIP_LOG", "logship=debug,warn")
+        .env("LOGSHIP_LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.lines().count() > 2, "{err}");
+    for line in err.lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not JSON: {line:?}"
+        );
+    }
+    assert!(err.contains("delivered 1 chunks"), "{err}");
 }
