@@ -446,9 +446,9 @@ async fn deliver_loop(
             _ = cancel.wait_for(|d| *d == Deliveries::Cancel) => return,
         };
         let msg = match result {
-            Ok(()) => {
+            Ok(stored) => {
                 crate::crashpoint::hit("delivered-before-ack");
-                Control::Delivered(chunk.seq)
+                Control::Delivered(chunk.seq, stored)
             }
             Err(crate::sink::DeliveryError::Paused) => return,
             Err(e) => Control::Failed(chunk.seq, e.to_string()),

@@ -55,7 +55,8 @@ enum Command {
         config_toml: Option<String>,
     },
     /// Translate a fluentd configuration (as EMR on EKS generates it) into logship's native TOML
-    /// and print it; what is ignored is listed on stderr.
+    /// and print it; what is ignored is listed on stderr. `#{ENV['NAME']}` becomes `${NAME}`,
+    /// resolved where the config runs, so the TOML serves every pod.
     Translate {
         /// The fluentd configuration file.
         file: PathBuf,
@@ -370,8 +371,17 @@ fn real_main(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Translate { file } => {
-            let c = load_fluentd(&file)?;
-            print!("{}", c.to_toml());
+            let p = logship::fluentd::translate_portable(&file).context("cannot translate the fluentd config")?;
+            for w in &p.translation.warnings {
+                tracing::warn!("{w}");
+            }
+            if !p.variables.is_empty() {
+                tracing::info!(
+                    variables = %p.variables.join(", "),
+                    "environment references are kept as ${{NAME}}: they are resolved where the config runs"
+                );
+            }
+            print!("{}", p.translation.config.to_toml());
             Ok(0)
         }
         Command::Ship(args) => {
@@ -425,16 +435,11 @@ fn check_presigned_posts(config: &Config, origin: &std::path::Path, now: std::ti
             continue;
         }
         // The literal start of every key this output writes.
-        let key = o.key_format.to_string().replace("%{path}", &o.path);
-        let cut = [key.find("%{"), key.find("${")]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(key.len());
+        let prefix = logship::sink::preflight::key_prefix(o);
         let problems = logship::sink::presigned_post::problems(
             post,
             s3.bucket.as_deref(),
-            Some(&key[..cut]),
+            Some(&prefix),
             now,
             s3.presigned_post_margin.get(),
         )?;

@@ -44,8 +44,9 @@ pub enum Control {
     /// Stop for a reload: commit what was read and delivered, and return (no drain, nothing
     /// sealed; the next run continues from the committed state).
     Halt,
-    /// A chunk was delivered.
-    Delivered(u64),
+    /// A chunk was delivered: its sequence number, and the bytes the destination stores
+    /// (after compression).
+    Delivered(u64, u64),
     /// A chunk could not be delivered (retries exhausted or permanent error).
     Failed(u64, String),
 }
@@ -386,7 +387,7 @@ impl Pipeline {
                 self.stop_reading = true;
             }
             Control::Halt => self.halt = true,
-            Control::Delivered(seq) => self.delivered(seq),
+            Control::Delivered(seq, stored) => self.delivered(seq, stored),
             Control::Failed(seq, error) => self.failed(seq, &error),
         }
         false
@@ -633,13 +634,15 @@ impl Pipeline {
         }
     }
 
-    fn delivered(&mut self, seq: u64) {
+    fn delivered(&mut self, seq: u64, stored: u64) {
         self.in_flight.remove(&seq);
         if let Some(c) = self.store.chunk(seq) {
-            tracing::debug!(seq, key = %c.key, bytes = c.len, "delivered");
+            tracing::debug!(seq, key = %c.key, bytes = c.len, stored, "delivered");
             if let Some(o) = self.summary.output_mut(&c.output) {
                 o.chunks_delivered += 1;
                 o.bytes_delivered += c.len;
+                o.bytes_stored += stored;
+                o.first_key.get_or_insert_with(|| c.key.clone());
                 o.last_key = Some(c.key.clone());
             }
             if let Some(m) = self.output_metrics(&c.output) {
@@ -800,6 +803,14 @@ impl Pipeline {
         self.summary.damaged_chunks = self.store.damaged().to_vec();
         self.summary.unaccounted = self.store.unaccounted().to_vec();
         self.summary.state_doubts = self.store.state_doubts().to_vec();
+        if let Some(EndReason::HeartbeatNeverAppeared(p)) = &self.drain_reason {
+            // Following ended before the main container was ever seen: what it writes from
+            // now on is not shipped. A run like that never exits 0.
+            self.summary.main_never_seen = Some(format!(
+                "the heartbeat file {} never appeared: logship stopped following before the main container was seen, and what it writes later is not shipped (does its image touch the heartbeat? EMR's do; others need a native sidecar or `logship wrap`)",
+                p.display()
+            ));
+        }
         self.summary.drain_reason = self.drain_reason.take().map(|r| r.to_string());
         self.summary
     }

@@ -46,6 +46,10 @@ pub struct OutputSummary {
     pub chunks_delivered: u64,
     /// Bytes delivered in this run, as read (before compression).
     pub bytes_delivered: u64,
+    /// What the destination stores of them (after compression).
+    pub bytes_stored: u64,
+    /// The key of the first chunk delivered.
+    pub first_key: Option<String>,
     /// The key of the last chunk delivered.
     pub last_key: Option<String>,
     /// Chunks written to the secondary directory.
@@ -70,6 +74,10 @@ pub struct SourceSummary {
 pub struct Summary {
     /// Why the drain started.
     pub drain_reason: Option<String>,
+    /// Why following ended before the main container was ever seen (its heartbeat never
+    /// appeared), when it did: lines it writes later are not shipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub main_never_seen: Option<String>,
     /// Whether the drain deadline passed.
     pub deadline_passed: bool,
     /// Per output.
@@ -109,9 +117,11 @@ impl Summary {
                 .iter()
                 .map(|o| OutputSummary {
                     name: o.name.clone(),
-                    destination: crate::sink::Sink::describe(o),
+                    destination: crate::sink::Sink::written_to(o),
                     chunks_delivered: 0,
                     bytes_delivered: 0,
+                    bytes_stored: 0,
+                    first_key: None,
                     last_key: None,
                     secondary: Vec::new(),
                     events: None,
@@ -130,6 +140,8 @@ impl Summary {
                 Some(o) => {
                     o.chunks_delivered += e.chunks_delivered;
                     o.bytes_delivered += e.bytes_delivered;
+                    o.bytes_stored += e.bytes_stored;
+                    o.first_key = e.first_key.or(o.first_key.take());
                     o.last_key = o.last_key.take().or(e.last_key);
                     let mut secondary = e.secondary;
                     secondary.append(&mut o.secondary);
@@ -183,6 +195,7 @@ impl Summary {
             || !self.unaccounted.is_empty()
             || !self.state_doubts.is_empty()
             || !self.not_shipped.is_empty()
+            || self.main_never_seen.is_some()
         {
             EXIT_UNDELIVERED
         } else if self.outputs.iter().any(|o| !o.secondary.is_empty()) {
@@ -196,8 +209,18 @@ impl Summary {
     pub fn human(&self) -> String {
         let mut s = String::new();
         for o in &self.outputs {
+            let stored = if o.bytes_stored == o.bytes_delivered {
+                String::new()
+            } else {
+                format!(", {} bytes stored", o.bytes_stored)
+            };
+            let keys = match (&o.first_key, &o.last_key) {
+                (Some(a), Some(b)) if a != b => format!(": keys {a} to {b}"),
+                (_, Some(b)) => format!(": key {b}"),
+                _ => String::new(),
+            };
             s.push_str(&format!(
-                "logship: {}: delivered {} chunks ({} bytes) to {}\n",
+                "logship: {}: delivered {} chunks ({} bytes read{stored}) to {}{keys}\n",
                 o.name, o.chunks_delivered, o.bytes_delivered, o.destination
             ));
             if let Some(e) = &o.events {
@@ -241,6 +264,9 @@ impl Summary {
         }
         for n in &self.not_shipped {
             s.push_str(&format!("logship: NOT SHIPPED: {}: {}\n", n.path, n.reason));
+        }
+        if let Some(why) = &self.main_never_seen {
+            s.push_str(&format!("logship: NOT FOLLOWED: {why}\n"));
         }
         for (path, bytes) in &self.unread {
             s.push_str(&format!(

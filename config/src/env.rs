@@ -18,8 +18,22 @@ pub enum EnvError {
     Unclosed(usize),
 }
 
+/// Where a variable's value comes from: the process environment, or a stand-in (`translate`
+/// checks a config it writes for another machine with stand-ins for what is not set here).
+pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The process environment, as a [`Lookup`].
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
 /// Expands the `${NAME}` and `${NAME:-default}` references in `s`.
 pub fn expand(s: &str) -> Result<String, EnvError> {
+    expand_with(s, &process_env)
+}
+
+/// Expands the `${NAME}` and `${NAME:-default}` references in `s`, taking values from `env`.
+pub fn expand_with(s: &str, env: Lookup) -> Result<String, EnvError> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(i) = rest.find("${") {
@@ -39,10 +53,7 @@ pub fn expand(s: &str) -> Result<String, EnvError> {
         if name == "tag" || !valid {
             out.push_str(&rest[i..i + 2 + end + 1]);
         } else {
-            match (
-                std::env::var(name).ok().filter(|v| !v.is_empty() || default.is_none()),
-                default,
-            ) {
+            match (env(name).filter(|v| !v.is_empty() || default.is_none()), default) {
                 (Some(v), _) => out.push_str(&v),
                 (None, Some(d)) => out.push_str(d),
                 (None, None) => return Err(EnvError::Missing(name.to_string())),
@@ -57,9 +68,14 @@ pub fn expand(s: &str) -> Result<String, EnvError> {
 /// Expands every string in `value` (tables and arrays included, keys left alone); an error
 /// names the dotted key of the value that failed, e.g. `output[0].dir`.
 pub fn expand_all(value: &mut toml::Value, key: &str) -> Result<(), (String, EnvError)> {
+    expand_all_with(value, key, &process_env)
+}
+
+/// [`expand_all`] with the values from `env`.
+pub fn expand_all_with(value: &mut toml::Value, key: &str, env: Lookup) -> Result<(), (String, EnvError)> {
     match value {
         toml::Value::String(s) if s.contains("${") => {
-            *s = expand(s).map_err(|e| (key.to_string(), e))?;
+            *s = expand_with(s, env).map_err(|e| (key.to_string(), e))?;
         }
         toml::Value::Array(items) => {
             let plain_list = items.iter().all(|v| !v.is_table());
@@ -70,7 +86,7 @@ pub fn expand_all(value: &mut toml::Value, key: &str) -> Result<(), (String, Env
                 } else {
                     format!("{key}[{i}]")
                 };
-                expand_all(v, &k)?;
+                expand_all_with(v, &k, env)?;
             }
         }
         toml::Value::Table(t) => {
@@ -80,7 +96,7 @@ pub fn expand_all(value: &mut toml::Value, key: &str) -> Result<(), (String, Env
                 } else {
                     format!("{key}.{k}")
                 };
-                expand_all(v, &k)?;
+                expand_all_with(v, &k, env)?;
             }
         }
         _ => {}

@@ -1023,6 +1023,12 @@ impl Config {
 
     /// Parses and validates TOML text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        Config::parse_with_env(text, origin, &env::process_env)
+    }
+
+    /// [`Config::parse`], with `${NAME}` references taken from `lookup` instead of the process
+    /// environment (`translate` checks the config it writes with stand-ins).
+    pub fn parse_with_env(text: &str, origin: &str, lookup: env::Lookup) -> Result<Config, ConfigError> {
         let parse_err = |e: toml::de::Error| ConfigError::Parse {
             origin: origin.to_string(),
             message: e.to_string(),
@@ -1030,7 +1036,8 @@ impl Config {
         // Environment references are expanded in every string value before the values are
         // typed, so `timekey = "${TIMEKEY:-30s}"` works as well as a path does.
         let mut doc: toml::Value = toml::from_str(text).map_err(parse_err)?;
-        env::expand_all(&mut doc, "").map_err(|(key, e)| invalid(key, e.to_string()).naming_origin(origin))?;
+        env::expand_all_with(&mut doc, "", lookup)
+            .map_err(|(key, e)| invalid(key, e.to_string()).naming_origin(origin))?;
         let mut config: Config = match doc.try_into() {
             Ok(c) => c,
             // Parsed from the text, the same mistake comes with its line and column, unless the
@@ -1084,6 +1091,16 @@ impl Config {
     /// Fills in names and derived defaults.
     pub fn normalize(&mut self) {
         self.lifecycle.drain_deadline = Some(HumanDuration(self.lifecycle.drain_deadline()));
+        // `heartbeat_file = "${SIDECAR_SIGNAL_FILE:-}"` (what `translate` writes): no heartbeat
+        // where the pod has none.
+        if self
+            .lifecycle
+            .heartbeat_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            self.lifecycle.heartbeat_file = None;
+        }
         for (i, s) in self.sources.iter_mut().enumerate() {
             if s.name.is_empty() {
                 s.name = format!("source-{i}");
@@ -1425,11 +1442,33 @@ fn validate_s3(i: usize, s3: &S3Settings) -> Result<(), ConfigError> {
             ));
         }
     }
+    if let Some(e) = &s3.endpoint {
+        check_endpoint(format!("output[{i}].s3.endpoint"), e)?;
+    }
     if s3.part_size.bytes() < 5 << 20 {
         return Err(invalid(
             format!("output[{i}].s3.part_size"),
             "S3 parts are at least 5MiB",
         ));
+    }
+    Ok(())
+}
+
+/// An endpoint is an `http://` or `https://` URL with a host: without the scheme the SDK's
+/// requests fail one by one, retried for as long as the retry timeout allows.
+fn check_endpoint(key: String, e: &str) -> Result<(), ConfigError> {
+    if e.contains("${") {
+        return Ok(());
+    }
+    let Some(rest) = e.strip_prefix("https://").or_else(|| e.strip_prefix("http://")) else {
+        return Err(invalid(
+            key,
+            format!("{e:?} is not a URL: it needs a scheme, e.g. http://{e} or https://{e}"),
+        ));
+    };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() || host.starts_with(':') || e.contains(char::is_whitespace) {
+        return Err(invalid(key, format!("{e:?} has no host")));
     }
     Ok(())
 }
@@ -1441,6 +1480,21 @@ fn validate_cloudwatch(i: usize, cw: &CloudWatchSettings) -> Result<(), ConfigEr
             format!("output[{i}].cloudwatch.log_group"),
             "required for type = \"cloudwatch\"",
         ));
+    }
+    // CloudWatch's rule for group names; a `${NAME}` not yet expanded (a config built for a
+    // pod, by the injector) is checked where it runs.
+    let group_chars = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/' | '#');
+    if !cw.log_group.contains("${") && (cw.log_group.len() > 512 || !cw.log_group.chars().all(group_chars)) {
+        return Err(invalid(
+            format!("output[{i}].cloudwatch.log_group"),
+            format!(
+                "{:?} is not a CloudWatch log group name: 1 to 512 characters of a-z, A-Z, 0-9, '.', '-', '_', '/', '#'",
+                cw.log_group
+            ),
+        ));
+    }
+    if let Some(e) = &cw.endpoint {
+        check_endpoint(format!("output[{i}].cloudwatch.endpoint"), e)?;
     }
     if cw.log_stream.is_empty() || cw.log_stream.contains([':', '*']) {
         return Err(invalid(
@@ -1490,6 +1544,43 @@ dir = "/tmp/out"
         let bad = format!("[metrics]\nlisten = \"localhost\"\n{MINIMAL}");
         let e = Config::parse(&bad, "test").unwrap_err().to_string();
         assert!(e.contains("metrics.listen"), "{e}");
+    }
+
+    /// Issue 35: an endpoint without a scheme and a log group CloudWatch would refuse are
+    /// config errors naming the key (they used to be retried until the retry timeout).
+    #[test]
+    fn an_endpoint_without_a_scheme_and_a_bad_log_group_are_refused() {
+        let s3 = |endpoint: &str| {
+            format!(
+                "[[source]]\ntype = \"tail\"\npaths = [\"/l/*.log\"]\n[[output]]\ntype = \"s3\"\n[output.s3]\nbucket = \"b\"\nendpoint = \"{endpoint}\"\n"
+            )
+        };
+        for bad in ["127.0.0.1:5077", "localhost:9000/x", "ftp://h", "http://", "http://:80"] {
+            let e = Config::parse(&s3(bad), "test").unwrap_err().to_string();
+            assert!(e.contains("output[0].s3.endpoint"), "{bad}: {e}");
+        }
+        let e = Config::parse(&s3("127.0.0.1:5077"), "test").unwrap_err().to_string();
+        assert!(e.contains("http://127.0.0.1:5077"), "the message shows the fix: {e}");
+        for good in [
+            "http://127.0.0.1:5077",
+            "https://s3.eu-west-1.amazonaws.com/",
+            "http://minio:9000",
+        ] {
+            Config::parse(&s3(good), "test").unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        let cw = |group: &str| {
+            format!(
+                "[[source]]\ntype = \"tail\"\npaths = [\"/l/*.log\"]\n[[output]]\ntype = \"cloudwatch\"\n[output.cloudwatch]\nlog_group = \"{group}\"\nendpoint = \"localhost:4566\"\n"
+            )
+        };
+        let e = Config::parse(&cw("/emr/ok"), "test").unwrap_err().to_string();
+        assert!(e.contains("output[0].cloudwatch.endpoint"), "{e}");
+        let cw_ok = |group: &str| cw(group).replace("localhost:4566", "http://localhost:4566");
+        Config::parse(&cw_ok("/aws/emr-on-eks/job_1#a.b"), "test").unwrap();
+        for bad in ["my group", "a:b", "grp*", &"g".repeat(513)] {
+            let e = Config::parse(&cw_ok(bad), "test").unwrap_err().to_string();
+            assert!(e.contains("output[0].cloudwatch.log_group"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub fn configmap(req: &ConfigMapRequest) -> Result<(Value, Vec<String>), ConfigM
     let mut data = Map::new();
     let mut notes = Vec::new();
     let mut containers = Vec::new();
+    // `--termination auto` is decided per template, and the role's config follows it.
+    let mut role_opts = Vec::new();
     for (role, input) in [(Role::Driver, &req.driver), (Role::Executor, &req.executor)] {
         let (text, origin) = input.clone().unwrap_or_default();
         let origin = if origin.is_empty() {
@@ -59,6 +61,7 @@ pub fn configmap(req: &ConfigMapRequest) -> Result<(Value, Vec<String>), ConfigM
         };
         let mut pod = document::parse(&text, &origin)?;
         notes.extend(document::validate(&pod, &origin)?);
+        role_opts.push(opts.resolved_for(&pod).0);
         notes.extend(
             inject(&mut pod, role, &opts, Target::Template).map_err(|source| ConfigMapError::Patch {
                 role: role.label(),
@@ -71,8 +74,8 @@ pub fn configmap(req: &ConfigMapRequest) -> Result<(Value, Vec<String>), ConfigM
             json!(document::print(&pod, document::Format::Yaml)),
         );
     }
-    for role in [Role::Driver, Role::Executor] {
-        let (toml, n) = config_toml(&opts, role).map_err(|e| ConfigMapError::Patch {
+    for (role, opts) in [Role::Driver, Role::Executor].into_iter().zip(&role_opts) {
+        let (toml, n) = config_toml(opts, role).map_err(|e| ConfigMapError::Patch {
             role: role.label(),
             source: e.into(),
         })?;

@@ -43,9 +43,14 @@ impl Role {
 /// How the sidecar learns that the Spark container has ended (see `docs/injector.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Termination {
+    /// `heartbeat` where the pod is EMR's (its Spark container sets `SIDECAR_SIGNAL_FILE`, or
+    /// EMR's fluentd sidecar is there: EMR's images touch the heartbeat), `native` elsewhere (a
+    /// plain Spark image touches no heartbeat, and a sidecar waiting for one would stop
+    /// following before Spark wrote anything). The choice is printed with the pod's reason.
+    #[default]
+    Auto,
     /// The Spark container touches the heartbeat file every 2 s (EMR's images do); the sidecar
     /// drains when it goes stale. A regular container after Spark's.
-    #[default]
     Heartbeat,
     /// A Kubernetes native sidecar (an init container with `restartPolicy: Always`, Kubernetes
     /// ≥ 1.29): the kubelet sends SIGTERM once the Spark container has ended.
@@ -176,6 +181,51 @@ pub mod paths {
 }
 
 impl SidecarOptions {
+    /// These options with `--termination auto` decided for `pod` (a pod or a pod template),
+    /// and a note that says what was chosen and why (None when the mode was given).
+    pub fn resolved_for(&self, pod: &serde_json::Value) -> (SidecarOptions, Option<String>) {
+        if self.termination != Termination::Auto {
+            return (self.clone(), None);
+        }
+        let spec = &pod["spec"];
+        let containers = ["containers", "initContainers"]
+            .iter()
+            .filter_map(|k| spec[k].as_array())
+            .flatten();
+        let mut emr = None;
+        for c in containers {
+            let name = c["name"].as_str().unwrap_or_default();
+            if name == "emr-container-fluentd" {
+                emr = Some(format!("EMR's fluentd sidecar ({name}) is in the pod"));
+                break;
+            }
+            let sets_heartbeat = c["env"].as_array().is_some_and(|env| {
+                env.iter()
+                    .any(|e| e["name"].as_str() == Some(logship_config::contract::SIDECAR_SIGNAL_FILE))
+            });
+            if sets_heartbeat && name != self.name {
+                emr = Some(format!(
+                    "container {name} sets {}, as EMR's Spark containers do",
+                    logship_config::contract::SIDECAR_SIGNAL_FILE
+                ));
+                break;
+            }
+        }
+        let (termination, note) = match emr {
+            Some(why) => (
+                Termination::Heartbeat,
+                format!("--termination auto chose heartbeat: {why}"),
+            ),
+            None => (
+                Termination::Native,
+                "--termination auto chose native (an init container with restartPolicy: Always; Kubernetes >= 1.29): nothing in the pod writes EMR's heartbeat; for an older cluster use --termination wrap".to_string(),
+            ),
+        };
+        let mut resolved = self.clone();
+        resolved.termination = termination;
+        (resolved, Some(note))
+    }
+
     /// The signal file of wrap mode, next to `heartbeat`.
     pub fn signal_file(heartbeat: &Path) -> PathBuf {
         heartbeat

@@ -53,7 +53,10 @@ pub type Notes = Vec<String>;
 
 /// Patches `pod` for `role`. Returns notes (for stderr or admission warnings).
 pub fn inject(pod: &mut Value, role: Role, opts: &SidecarOptions, target: Target) -> Result<Notes, PatchError> {
+    let (opts, chosen) = opts.resolved_for(pod);
+    let opts = &opts;
     let (config, mut notes) = config_toml(opts, role)?;
+    notes.extend(chosen);
     let root = pod.as_object_mut().ok_or_else(|| shape("", "a pod is a mapping"))?;
     let spec = child_object(root, "spec", "spec")?;
     let install_name = format!("{}-install", opts.name);
@@ -112,7 +115,8 @@ pub fn inject(pod: &mut Value, role: Role, opts: &SidecarOptions, target: Target
 
     // The heartbeat file: what the Spark container already uses, else ours.
     let heartbeat = match opts.termination {
-        Termination::Native => None,
+        // (Auto was decided against this pod above.)
+        Termination::Native | Termination::Auto => None,
         Termination::Heartbeat | Termination::Wrap => Some(match env_value(spark, SIDECAR_SIGNAL_FILE)? {
             Some(v) => v,
             None => opts.heartbeat_file.display().to_string(),
@@ -273,7 +277,7 @@ pub fn inject(pod: &mut Value, role: Role, opts: &SidecarOptions, target: Target
     let sidecar = Value::Object(sidecar);
 
     match opts.termination {
-        Termination::Native => {
+        Termination::Native | Termination::Auto => {
             let at = match old_sidecar {
                 Some(("initContainers", i)) => i.min(init.len()),
                 _ => init.len(),

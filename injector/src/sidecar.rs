@@ -175,7 +175,9 @@ pub fn config_for(opts: &SidecarOptions, role: Role) -> Result<(Config, Vec<Stri
             config.lifecycle.heartbeat_file = Some(var(SIDECAR_SIGNAL_FILE).into());
             config.lifecycle.signal_file = Some(var(LOGSHIP_SIGNAL_FILE).into());
         }
-        Termination::Native => config.lifecycle.drain_deadline = Some(HumanDuration::secs(25)),
+        // Auto is decided against the pod by `inject`; without a pod (the webhook's check of
+        // its options at start) the config is native's.
+        Termination::Native | Termination::Auto => config.lifecycle.drain_deadline = Some(HumanDuration::secs(25)),
     }
     Ok((config, notes))
 }

@@ -40,7 +40,10 @@ pub const ANNOTATIONS: &[(&str, &str)] = &[
         "logship.io/presigned-post-secret",
         "a Secret holding a presigned POST, as --presigned-post-secret",
     ),
-    ("logship.io/termination", "heartbeat, native or wrap, as --termination"),
+    (
+        "logship.io/termination",
+        "auto, heartbeat, native or wrap, as --termination",
+    ),
     ("logship.io/store-as", "text, gzip or zstd, as --store-as"),
 ];
 

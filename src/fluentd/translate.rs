@@ -179,6 +179,20 @@ struct Src<'a> {
 /// variables (the heartbeat file). logship's buffer goes next to the first fluentd buffer path
 /// (`<dir>/logship`), or the default when the config names none.
 pub fn translate(root: &Element, env: &dyn Fn(&str) -> Option<String>) -> Result<Translation, TranslateError> {
+    let t = translate_unchecked(root, env)?;
+    t.config.validate().map_err(|e| TranslateError {
+        pos: root.pos.clone(),
+        message: format!("the translated config is not valid: {e}"),
+    })?;
+    Ok(t)
+}
+
+/// [`translate`] without the final check, for a config whose values are still `${NAME}`
+/// references (checked by the caller once they have values).
+pub fn translate_unchecked(
+    root: &Element,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Translation, TranslateError> {
     let mut warnings = Vec::new();
     // Flatten <worker N> (logship runs one pipeline) and collect sources, labels and matches.
     let mut items: Vec<&Element> = Vec::new();
@@ -304,10 +318,6 @@ pub fn translate(root: &Element, env: &dyn Fn(&str) -> Option<String>) -> Result
         metrics: Default::default(),
     };
     config.normalize();
-    config.validate().map_err(|e| TranslateError {
-        pos: root.pos.clone(),
-        message: format!("the translated config is not valid: {e}"),
-    })?;
     Ok(Translation {
         config,
         warnings: t.warnings,
@@ -572,6 +582,15 @@ impl Translator<'_> {
                 "{}: s3_object_key_format: a presigned POST cannot see existing objects, so logship adds %{{hex_random}} to keep a later run from overwriting this one's objects ({key})",
                 m.pos
             ));
+        }
+        if !out.path.is_empty() && !event_log && !key.contains("%{path}") {
+            // fluent-plugin-s3 ignores a path its key format does not use; logship refuses
+            // such a config, so the translation leaves the unused path out and says so.
+            self.warnings.push(format!(
+                "{}: path {:?} is not used by s3_object_key_format ({key}): left out",
+                m.pos, out.path
+            ));
+            out.path.clear();
         }
         out.key_format = KeyTemplate::parse(&key).map_err(|e| TranslateError {
             pos: key_param.map_or_else(|| m.pos.clone(), |p| p.pos.clone()),

@@ -10,6 +10,7 @@ pub mod compress;
 pub mod file;
 pub mod file_body;
 pub mod log_events;
+pub mod preflight;
 pub mod presigned_post;
 pub mod retry;
 pub mod s3;
@@ -34,6 +35,14 @@ pub enum DeliveryError {
     /// the kubelet refreshes the Secret on its own schedule.
     #[error("{0}")]
     Credentials(String),
+    /// The destination refused for a reason retrying does not fix but a person may, soon: the
+    /// bucket does not exist, access is denied, the key id or signature is not accepted, a
+    /// presigned POST's policy does not allow this key or size. Tried again on the usual
+    /// schedule for at most [`retry::REFUSED_FOR`] (a bucket being created, a role's policy
+    /// being attached, credentials being rotated), then the chunk goes to the secondary
+    /// directory and the exit code says so. Never the 24 h of the retry timeout.
+    #[error("{0}")]
+    Refused(String),
     /// Not tried: the engine is stopping its deliveries to reload the configuration. The chunk
     /// stays in the buffer and the next engine delivers it.
     #[error("paused for a configuration reload")]
@@ -93,6 +102,23 @@ pub enum SetupError {
     /// variable).
     #[error("the AWS credential configuration is invalid: {0}")]
     BadCredentials(String),
+    /// The host of an endpoint did not resolve, tried for as long as a pod's DNS may take to
+    /// come up.
+    #[error("cannot resolve {host} (from {url}) after {waited_secs}s: {error}")]
+    Unresolved {
+        /// The host name.
+        host: String,
+        /// The URL it is from (an endpoint, a presigned POST's form action).
+        url: String,
+        /// How long it was tried.
+        waited_secs: u64,
+        /// The resolver's last answer.
+        error: String,
+    },
+    /// The presigned POST file is missing, unreadable, or made for other keys than the
+    /// output writes: uploads would fail until the drain deadline.
+    #[error("{0}")]
+    PresignedPost(String),
 }
 
 /// Whether anything besides IMDS is set up to give credentials: keys, web identity (IRSA), the
@@ -170,9 +196,11 @@ pub enum Sink {
 }
 
 impl Sink {
-    /// Builds the output described by `config` (the SDK outputs load the AWS configuration,
-    /// and refuse to start without a region or any credentials).
+    /// Builds the output described by `config` after its [`preflight`] checks (the SDK
+    /// outputs load the AWS configuration, and refuse to start without a region or any
+    /// credentials).
     pub async fn build(config: &OutputConfig, records: &Records) -> Result<Sink, SetupError> {
+        preflight::check(config).await?;
         Ok(match &config.kind {
             OutputKind::File { dir } => Sink::File(file::FileSink::new(dir.clone())),
             OutputKind::Stdout => Sink::Stdout(stdout::StdoutSink),
@@ -222,6 +250,30 @@ impl Sink {
         }
     }
 
+    /// Where an output's data is, for the summary: for S3, the bucket (a presigned POST's own,
+    /// from its policy, which start-up checked against the output's) and the literal start of
+    /// its keys; elsewhere [`Sink::describe`].
+    pub fn written_to(config: &OutputConfig) -> String {
+        let OutputKind::S3(s3) = &config.kind else {
+            return Self::describe(config);
+        };
+        let from_post = || {
+            let path = s3.presigned_post.as_ref()?;
+            let post = presigned_post::PresignedPost::load(path).ok()?;
+            post.bucket(&post.policy(path).ok()?)
+        };
+        match s3.bucket.clone().or_else(from_post) {
+            Some(b) => {
+                let at = format!("s3://{b}/{}", preflight::key_prefix(config));
+                match &s3.presigned_post {
+                    Some(p) => format!("{at} (presigned POST {})", p.display()),
+                    None => at,
+                }
+            }
+            None => Self::describe(config),
+        }
+    }
+
     /// Where an output's chunks land, as recorded with them in the buffer: what must not
     /// change under a chunk between the run that wrote it and the run that delivers it. Unlike
     /// [`Sink::describe`], it leaves out how the destination is reached (a presigned POST file).
@@ -242,14 +294,15 @@ impl Sink {
     }
 
     /// Delivers one chunk, then deletes the keys it replaces (`delete_after`). A retry repeats
-    /// both; both are idempotent.
-    pub async fn deliver(&self, chunk: &SealedChunk) -> Result<(), DeliveryError> {
-        match self {
-            Sink::File(f) => f.deliver(chunk).await?,
-            Sink::Stdout(s) => s.deliver(chunk).await?,
+    /// both; both are idempotent. Returns the bytes the destination stores (after compression;
+    /// the chunk's own length where nothing is compressed), for the summary.
+    pub async fn deliver(&self, chunk: &SealedChunk) -> Result<u64, DeliveryError> {
+        let stored = match self {
+            Sink::File(f) => f.deliver(chunk).await.map(|()| chunk.len)?,
+            Sink::Stdout(s) => s.deliver(chunk).await.map(|()| chunk.len)?,
             Sink::S3(s) => s.deliver(chunk).await?,
-            Sink::CloudWatch(c) => c.deliver(chunk).await?,
-        }
+            Sink::CloudWatch(c) => c.deliver(chunk).await.map(|()| chunk.len)?,
+        };
         for key in &chunk.delete_after {
             match self {
                 Sink::File(f) => f.delete(key)?,
@@ -257,6 +310,6 @@ impl Sink {
                 Sink::S3(s) => s.delete(key).await?,
             }
         }
-        Ok(())
+        Ok(stored)
     }
 }

@@ -49,6 +49,14 @@ pub enum PostError {
         /// What is wrong.
         message: String,
     },
+    /// The policy has expired (with the margin for clock skew).
+    #[error("presigned POST file {path}: {message}")]
+    Expired {
+        /// The file.
+        path: PathBuf,
+        /// When, and what the clock says.
+        message: String,
+    },
     /// The policy forbids this upload.
     #[error("presigned POST file {path}: {message}")]
     Refused {
@@ -219,12 +227,15 @@ impl PresignedPost {
         let now: chrono::DateTime<chrono::Utc> = now.into();
         let margin = chrono::Duration::from_std(margin).unwrap_or_default();
         if now + margin >= policy.expiration {
-            return Err(refused(format!(
-                "policy expired at {} (now {}, margin {}s); waiting for a refreshed file",
-                policy.expiration.to_rfc3339(),
-                now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                margin.num_seconds()
-            )));
+            return Err(PostError::Expired {
+                path: path.to_path_buf(),
+                message: format!(
+                    "policy expired at {} (now {}, margin {}s); waiting for a refreshed file",
+                    policy.expiration.to_rfc3339(),
+                    now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    margin.num_seconds()
+                ),
+            });
         }
         let fields = self.form_fields(key);
         for c in &policy.conditions {
@@ -345,7 +356,12 @@ pub async fn upload(
     let post = PresignedPost::load(post_path).map_err(credentials)?;
     let policy = post
         .check(post_path, key, len, SystemTime::now(), margin)
-        .map_err(credentials)?;
+        .map_err(|e| match e {
+            // Expired: the kubelet brings a refreshed file; the chunk waits for it.
+            PostError::Expired { .. } => credentials(e),
+            // A key, size or field the policy does not allow: a refreshed file allows no more.
+            _ => DeliveryError::Refused(e.to_string()),
+        })?;
     let mut form = reqwest::multipart::Form::new();
     for (k, v) in post.form_fields(key) {
         form = form.text(k, v);
@@ -378,12 +394,17 @@ pub async fn upload(
     let detail = s3_error_summary(&body);
     let msg = format!("POST {key:?} to {}: HTTP {status}: {detail}", post.url);
     Err(match status.as_u16() {
-        403 => DeliveryError::Credentials(format!("{msg}; re-reading {} and trying again", post_path.display())),
+        // Expired (S3's clock is ahead of ours), or a signature made before the Secret was
+        // refreshed: a refreshed file fixes it.
+        403 if detail.contains("xpired") || detail.contains("ExpiredToken") => {
+            DeliveryError::Credentials(format!("{msg}; re-reading {} and trying again", post_path.display()))
+        }
+        403 | 404 => DeliveryError::Refused(format!("{msg}; re-reading {} and trying again", post_path.display())),
         400 if detail.contains("EntityTooLarge")
             || detail.contains("EntityTooSmall")
             || detail.contains("InvalidPolicyDocument") =>
         {
-            DeliveryError::Credentials(format!("{msg}; waiting for a presigned POST that allows it"))
+            DeliveryError::Refused(format!("{msg}; a presigned POST that allows it may still come"))
         }
         408 | 429 | 500..=599 => DeliveryError::Retryable(msg),
         _ => DeliveryError::Permanent(msg),
@@ -483,6 +504,16 @@ pub fn problems(
     if now + chrono::Duration::from_std(margin).unwrap_or_default() >= policy.expiration {
         v.push(format!("expired at {}", policy.expiration.to_rfc3339()));
     }
+    v.extend(mismatches(path, bucket, key_prefix)?);
+    Ok(v)
+}
+
+/// [`problems`] that a refreshed file cannot fix (all but expiry): the output starts only
+/// without them.
+pub fn mismatches(path: &Path, bucket: Option<&str>, key_prefix: Option<&str>) -> Result<Vec<String>, PostError> {
+    let post = PresignedPost::load(path)?;
+    let policy = post.policy(path)?;
+    let mut v = Vec::new();
     if let (Some(want), Some(got)) = (bucket, post.bucket(&policy))
         && want != got
     {

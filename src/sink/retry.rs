@@ -27,10 +27,14 @@ pub enum Deliveries {
 /// Longest wait between two tries while waiting for valid credentials.
 const CREDENTIALS_MAX_WAIT: Duration = Duration::from_secs(15);
 
+/// How long a chunk whose delivery is [refused](DeliveryError::Refused) is tried again before
+/// it goes to the secondary directory.
+pub const REFUSED_FOR: Duration = Duration::from_secs(60);
+
 /// Delivers `chunk`: retryable errors follow `config`'s schedule (the last error is returned when
-/// retries are exhausted or `config.timeout` has passed); credential errors (an expired or
-/// refusing presigned POST) are retried without limit, re-reading the credentials each time;
-/// permanent errors return at once.
+/// retries are exhausted or `config.timeout` has passed); credential errors (an expired
+/// presigned POST) are retried without limit, re-reading the credentials each time; refusals
+/// for [`REFUSED_FOR`]; permanent errors return at once.
 /// Every failed attempt that is tried again counts in `retries`.
 ///
 /// Once `deliveries` is not `Run`, no new attempt starts and waits between attempts end early:
@@ -42,25 +46,41 @@ pub async fn deliver_with_retry(
     config: &RetryConfig,
     retries: &AtomicU64,
     deliveries: &watch::Receiver<Deliveries>,
-) -> Result<(), DeliveryError> {
+) -> Result<u64, DeliveryError> {
     retry(|| sink.deliver(chunk), &chunk.key, config, retries, deliveries).await
 }
 
 /// [`deliver_with_retry`] for any attempt (`key` names what it delivers, in messages).
-pub(crate) async fn retry<F, Fut>(
+pub(crate) async fn retry<F, Fut, T>(
     mut attempt: F,
     key: &str,
     config: &RetryConfig,
     retries: &AtomicU64,
     deliveries: &watch::Receiver<Deliveries>,
-) -> Result<(), DeliveryError>
+) -> Result<T, DeliveryError>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), DeliveryError>>,
+    Fut: Future<Output = Result<T, DeliveryError>>,
 {
     let mut wait = config.wait.get().max(Duration::from_millis(100));
+    let mut refused_since: Option<tokio::time::Instant> = None;
     loop {
         match with_backoff(&mut attempt, key, config, retries, deliveries).await {
+            Err(DeliveryError::Refused(e)) => {
+                let since = *refused_since.get_or_insert_with(tokio::time::Instant::now);
+                let left = REFUSED_FOR.saturating_sub(since.elapsed());
+                if left.is_zero() {
+                    return Err(DeliveryError::Refused(format!(
+                        "{e} (refused for {}s: no retry fixes that)",
+                        since.elapsed().as_secs()
+                    )));
+                }
+                retries.fetch_add(1, Ordering::Relaxed);
+                let jittered = wait.mul_f64(0.5 + fastrand::f64() / 2.0).min(left);
+                tracing::warn!(%key, error = %e, retry_in = ?jittered, "the destination refused the chunk; trying again for at most a minute");
+                sleep_unless_paused(jittered, deliveries.clone()).await;
+                wait = (wait * 2).min(CREDENTIALS_MAX_WAIT);
+            }
             Err(e) if e.is_credentials() => {
                 retries.fetch_add(1, Ordering::Relaxed);
                 // Jittered (half to the full wait), so the executors of a job whose credentials
@@ -105,16 +125,16 @@ pub fn schedule(config: &RetryConfig) -> impl Iterator<Item = Duration> + Send +
     })
 }
 
-async fn with_backoff<F, Fut>(
+async fn with_backoff<F, Fut, T>(
     attempt: &mut F,
     key: &str,
     config: &RetryConfig,
     retries: &AtomicU64,
     deliveries: &watch::Receiver<Deliveries>,
-) -> Result<(), DeliveryError>
+) -> Result<T, DeliveryError>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), DeliveryError>>,
+    Fut: Future<Output = Result<T, DeliveryError>>,
 {
     let for_sleep = deliveries.clone();
     let attempt = || {
@@ -277,6 +297,31 @@ mod tests {
         .await;
         assert!(r.is_ok());
         assert_eq!(at.len(), 9);
+    }
+
+    /// Issue 35: a refusal (no such bucket, access denied) is tried again for a minute, not for
+    /// the 24 h of the retry timeout, then returned (the chunk goes to the secondary); one that
+    /// passes inside the minute (the bucket was created) is delivered.
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_is_tried_again_for_a_minute_then_returned() {
+        let (_tx, rx) = running();
+        let c = config(1, 2.0, 30, true, 100, 86_400);
+        let (r, at, retries) = attempts(&c, |_| Some(DeliveryError::Refused("NoSuchBucket".into())), &rx).await;
+        assert!(
+            matches!(&r, Err(DeliveryError::Refused(e)) if e.contains("NoSuchBucket") && e.contains("refused for 60s")),
+            "{r:?}"
+        );
+        let last = *at.last().unwrap();
+        assert!((60.0..61.0).contains(&last), "{at:?}");
+        assert!(at.len() >= 5 && retries == at.len() as u64 - 1, "{at:?}");
+        assert!(at.windows(2).all(|w| w[1] - w[0] <= 15.0), "{at:?}");
+        let (r, at, _) = attempts(
+            &c,
+            |i| (i < 3).then(|| DeliveryError::Refused("AccessDenied".into())),
+            &rx,
+        )
+        .await;
+        assert!(r.is_ok() && at.len() == 4, "{r:?} {at:?}");
     }
 
     /// Paused (a reload), no new attempt starts and the wait ends at once.

@@ -83,8 +83,8 @@ impl S3Sink {
         }
     }
 
-    /// Uploads one chunk.
-    pub async fn deliver(&self, chunk: &SealedChunk) -> Result<(), DeliveryError> {
+    /// Uploads one chunk; returns the size of the object (compressed, when it is).
+    pub async fn deliver(&self, chunk: &SealedChunk) -> Result<u64, DeliveryError> {
         let store_as = self.settings.store_as;
         let level = self.settings.compression_level;
         let (src, chunk_len) = (chunk.path.clone(), chunk.len);
@@ -132,7 +132,7 @@ impl S3Sink {
         if result.is_ok() {
             cleanup(&chunk.path, store_as);
         }
-        result
+        result.map(|()| len)
     }
 
     /// Deletes the object at `key`. With a presigned POST there is no way to delete: the object
@@ -481,11 +481,26 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
             | "BadDigest" | "IncompleteBody"
             // Another conditional write to the key was in flight: look again.
             | "ConditionalRequestConflict"
-            // Credentials from IRSA / Pod Identity are refreshed by the SDK: worth another try.
-            | "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch"
+    );
+    // What a person fixes (the bucket created, a policy attached, credentials rotated; IRSA's
+    // and Pod Identity's are refreshed by the SDK): tried again for a minute, not for a day.
+    let refused_code = matches!(
+        code.as_str(),
+        "NoSuchBucket"
+            | "AccessDenied"
+            | "InvalidAccessKeyId"
+            // (s3s's answer to an unknown key id.)
+            | "NotSignedUp"
+            | "SignatureDoesNotMatch"
+            | "AllAccessDisabled"
+            | "AccountProblem"
+            | "InvalidBucketName"
+            | "PermanentRedirect"
+            | "AuthorizationHeaderMalformed"
     );
     match &e {
         SdkError::ServiceError(_) if transient_code => DeliveryError::Retryable(text),
+        SdkError::ServiceError(_) if refused_code => DeliveryError::Refused(text),
         SdkError::ServiceError(_) if status.is_some_and(|s| s >= 500 || s == 429 || s == 408) => {
             DeliveryError::Retryable(text)
         }

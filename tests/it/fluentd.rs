@@ -423,31 +423,133 @@ fn the_parser_never_panics_on_mangled_configs() {
     }
 }
 
+/// Issue 35, item 5: `translate` works off the cluster. With none of EMR's variables set, EMR's
+/// own configs translate; their `#{ENV['NAME']}` become `${NAME}` in the TOML (never a value of
+/// the machine that translated), and the TOML is resolved where it runs: `check` with the pod's
+/// environment fills in the directory and application, and without it names the variable.
 #[test]
-fn translate_prints_native_toml_that_run_accepts() {
+fn translate_keeps_environment_references_and_the_toml_resolves_them_where_it_runs() {
     let root = tempfile::tempdir().unwrap();
-    let conf = root.path().join("fluent.conf");
-    fs::write(&conf, relocate(&fixture("fluentd-driver.conf"), root.path())).unwrap();
-    let out = crate::common::logship_cmd()
-        .arg("translate")
-        .arg(&conf)
-        .env("K8S_SPARK_EVENT_LOG_DIR", "/var/log/spark/apps")
-        .env("SPARK_APPLICATION_ID", "spark-1")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let toml = String::from_utf8(out.stdout).unwrap();
+    let unset = [
+        "K8S_SPARK_EVENT_LOG_DIR",
+        "SPARK_APPLICATION_ID",
+        "SIDECAR_SIGNAL_FILE",
+        "POD_METADATA_PATH",
+        "FLUENTD_CONF",
+    ];
+    let translate = |name: &str| {
+        let conf = root.path().join(name);
+        fs::write(&conf, relocate(&fixture(name), root.path())).unwrap();
+        let mut cmd = crate::common::logship_cmd();
+        cmd.arg("translate").arg(&conf);
+        for v in unset {
+            cmd.env_remove(v);
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{name}: {stderr}");
+        (String::from_utf8(out.stdout).unwrap(), stderr)
+    };
+    let (toml, stderr) = translate("fluentd-driver.conf");
     assert!(
-        toml.contains("type = \"spark_events\"") && toml.contains("app_id = \"spark-1\""),
+        toml.contains("type = \"spark_events\"") && toml.contains("paths = [\"${K8S_SPARK_EVENT_LOG_DIR}\"]"),
         "{toml}"
     );
+    assert!(
+        !toml.contains("app_id"),
+        "the source takes SPARK_APPLICATION_ID itself: {toml}"
+    );
+    assert!(toml.contains("heartbeat_file = \"${SIDECAR_SIGNAL_FILE:-}\""), "{toml}");
     assert!(toml.contains("appstatus = \"at_start\""), "{toml}");
+    assert!(
+        stderr.contains("K8S_SPARK_EVENT_LOG_DIR") && stderr.contains("SPARK_APPLICATION_ID"),
+        "stderr lists the variables: {stderr}"
+    );
     let native = root.path().join("native.toml");
     fs::write(&native, &toml).unwrap();
-    let check = crate::common::logship_cmd()
-        .args(["check", "--config"])
-        .arg(&native)
-        .output()
+    let check = |env: &[(&str, &str)]| {
+        let mut cmd = crate::common::logship_cmd();
+        cmd.args(["check", "--config"]).arg(&native);
+        for v in unset {
+            cmd.env_remove(v);
+        }
+        cmd.envs(env.iter().copied()).output().unwrap()
+    };
+    let on_pod = check(&[
+        ("K8S_SPARK_EVENT_LOG_DIR", "/var/log/spark/apps"),
+        ("SPARK_APPLICATION_ID", "spark-1"),
+        ("SIDECAR_SIGNAL_FILE", "/var/log/fluentd/main-container-terminated"),
+    ]);
+    let effective = String::from_utf8_lossy(&on_pod.stdout);
+    assert!(on_pod.status.success(), "{}", String::from_utf8_lossy(&on_pod.stderr));
+    assert!(
+        effective.contains("\"/var/log/spark/apps\"")
+            && effective.contains("app_id = \"spark-1\"")
+            && effective.contains("heartbeat_file = \"/var/log/fluentd/main-container-terminated\""),
+        "{effective}"
+    );
+    // Off EMR (no heartbeat variable), the same TOML runs without a heartbeat.
+    let plain = check(&[
+        ("K8S_SPARK_EVENT_LOG_DIR", "/logs"),
+        ("SPARK_APPLICATION_ID", "spark-2"),
+    ]);
+    assert!(plain.status.success(), "{}", String::from_utf8_lossy(&plain.stderr));
+    assert!(!String::from_utf8_lossy(&plain.stdout).contains("heartbeat_file"));
+    let off_pod = check(&[]);
+    let err = String::from_utf8_lossy(&off_pod.stderr);
+    assert!(
+        !off_pod.status.success() && err.contains("K8S_SPARK_EVENT_LOG_DIR") && err.contains("is not set"),
+        "{err}"
+    );
+    let (toml, _) = translate("fluentd-pod-metadata.conf");
+    assert!(toml.contains("${POD_METADATA_PATH}"), "{toml}");
+}
+
+/// Issue 34: a presigned POST cannot see existing objects, so `translate` adds `%{hex_random}`
+/// to a container-log key format without one, and says so on stderr; an event-log output (whose
+/// keys Spark's layout fixes) and a key that has a random part already are left alone.
+#[test]
+fn translate_adds_hex_random_to_presigned_post_keys_and_warns() {
+    let d = tempfile::tempdir().unwrap();
+    let conf = d.path().join("fluent.conf");
+    let post = d.path().join("pp");
+    let out = |key: &str| {
+        fs::write(
+            &conf,
+            format!(
+                "<source>\n  @type tail\n  tag stdout\n  path /var/log/spark/user/*/stdout\n</source>\n<match stdout>\n  @type s3\n  s3_bucket b\n  path logs\n  s3_object_key_format {key}\n  <refreshing_file_presigned_post>\n    presigned_post_path {}\n  </refreshing_file_presigned_post>\n</match>\n",
+                post.display()
+            ),
+        )
         .unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+        let o = crate::common::logship_cmd()
+            .arg("translate")
+            .arg(&conf)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        (
+            String::from_utf8(o.stdout).unwrap(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (toml, stderr) = out("%{path}/stdout_%{index}.gz");
+    assert!(
+        toml.contains("key_format = \"%{path}/stdout_%{index}_%{hex_random}.gz\""),
+        "{toml}"
+    );
+    assert!(
+        stderr.contains("WARN") && stderr.contains("adds %{hex_random}"),
+        "{stderr}"
+    );
+    let (toml, stderr) = out("%{path}/stdout_%{index}_%{hex_random}.gz");
+    assert!(
+        toml.contains("key_format = \"%{path}/stdout_%{index}_%{hex_random}.gz\""),
+        "{toml}"
+    );
+    assert!(!stderr.contains("hex_random"), "{stderr}");
+    // A path the key format does not use (fluent-plugin-s3 ignores it): left out, with a warning.
+    let (toml, stderr) = out("stdout/%{index}_%{hex_random}.gz");
+    assert!(!toml.contains("path = \"logs\""), "{toml}");
+    assert!(stderr.contains("not used by s3_object_key_format"), "{stderr}");
 }

@@ -97,9 +97,15 @@ fn heartbeat_that_never_appears_drains_after_the_appear_timeout() {
     let mut args = heartbeat_args(&env, &hb);
     args.extend(["--heartbeat-appear-timeout".into(), "1s".into()]);
     let mut d = Daemon::spawn(&args, env.dir.path());
+    // What existed is delivered, but a run that never saw its main container does not exit 0
+    // (issue 35: a wrong termination mode used to lose every later line with exit 0).
     let st = d.wait_exit(T);
-    assert!(st.success(), "stderr:\n{}", d.stderr());
-    assert!(d.stderr().contains("never appeared"), "{}", d.stderr());
+    assert_eq!(st.code(), Some(4), "stderr:\n{}", d.stderr());
+    assert!(
+        d.stderr().contains("NOT FOLLOWED: the heartbeat file") && d.stderr().contains("never appeared"),
+        "{}",
+        d.stderr()
+    );
     assert_bytes_eq(&collect(&env.out, "a.log"), &content);
 }
 

@@ -11,6 +11,7 @@ mod crash;
 mod crash_matrix;
 mod disk;
 mod eventlog;
+mod fail_fast;
 mod fluentd;
 mod lifecycle;
 mod metrics;

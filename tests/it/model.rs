@@ -682,7 +682,7 @@ region = "us-east-1"
                     self.crashed("delivered-before-ack");
                     return;
                 }
-                Control::Delivered(c.seq)
+                Control::Delivered(c.seq, c.len)
             };
             let p = self.pipeline.as_mut().expect("running");
             if let Err(point) = guarded(|| p.handle_message(msg)) {

@@ -703,7 +703,7 @@ fn the_other_template_and_mode_pairs_ship_everything_too() {
 fn a_pod_stopped_with_a_grace_period_drains_within_it() {
     let case = PodCase::new("stopped", "executor", 3, |p| p);
     let app = "spark-5151515151";
-    let pod = case.template(&[], b"");
+    let pod = case.template(&["--termination", "heartbeat"], b"");
     let standin = [
         ("STANDIN_OUTPUT", "files"),
         ("STANDIN_HEARTBEAT", "1"),
@@ -741,7 +741,7 @@ fn a_pod_stopped_with_a_grace_period_drains_within_it() {
 #[test]
 fn a_sidecar_without_a_writable_buffer_directory_says_so_and_fails() {
     let case = PodCase::new("nobuffer", "executor", 1, |p| p);
-    let mut pod = case.template(&[], b"");
+    let mut pod = case.template(&["--termination", "heartbeat"], b"");
     for c in pod["spec"]["containers"].as_array_mut().unwrap() {
         if c["name"] == "logship" {
             c["volumeMounts"]

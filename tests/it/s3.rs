@@ -107,6 +107,34 @@ fn logship_presign_then_ship_text_gzip_and_zstd() {
                 > 3
         );
         assert!(!d.stderr().contains("x-amz-signature") && !d.stderr().contains(s3server::SECRET_KEY));
+        // Issue 35: the summary names the bucket and prefix written to, the first and last keys,
+        // and bytes before and after compression, as the server has them.
+        let out = &d.summary()["outputs"][0];
+        let ours: Vec<&String> = keys.iter().filter(|k| k.starts_with(&prefix)).collect();
+        let stored: usize = ours.iter().map(|k| server.object("logs", k).unwrap().len()).sum();
+        assert_eq!(out["bytes_delivered"], (a.len() + b.len()) as u64, "{out}");
+        assert_eq!(out["bytes_stored"], stored as u64, "{store_as}: {out}");
+        assert!(
+            out["destination"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("s3://logs/{prefix}/")),
+            "{out}"
+        );
+        for k in ["first_key", "last_key"] {
+            assert!(ours.iter().any(|o| out[k] == o.as_str()), "{k}: {out} not in {ours:?}");
+        }
+        let human = d.stderr();
+        let line = human.lines().find(|l| l.contains("delivered ")).unwrap();
+        assert!(
+            line.contains(&format!("to s3://logs/{prefix}/")) && line.contains(": keys "),
+            "{line}"
+        );
+        assert_eq!(
+            line.contains(&format!("{stored} bytes stored")),
+            store_as != "text",
+            "{line}"
+        );
     }
 }
 
@@ -143,25 +171,36 @@ fn a_presigned_post_made_by_boto3_is_accepted() {
 /// Ships with the presigned POST `bad` makes: the upload must be refused by the pre-check with
 /// `expected_message` and nothing uploaded; after a kubelet-style refresh to a valid one,
 /// everything arrives.
-fn refused_until_a_valid_file_appears(bad: impl Fn(&S3Server) -> Vec<u8>, expected_message: &str) {
+/// The bad file is there from the start, or (`mid_run`) replaces a good one once logship runs
+/// and before the lines are written: a file that is bad for good (a key outside its prefix) is
+/// refused at start, so only a refresh can bring it mid-run.
+fn refused_until_a_valid_file_appears(bad: impl Fn(&S3Server) -> Vec<u8>, expected_message: &str, mid_run: bool) {
     let server = S3Server::start(&["logs"]);
     let bad = bad(&server);
     let env = Env::new();
-    let (a, _) = input(&env);
+    let a = [lines("a", 0, 20_000), b"last line without newline".to_vec()].concat();
+    fs::write(env.path("driver.log"), if mid_run { &b""[..] } else { &a[..] }).unwrap();
     let secret_dir: PathBuf = env.dir.path().join("s3-secret");
     fs::create_dir_all(&secret_dir).unwrap();
-    kubelet_write(&secret_dir, &bad, 1);
+    let good = || presign(&server, "jobs/9/", "1h", "1GB");
+    let first = if mid_run { good() } else { bad.clone() };
+    kubelet_write(&secret_dir, &first, 1);
     let post = secret_dir.join("presigned-post");
     let mut args = env.follow_args("driver.log");
     set_flag(&mut args, "--to", "s3://logs/jobs/9");
     args.extend(["--presigned-post".into(), post.display().to_string()]);
     set_flag(&mut args, "--chunk-limit", "256KiB");
     let mut d = Daemon::spawn(&args, env.dir.path());
+    if mid_run {
+        d.wait_until("logship follows the file", T, || d.stderr().contains("following"));
+        kubelet_write(&secret_dir, &bad, 2);
+        fs::write(env.path("driver.log"), &a).unwrap();
+    }
     d.wait_until("the pre-check refuses the upload", T, || {
         d.stderr().contains(expected_message)
     });
     assert!(server.keys("logs").is_empty(), "nothing was uploaded with the bad file");
-    kubelet_write(&secret_dir, &presign(&server, "jobs/9/", "1h", "1GB"), 2);
+    kubelet_write(&secret_dir, &good(), 3);
     // Complete lines now; the unterminated last line waits for the drain.
     let complete = a.len() - b"last line without newline".len();
     d.wait_until("uploads resume with the refreshed file", T, || {
@@ -177,14 +216,17 @@ fn refused_until_a_valid_file_appears(bad: impl Fn(&S3Server) -> Vec<u8>, expect
 #[test]
 fn an_expired_presigned_post_keeps_the_data_until_a_refreshed_one_arrives() {
     // Valid for 10 s: inside the 30 s clock-skew margin, so already treated as expired.
-    refused_until_a_valid_file_appears(|s| presign(s, "jobs/9/", "10s", "1GB"), "policy expired at");
+    refused_until_a_valid_file_appears(|s| presign(s, "jobs/9/", "10s", "1GB"), "policy expired at", false);
 }
 
+/// A refreshed file whose prefix does not cover the keys: refused before upload, and the chunk
+/// kept while a fitting file may still come (a minute).
 #[test]
 fn a_key_outside_the_allowed_prefix_is_refused_before_upload_and_kept() {
     refused_until_a_valid_file_appears(
         |s| presign(s, "someone-else/", "1h", "1GB"),
         "[\"starts-with\", \"$key\", \"someone-else/\"] refuses key",
+        true,
     );
 }
 
@@ -193,6 +235,7 @@ fn a_chunk_over_the_size_range_is_refused_before_upload_and_kept() {
     refused_until_a_valid_file_appears(
         |s| presign(s, "jobs/9/", "1h", "1000"),
         "content-length-range [0, 1000]",
+        false,
     );
 }
 
@@ -585,10 +628,13 @@ fn the_s3_api_never_replaces_an_object_from_another_run_and_a_retry_is_not_store
         let args = api_config(&env, &server.endpoint, "", s3, "");
         // Same tag, no time in the key: every run's first chunk asks for `same/app.log/0.txt`.
         let cfg = env.dir.path().join("logship.toml");
-        let text = fs::read_to_string(&cfg).unwrap().replace(
-            "%{path}/%{tag}/%{time_slice}_%{index}.%{file_extension}",
-            "same/%{tag}/%{index}.%{file_extension}",
-        );
+        let text = fs::read_to_string(&cfg)
+            .unwrap()
+            .replace(
+                "%{path}/%{tag}/%{time_slice}_%{index}.%{file_extension}",
+                "same/%{tag}/%{index}.%{file_extension}",
+            )
+            .replace("path = \"api\"\n", "");
         fs::write(&cfg, text).unwrap();
         let mut cmd = logship_cmd();
         cmd.envs(server.env());

@@ -217,7 +217,7 @@ fn several_containers_init_containers_and_native_sidecars_are_kept_in_order() {
     let out = template(
         "executor",
         "multi-container.yaml",
-        &["--spark-container", "metrics-exporter"],
+        &["--spark-container", "metrics-exporter", "--termination", "heartbeat"],
     );
     let pod = yaml(&out);
     let exporter = container(&pod, "containers", "metrics-exporter").unwrap();
@@ -244,8 +244,10 @@ fn an_empty_template_gets_spark_container_and_sidecar_and_json_on_request() {
         b"",
     );
     let pod: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(names(&pod, "containers"), ["spark-kubernetes-driver", "logship"]);
-    let sidecar = container(&pod, "containers", "logship").unwrap();
+    // Nothing in an empty template writes EMR's heartbeat: `auto` makes a native sidecar.
+    assert_eq!(names(&pod, "containers"), ["spark-kubernetes-driver"]);
+    assert_eq!(names(&pod, "initContainers"), ["logship"]);
+    let sidecar = container(&pod, "initContainers", "logship").unwrap();
     let config = config_of(sidecar);
     assert!(config.contains("type = \"cloudwatch\""), "{config}");
     assert!(
@@ -376,8 +378,17 @@ fn configmap_bundles_templates_configs_and_spark_defaults() {
             "spark-defaults.conf"
         ]
     );
+    // Neither template is EMR's: `auto` makes native sidecars, and each role's config is a
+    // native sidecar's (drained by SIGTERM within the grace period).
     let driver = yaml(data["driver-pod-template.yaml"].as_str().unwrap());
-    let sidecar = container(&driver, "containers", "logship").unwrap();
+    let sidecar = container(&driver, "initContainers", "logship").unwrap();
+    for role in ["driver", "executor"] {
+        let toml = data[&format!("logship-{role}.toml")].as_str().unwrap();
+        assert!(
+            toml.contains("drain_deadline = \"25s\"") && !toml.contains("heartbeat_file"),
+            "{toml}"
+        );
+    }
     assert_eq!(
         env(sidecar, "LOGSHIP_CONFIG").unwrap()["value"],
         "/etc/logship/logship.toml"
@@ -391,7 +402,8 @@ fn configmap_bundles_templates_configs_and_spark_defaults() {
     assert_eq!(vol["configMap"]["name"], "spark-logship");
     assert_eq!(vol["configMap"]["items"][0]["key"], "logship-driver.toml");
     let executor = yaml(data["executor-pod-template.yaml"].as_str().unwrap());
-    assert_eq!(names(&executor, "containers"), ["spark-kubernetes-executor", "logship"]);
+    assert_eq!(names(&executor, "containers"), ["spark-kubernetes-executor"]);
+    assert_eq!(names(&executor, "initContainers"), ["logship"]);
     let conf = data["spark-defaults.conf"].as_str().unwrap();
     assert!(
         conf.contains("spark.kubernetes.driver.podTemplateFile /opt/spark/pod-templates/driver-pod-template.yaml\n")
@@ -408,4 +420,59 @@ fn configmap_bundles_templates_configs_and_spark_defaults() {
         logship::config::Config::parse(text, key).unwrap_or_else(|e| panic!("{key}: {e}"));
     }
     assert!(!data["logship-executor.toml"].as_str().unwrap().contains("spark_events"));
+}
+
+/// Issue 35, item 4: the default termination cannot lose logs on the pod it patches. EMR's
+/// templates (whose Spark container touches the heartbeat) get `heartbeat`; a plain Spark
+/// template gets a native sidecar (an init container with `restartPolicy: Always`, drained by
+/// the kubelet's SIGTERM), never a sidecar waiting for a heartbeat no one writes; the choice
+/// and its reason are on stderr; and the sidecar's config is one the daemon accepts.
+#[test]
+fn the_default_termination_is_heartbeat_for_emr_pods_and_native_elsewhere_and_says_so() {
+    for (role, file, chosen) in [
+        ("driver", "pod-template-driver.yaml", "heartbeat"),
+        ("executor", "pod-template-executor.yaml", "heartbeat"),
+        ("driver", "multi-container.yaml", "native"),
+    ] {
+        let f = fixture(file);
+        let args = [
+            "template",
+            "--role",
+            role,
+            "--in",
+            f.to_str().unwrap(),
+            "--image",
+            IMAGE,
+            "--to",
+            "s3://logs-bucket/spark",
+        ];
+        let out = run(&args, b"");
+        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("--termination auto chose {chosen}")),
+            "{file}: {stderr}"
+        );
+        let pod = yaml(&String::from_utf8(out.stdout).unwrap());
+        let as_init = container(&pod, "initContainers", "logship");
+        let as_regular = container(&pod, "containers", "logship");
+        let sidecar = if chosen == "native" {
+            assert!(as_regular.is_none(), "{file}: a native sidecar is an init container");
+            let s = as_init.expect("the sidecar");
+            assert_eq!(s["restartPolicy"], "Always", "{file}");
+            assert!(
+                config_of(s).contains("drain_deadline = \"25s\""),
+                "{file}: {}",
+                config_of(s)
+            );
+            assert!(!config_of(s).contains("heartbeat_file"), "{file}: {}", config_of(s));
+            s
+        } else {
+            assert!(as_init.is_none(), "{file}");
+            let s = as_regular.expect("the sidecar");
+            assert!(config_of(s).contains("heartbeat_file"), "{file}: {}", config_of(s));
+            s
+        };
+        assert_daemon_accepts(sidecar);
+    }
 }

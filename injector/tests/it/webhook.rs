@@ -15,7 +15,16 @@ use logship_inject::webhook::{OnError, Webhook, WebhookConfig};
 use serde_json::{Value, json};
 
 const IMAGE: &str = "registry.example/logship:1";
-const SIDECAR_ARGS: [&str; 4] = ["--image", IMAGE, "--to", "s3://logs-bucket/spark"];
+/// Heartbeat mode, said: these tests check the patch's shape in the mode the pods of an EMR
+/// cluster get (`auto` is tested in template.rs).
+const SIDECAR_ARGS: [&str; 6] = [
+    "--image",
+    IMAGE,
+    "--to",
+    "s3://logs-bucket/spark",
+    "--termination",
+    "heartbeat",
+];
 
 /// A CA (ca.pem) and a certificate it signs for 127.0.0.1 (cert.pem, key.pem) in `dir`, as
 /// cert-manager makes them; the API server trusts the CA (the webhook's caBundle).
