@@ -132,6 +132,10 @@ async fn run_config(
         fsync: config.buffer.fsync,
     };
     let store = ChunkStore::open(&config.buffer.dir, limits, keying)?;
+    if !config.sources.is_empty() {
+        // (Not `resend`'s own run over the buffer, which reads nothing.)
+        save_config(&config);
+    }
     if store.chunks().len() > 0 {
         tracing::info!(
             chunks = store.chunks().len(),
@@ -220,9 +224,27 @@ async fn run_config(
     tokio::pin!(end);
     let mut shutdown = Shutdown::new(ctl_tx.clone(), deliveries_tx, config.lifecycle.drain_deadline());
     let mut reload_to = None;
+    // A drain in which nothing is read or delivered for `stall_timeout` (a destination down,
+    // retried on a 24 h schedule) ends as if its deadline had passed: a stuck `--once` gives up
+    // in minutes, with what is left in the secondary directory, not after a day.
+    let stall_after = config.metrics.stall_timeout.get();
+    let mut stall_check = tokio::time::interval(
+        (stall_after / 4).clamp(std::time::Duration::from_millis(100), std::time::Duration::from_secs(5)),
+    );
+    let mut last_move = (metrics.progress_mark(), tokio::time::Instant::now());
     let summary = loop {
         tokio::select! {
             s = &mut done_rx => break s.ok(),
+            _ = stall_check.tick(), if shutdown.is_draining() => {
+                let mark = metrics.progress_mark();
+                if mark != last_move.0 {
+                    last_move = (mark, tokio::time::Instant::now());
+                } else if last_move.1.elapsed() >= stall_after {
+                    tracing::warn!(stalled_for = ?stall_after, "nothing was read or delivered during the drain for stall_timeout: ending it (what is left goes to the secondary directory)");
+                    shutdown.cancel();
+                    break (&mut done_rx).await.ok();
+                }
+            }
             reason = &mut end, if !shutdown.is_draining() => shutdown.drain(reason),
             request = signals.recv() => match request {
                 lifecycle::SignalRequest::Stop(name) => shutdown.stop_signal(name),
@@ -291,6 +313,26 @@ async fn run_config(
     summary
         .map(|s| Outcome::Finished(Box::new(s)))
         .ok_or_else(|| EngineError::Thread("pipeline thread ended without a result".into()))
+}
+
+/// Writes the effective configuration into the buffer directory (private, replaced
+/// atomically), so that `logship resend` can deliver what this run leaves to where it was
+/// going. It holds no secret: credentials come from the environment. Failing to write it is
+/// logged; the run does not depend on it.
+fn save_config(config: &Config) {
+    use std::io::Write;
+    let path = config.buffer.dir.join(crate::resend::CONFIG_FILE);
+    let tmp = crate::fsutil::temp_path_for(&path);
+    let written = crate::fsutil::private_file()
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(config.to_toml().as_bytes()))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        tracing::warn!(file = %path.display(), error = %e, "cannot save the configuration in the buffer directory; `logship resend` will not find it");
+    }
 }
 
 /// How each output of `config` makes its chunks' keys, and what its chunks keep (the buffer's

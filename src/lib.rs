@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod presign;
 pub mod record;
+pub mod resend;
 pub mod sink;
 pub mod source;
 pub mod summary;

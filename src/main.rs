@@ -61,6 +61,16 @@ enum Command {
         /// The fluentd configuration file.
         file: PathBuf,
     },
+    /// Send what a failed run left, to where it was going: the chunks still in its buffer
+    /// directory and the files in its outputs' secondary directories (each to the key it was
+    /// made for; a key holding other data is never replaced). Uses the configuration the run
+    /// saved in DIR, and credentials from the environment, as the run did. Exits 0 only when
+    /// nothing is left.
+    #[command(after_help = EXIT_AND_SIGNALS)]
+    Resend {
+        /// The buffer directory of the failed run (`--once` prints it when it keeps it).
+        dir: PathBuf,
+    },
     /// Validate a config and print the effective config (defaults filled in), and/or explain a
     /// presigned POST file (bucket, key prefix, conditions, time left; never the signature).
     Check {
@@ -370,6 +380,20 @@ fn real_main(cli: Cli) -> Result<i32> {
             say(&format!("logship: installed at {}", dest.display()));
             Ok(0)
         }
+        Command::Resend { dir } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .max_blocking_threads(4)
+                .build()
+                .context("cannot start the runtime")?;
+            let report = rt
+                .block_on(logship::resend::resend(&dir))
+                .with_context(|| format!("cannot resend from {}", dir.display()))?;
+            for line in report.human().lines() {
+                say(line);
+            }
+            Ok(report.exit_code())
+        }
         Command::Translate { file } => {
             let p = logship::fluentd::translate_portable(&file).context("cannot translate the fluentd config")?;
             for w in &p.translation.warnings {
@@ -525,7 +549,7 @@ fn run_engine(
         } else {
             let kept = t.keep();
             say(&format!(
-                "logship: buffer kept at {} (rerun with --buffer-dir to resume)",
+                "logship: buffer kept at {} (when the cause is fixed: logship resend {0})",
                 kept.display()
             ));
         }

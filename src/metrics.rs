@@ -113,6 +113,26 @@ fn escape(v: &str) -> String {
 }
 
 impl Metrics {
+    /// What moves while a run makes progress: bytes read from files, and bytes delivered plus
+    /// CloudWatch events accepted (a chunk goes in many batches); a drain whose mark stays the
+    /// same for `stall_timeout` has stalled.
+    pub fn progress_mark(&self) -> (u64, u64) {
+        let read = self
+            .files
+            .lock()
+            .map(|f| f.iter().map(|x| x.bytes_read).sum())
+            .unwrap_or(0);
+        let delivered = self
+            .outputs
+            .iter()
+            .map(|o| {
+                o.bytes_delivered.load(Ordering::Relaxed)
+                    + o.events.as_ref().map_or(0, |e| e.events_sent.load(Ordering::Relaxed))
+            })
+            .sum();
+        (read, delivered)
+    }
+
     /// Metrics for these outputs (name, and the event counters of a CloudWatch output).
     pub fn new(outputs: impl IntoIterator<Item = (String, Option<std::sync::Arc<EventCounters>>)>) -> Metrics {
         Metrics {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::buffer::{CheckpointChanges, ChunkStore, SealedChunk, SourceKey, source_key};
+use crate::buffer::{CheckpointChanges, ChunkMeta, ChunkStore, SealedChunk, SourceKey, source_key};
 use crate::clock::Clock;
 use crate::config::{Config, FlushMode};
 use crate::lifecycle::EndReason;
@@ -676,6 +676,7 @@ impl Pipeline {
             self.stuck.insert(seq);
             return;
         };
+        let destination = crate::sink::Sink::destination(out);
         let file = match &c.secondary {
             Some(f) => f.clone(),
             None => {
@@ -705,6 +706,19 @@ impl Pipeline {
             Ok(()) => {
                 crate::crashpoint::hit("secondary-written");
                 tracing::warn!(file = %file.display(), key = %c.key, bytes = c.len, "chunk written to the secondary directory");
+                // What it was made for, for `logship resend` (its bytes are safe already: a
+                // record that cannot be written is said, and the file is still listed).
+                let record = crate::sink::secondary::SecondaryRecord {
+                    chunk: ChunkMeta {
+                        secondary: None,
+                        ..c.clone()
+                    },
+                    destination,
+                    reason: reason.to_string(),
+                };
+                if let Err(e) = crate::sink::secondary::write_record(&file, &record) {
+                    tracing::warn!(file = %file.display(), error = %e, "cannot record what the secondary file was for; `logship resend` will list it without sending it");
+                }
                 if let Some(m) = self.output_metrics(&c.output) {
                     m.secondary_chunks.fetch_add(1, Ordering::Relaxed);
                     m.secondary_bytes.fetch_add(c.len, Ordering::Relaxed);

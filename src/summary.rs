@@ -238,6 +238,12 @@ impl Summary {
                 ));
             }
         }
+        if self.outputs.iter().any(|o| !o.secondary.is_empty()) && !self.buffer_dir.as_os_str().is_empty() {
+            s.push_str(&format!(
+                "logship: once the cause is fixed, `logship resend {}` sends them to their keys\n",
+                self.buffer_dir.display()
+            ));
+        }
         for (path, key, bytes) in &self.left_in_buffer {
             s.push_str(&format!(
                 "logship: NOT DELIVERED: {bytes} bytes for key {key} are still in {}\n",

@@ -114,7 +114,10 @@ pub struct MetricsConfig {
     /// (`0.0.0.0:9880` for a Prometheus outside the pod).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
-    /// `/healthz` fails when data is queued and nothing was delivered for this long.
+    /// `/healthz` fails when data is queued and nothing was delivered for this long; and a
+    /// drain in which nothing is read or delivered for this long ends as if its deadline had
+    /// passed (what is left goes to the secondary directory), so a `--once` whose destination
+    /// is down gives up in minutes, not after the 24 h drain deadline.
     pub stall_timeout: HumanDuration,
 }
 

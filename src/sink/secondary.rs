@@ -7,6 +7,12 @@
 //! commit), then the bytes are written and the chunk is forgotten. A crash after the name was
 //! recorded is finished by the next run, which writes the same file again; it never delivers the
 //! chunk as well.
+//!
+//! Beside each file, `<directory>/.logship/<file name>.json` records what it was made for (a
+//! [`SecondaryRecord`]: the output, its destination, the chunk's key and tag), so that
+//! `logship resend` can send it later to that destination and key. The record is written after
+//! the file; a file without one (a crash in between, an older logship) is listed by `resend`
+//! and left alone.
 
 use std::fs;
 use std::io;
@@ -20,6 +26,67 @@ pub struct SecondaryError {
     pub dir: PathBuf,
     /// The error.
     pub source: io::Error,
+}
+
+/// What a secondary file was made for: enough to send it later to the same destination and
+/// key, with the same no-overwrite rule (`logship resend`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SecondaryRecord {
+    /// The chunk as the buffer knew it (output name, tag, key, key alternatives, length).
+    pub chunk: crate::buffer::ChunkMeta,
+    /// The output's destination ([`crate::sink::Sink::destination`]): a resend to another one is
+    /// refused.
+    pub destination: String,
+    /// Why it was not delivered.
+    pub reason: String,
+}
+
+/// Where the record of the secondary file `file` is.
+pub fn record_path(file: &Path) -> PathBuf {
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    file.parent()
+        .unwrap_or(Path::new("."))
+        .join(".logship")
+        .join(format!("{name}.json"))
+}
+
+/// Writes the record of `file` (private, replaced atomically).
+pub fn write_record(file: &Path, record: &SecondaryRecord) -> Result<(), SecondaryError> {
+    let path = record_path(file);
+    let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let err = |source| SecondaryError {
+        dir: dir.clone(),
+        source,
+    };
+    crate::fsutil::private_dir(&dir).map_err(err)?;
+    let tmp = crate::fsutil::temp_path_for(&path);
+    let text = serde_json::to_vec_pretty(record).map_err(|e| err(io::Error::other(e)))?;
+    let mut f = crate::fsutil::private_file()
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(err)?;
+    io::Write::write_all(&mut f, &text)
+        .and_then(|_| fs::rename(&tmp, &path))
+        .map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            err(e)
+        })
+}
+
+/// Reads the record of `file`: `None` when it has none.
+pub fn read_record(file: &Path) -> Result<Option<SecondaryRecord>, String> {
+    let path = record_path(file);
+    match fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
 }
 
 /// Takes the first unused `<dir>/<basename>.<n>` by creating it, empty (another logship writing

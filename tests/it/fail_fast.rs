@@ -162,3 +162,140 @@ fn with(mut vars: Vec<(String, String)>, name: &str, value: &str) -> Vec<(String
     }
     vars
 }
+
+/// Issue 35: a `--once` whose destination is down (every request answered 500, which the retry
+/// schedule would try for its 24 h timeout) gives up when nothing has moved for
+/// `stall_timeout`: the chunk is in the secondary directory, the exit code is 3.
+#[test]
+fn a_drain_in_which_nothing_moves_for_the_stall_timeout_ends_with_the_chunk_kept() {
+    use crate::common::s3::{Fault, FaultProxy};
+    let server = S3Server::start(&["logs"]);
+    let proxy = FaultProxy::start(&server.endpoint, vec![], Fault::Status500);
+    let env = Env::new();
+    let a = lines("stalled", 0, 200);
+    fs::write(env.path("app.log"), &a).unwrap();
+    let args = env.run_config(&format!(
+        r#"
+[buffer]
+dir = "{{buffer}}"
+[[source]]
+type = "tail"
+paths = ["{{input}}/app.log"]
+[[output]]
+name = "s3"
+type = "s3"
+[output.s3]
+bucket = "logs"
+endpoint = "{}"
+force_path_style = true
+region = "us-east-1"
+[output.retry]
+wait = "100ms"
+max_interval = "1s"
+[metrics]
+stall_timeout = "4s"
+[lifecycle]
+once = true
+"#,
+        proxy.endpoint
+    ));
+    let mut cmd = logship_cmd();
+    cmd.envs(server.env());
+    let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
+    assert_eq!(d.wait_exit(T).code(), Some(3), "{}", d.stderr());
+    assert!(
+        d.stderr().contains("nothing was read or delivered during the drain"),
+        "{}",
+        d.stderr()
+    );
+    assert_bytes_eq(&fs::read(env.buffer.join("secondary/s3.chunk.0")).unwrap(), &a);
+    assert!(proxy.seen.lock().unwrap().len() > 2, "it was retried until it stalled");
+    assert!(server.keys("logs").is_empty());
+}
+
+/// Issue 35, item 3: what a failed run left is sent later to where it was going. A `--once` to a
+/// bucket that does not exist yet (moto's S3, which answers as AWS does) fails with exit 3 and
+/// says how to resend; the bucket is created; `logship resend BUFFER` sends the secondary file
+/// to the key it was made for, byte for byte, removes it, and exits 0. Run again, it has
+/// nothing to send. A file whose record names another destination than the saved config's is
+/// left, and the exit code says so.
+#[test]
+fn resend_sends_what_a_failed_run_left_to_its_key_once_the_cause_is_fixed() {
+    let moto = Moto::start();
+    let env = Env::new();
+    let a = lines("resend", 0, 400);
+    fs::write(env.path("app.log"), &a).unwrap();
+    let args = once(
+        &env,
+        "s3://late-bucket/jobs/1",
+        &["--endpoint", &moto.endpoint, "--path-style"],
+    );
+    let mut cmd = logship_cmd();
+    cmd.envs(moto.env());
+    let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
+    assert_eq!(d.wait_exit(T).code(), Some(3), "{}", d.stderr());
+    let hint = format!("logship resend {}", env.buffer.display());
+    assert!(d.stderr().contains(&hint), "{}", d.stderr());
+    let key = d.summary()["outputs"][0]["secondary"][0]["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    moto.python(
+        "s3 = boto3.client('s3', endpoint_url=ENDPOINT, region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\ns3.create_bucket(Bucket='late-bucket')",
+    );
+    let resend = || {
+        let out = logship_cmd()
+            .arg("resend")
+            .arg(&env.buffer)
+            .envs(moto.env())
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = resend();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("resend: sent") && err.contains(&key), "{err}");
+    let got = moto.python(&format!(
+        "import sys\ns3 = boto3.client('s3', endpoint_url=ENDPOINT, region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\nsys.stdout.write(s3.get_object(Bucket='late-bucket', Key='{key}')['Body'].read().decode())"
+    ));
+    assert_bytes_eq(got.as_bytes(), &a);
+    let left: Vec<_> = fs::read_dir(env.buffer.join("secondary"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_file())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let (code, err) = resend();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("resend: sent"), "{err}");
+
+    // A file made for another destination than the config the run saved is not sent there.
+    let other = Env::new();
+    fs::write(other.path("app.log"), b"one line\n").unwrap();
+    let args = once(
+        &other,
+        "s3://missing-too/p",
+        &["--endpoint", &moto.endpoint, "--path-style"],
+    );
+    let mut cmd = logship_cmd();
+    cmd.envs(moto.env());
+    let mut d = Daemon::spawn_cmd(cmd, &args, other.dir.path());
+    assert_eq!(d.wait_exit(T).code(), Some(3), "{}", d.stderr());
+    let config = other.buffer.join("config.toml");
+    let text = fs::read_to_string(&config)
+        .unwrap()
+        .replace("missing-too", "late-bucket");
+    fs::write(&config, text).unwrap();
+    let out = logship_cmd()
+        .arg("resend")
+        .arg(&other.buffer)
+        .envs(moto.env())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("LEFT") && err.contains("made for s3://missing-too"),
+        "{err}"
+    );
+}
