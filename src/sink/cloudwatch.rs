@@ -234,6 +234,11 @@ impl CloudWatchSink {
     /// Builds the output (loads the AWS configuration).
     pub async fn new(settings: &CloudWatchSettings, rule: RecordRule) -> Result<CloudWatchSink, super::SetupError> {
         let (shared, timeouts) = super::aws_config(settings.region.as_deref(), Duration::from_secs(60)).await?;
+        if settings.endpoint.is_none()
+            && let Some(region) = shared.region()
+        {
+            super::preflight::aws_endpoint_resolves("logs", region.as_ref()).await?;
+        }
         let mut b = aws_sdk_cloudwatchlogs::config::Builder::from(&shared).timeout_config(timeouts);
         if let Some(e) = &settings.endpoint {
             b = b.endpoint_url(e);

@@ -51,6 +51,22 @@ pub async fn check(config: &OutputConfig) -> Result<(), SetupError> {
     Ok(())
 }
 
+/// Without an endpoint, the SDK's own: `https://<service>.<region>.amazonaws.com` (`.com.cn` in
+/// China). A region that is not one (`us-est-1`) has no such host, and is refused here after a
+/// minute instead of retried for the retry timeout. Skipped when an `AWS_ENDPOINT_URL*`
+/// variable points the SDK elsewhere.
+pub(crate) async fn aws_endpoint_resolves(service: &str, region: &str) -> Result<(), SetupError> {
+    if std::env::vars_os().any(|(k, _)| k.to_string_lossy().starts_with("AWS_ENDPOINT_URL")) {
+        return Ok(());
+    }
+    let domain = if region.starts_with("cn-") {
+        "amazonaws.com.cn"
+    } else {
+        "amazonaws.com"
+    };
+    resolves(&format!("https://{service}.{region}.{domain}")).await
+}
+
 /// The literal start of every key an output writes: its key format up to the first
 /// placeholder, with `%{path}` filled in.
 pub fn key_prefix(config: &OutputConfig) -> String {

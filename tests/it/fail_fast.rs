@@ -80,28 +80,42 @@ fn mistakes_no_retry_can_fix_are_refused_at_start() {
 }
 
 /// A pod's DNS can come up after its containers: a host that does not resolve is tried for a
-/// minute, then refused naming it (`.invalid` never resolves).
+/// minute, then refused naming it: an endpoint's (`.invalid` never resolves), and the SDK's own
+/// for a region that does not exist (`--region us-est-1`, a typo, has no `s3.us-est-1` host).
 #[test]
-fn an_endpoint_whose_host_never_resolves_is_refused_after_a_minute() {
-    let env = Env::new();
-    fs::write(env.path("app.log"), b"one line\n").unwrap();
-    let args = once(
-        &env,
-        "s3://logs/x",
-        &["--endpoint", "http://logship-test.invalid:9000", "--path-style"],
-    );
-    let mut cmd = logship_cmd();
-    cmd.env("AWS_ACCESS_KEY_ID", "k")
-        .env("AWS_SECRET_ACCESS_KEY", "s")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true");
-    let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
-    assert_eq!(d.wait_exit(T).code(), Some(1), "{}", d.stderr());
-    let err = d.stderr();
-    assert!(
-        err.contains("cannot resolve logship-test.invalid (from http://logship-test.invalid:9000) after 6"),
-        "{err}"
-    );
+fn a_host_that_never_resolves_is_refused_after_a_minute_an_endpoints_or_a_mistyped_regions() {
+    let cases = [
+        (
+            vec!["--endpoint", "http://logship-test.invalid:9000", "--path-style"],
+            "cannot resolve logship-test.invalid (from http://logship-test.invalid:9000) after 6",
+        ),
+        (
+            vec!["--region", "us-est-1"],
+            "cannot resolve s3.us-est-1.amazonaws.com (from https://s3.us-est-1.amazonaws.com) after 6",
+        ),
+    ];
+    std::thread::scope(|scope| {
+        for (extra, expected) in cases {
+            scope.spawn(move || {
+                let env = Env::new();
+                fs::write(env.path("app.log"), b"one line\n").unwrap();
+                let args = once(&env, "s3://logs/x", &extra);
+                let mut cmd = logship_cmd();
+                cmd.env("AWS_ACCESS_KEY_ID", "k")
+                    .env("AWS_SECRET_ACCESS_KEY", "s")
+                    .env("AWS_REGION", "us-east-1")
+                    .env("AWS_EC2_METADATA_DISABLED", "true")
+                    .env_remove("AWS_ENDPOINT_URL")
+                    .env_remove("AWS_ENDPOINT_URL_S3");
+                let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
+                assert_eq!(d.wait_exit(T).code(), Some(1), "{}", d.stderr());
+                let err = d.stderr();
+                assert!(err.contains("trying again for up to a minute"), "{err}");
+                assert!(err.contains(expected), "{err}");
+                assert!(!env.buffer.join("secondary").exists(), "nothing was read");
+            });
+        }
+    });
 }
 
 /// Refusals during the run: the bucket does not exist (moto's S3, as AWS answers), the access
