@@ -501,6 +501,22 @@ async fn deliver_loop(
     }
 }
 
+/// A size as a person reads it: `950 B`, `17.0 MiB`, `1.25 GiB`.
+fn readable_size(b: u64) -> String {
+    const UNITS: [(&str, u32); 4] = [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)];
+    for (unit, shift) in UNITS {
+        if b >= 1 << shift {
+            let v = b as f64 / (1u64 << shift) as f64;
+            return if v < 10.0 {
+                format!("{v:.2} {unit}")
+            } else {
+                format!("{v:.1} {unit}")
+            };
+        }
+    }
+    format!("{b} B")
+}
+
 /// Reports a backfill's progress on stderr until aborted.
 async fn progress(metrics: Arc<Metrics>) {
     use std::io::{IsTerminal, Write};
@@ -511,7 +527,7 @@ async fn progress(metrics: Arc<Metrics>) {
         .ok()
         .and_then(|v| v.parse::<crate::units::HumanDuration>().ok())
         .map_or(std::time::Duration::from_secs(if tty { 1 } else { 10 }), |d| d.get());
-    let size = |b: u64| crate::units::ByteSize(b).to_string();
+    let size = readable_size;
     struct NewlineOnDrop(bool);
     impl Drop for NewlineOnDrop {
         fn drop(&mut self) {

@@ -64,6 +64,8 @@ const PASS_GAP: Duration = Duration::from_millis(25);
 const COMMIT_EVERY_BYTES: u64 = 16 << 20;
 /// How often the per-file metrics are rebuilt at most.
 const FILES_PUBLISH_EVERY: Duration = Duration::from_secs(1);
+/// Up to this many files, their metrics are published at every pass.
+const FILES_PUBLISH_ALWAYS: usize = 256;
 /// The smallest batch after write errors: on a nearly full disk, small batches still fit.
 const MIN_BATCH_BYTES: u64 = 64 << 10;
 
@@ -130,6 +132,8 @@ pub struct Pipeline {
     full_next: bool,
     /// When the files' metrics were last published, and whether they changed since.
     files_published: Option<Instant>,
+    /// How many files the last published list had.
+    files_published_count: usize,
     files_stale: bool,
     /// Whether this run has committed: its first commit records every checkpoint (dropping
     /// those of files gone while it was not running), later ones only what changed.
@@ -197,6 +201,7 @@ impl Pipeline {
             reading_done: false,
             clock: Clock::System,
             files_published: None,
+            files_published_count: 0,
             full_next: true,
             files_stale: false,
         }
@@ -214,20 +219,24 @@ impl Pipeline {
         self.metrics = Some(metrics);
     }
 
-    /// Publishes the buffer's state, and the files' at most once a second (with thousands of
-    /// files followed, their list costs more than the work of a pass); `next_wake` makes sure a
-    /// list held back is published within that second.
+    /// Publishes the buffer's state, and the files': every pass while they are few (so that
+    /// "read" in the progress line and `/metrics` never trails what was delivered), else at
+    /// most once a second (with thousands of files followed, their list costs more than the
+    /// work of a pass); `next_wake` makes sure a list held back is published within that second.
     fn publish(&mut self) {
         let Some(m) = &self.metrics else { return };
         m.buffer_bytes.store(self.store.total_bytes(), Ordering::Relaxed);
         m.buffer_chunks
             .store(self.store.chunks().len() as u64, Ordering::Relaxed);
         let now = self.clock.now();
-        if self.files_published.is_some_and(|t| now < t + FILES_PUBLISH_EVERY) {
+        if self.files_published_count > FILES_PUBLISH_ALWAYS
+            && self.files_published.is_some_and(|t| now < t + FILES_PUBLISH_EVERY)
+        {
             self.files_stale = true;
             return;
         }
         let files: Vec<_> = self.sources.iter().flat_map(|s| s.files()).collect();
+        self.files_published_count = files.len();
         *m.files.lock().expect("metrics lock") = files;
         self.files_published = Some(now);
         self.files_stale = false;

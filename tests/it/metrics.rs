@@ -135,3 +135,50 @@ fn a_backfill_prints_progress_lines_when_stderr_is_not_a_terminal() {
     );
     assert_eq!(server.keys("logs").len(), 3);
 }
+
+/// Issue 35: the progress line never says less was read than was delivered (it said "8% read"
+/// beside half the file delivered: the files' list was published once a second), and shows
+/// sizes in units a person reads. Checked on every line of a backfill, in JSON (the numbers)
+/// and in text (the units).
+#[test]
+fn progress_never_shows_less_read_than_delivered_and_reads_in_human_units() {
+    let env = Env::new();
+    let mut big = Vec::new();
+    while big.len() < 96 << 20 {
+        big.extend_from_slice(&lines("progress", big.len(), 20_000));
+    }
+    std::fs::write(env.path("big.log"), &big).unwrap();
+    for format in ["json", "text"] {
+        let out = env.dir.path().join(format!("out-{format}"));
+        let mut args = env.once_args("big.log", &["--chunk-limit", "4MiB"]);
+        crate::common::set_flag(&mut args, "--to", &format!("file://{}", out.display()));
+        let mut cmd = crate::common::logship_cmd();
+        cmd.env("LOGSHIP_PROGRESS_EVERY", "20ms")
+            .env("LOGSHIP_LOG_FORMAT", format);
+        let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
+        assert_eq!(d.wait_exit(WAIT).code(), Some(0), "{}", d.stderr());
+        let err = d.stderr();
+        if format == "json" {
+            let mut seen = 0;
+            for line in err.lines().filter(|l| l.contains("\"progress\"")) {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                let f = &v["fields"];
+                let (read, total, delivered) = (
+                    f["read"].as_u64().unwrap(),
+                    f["total"].as_u64().unwrap(),
+                    f["delivered"].as_u64().unwrap(),
+                );
+                assert!(delivered <= read && read <= total, "{line}");
+                assert_eq!(f["percent"].as_u64().unwrap(), read * 100 / total, "{line}");
+                seen += 1;
+            }
+            assert!(seen > 0, "{err}");
+        } else {
+            let progress: Vec<&str> = err.lines().filter(|l| l.starts_with("logship: progress: ")).collect();
+            assert!(!progress.is_empty(), "{err}");
+            for l in progress {
+                assert!(l.contains(" MiB in 1 files)") && l.ends_with(" delivered"), "{l}");
+            }
+        }
+    }
+}
