@@ -28,16 +28,26 @@ pub fn open_for_reading(path: &Path) -> io::Result<File> {
 }
 
 /// Creates `dir` (and missing parents) with mode 0700, then checks that it is ours to keep
-/// private data in: a directory, owned by this user, and writable by no one else. A
+/// private data in: a directory (not a link to one), owned by this user, and writable by no
+/// one else (its group included). A
 /// directory that fails the check is refused with the reason: another local user who owns or
 /// can write into it could read what is kept there, or plant links that redirect our writes.
 pub fn private_dir(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-    let meta = fs::metadata(dir)?;
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
     let refuse = |why: String| Err(io::Error::new(io::ErrorKind::PermissionDenied, why));
+    // A link at the name is followed only if it is ours: one planted by someone else
+    // (`secondary -> their directory`) is refused, whoever owns its target.
+    let link = fs::symlink_metadata(dir)?;
+    if link.file_type().is_symlink() && link.uid() != me {
+        return refuse(format!(
+            "a symbolic link owned by uid {}, not by this user (uid {me})",
+            link.uid()
+        ));
+    }
+    let meta = fs::metadata(dir)?;
     if !meta.is_dir() {
         return refuse("not a directory".into());
     }
@@ -50,6 +60,12 @@ pub fn private_dir(dir: &Path) -> io::Result<()> {
     if meta.mode() & 0o002 != 0 {
         return refuse(format!(
             "writable by every user (mode {:o}); make it private (chmod 700) or use another directory",
+            meta.mode() & 0o7777
+        ));
+    }
+    if meta.mode() & 0o020 != 0 {
+        return refuse(format!(
+            "writable by its group (mode {:o}): a member could plant links that redirect what is written there; make it private (chmod 700) or use another directory",
             meta.mode() & 0o7777
         ));
     }

@@ -425,7 +425,20 @@ fn real_main(cli: Cli) -> Result<i32> {
                     temp = Some(t);
                     p
                 }
-                (None, false) => default_buffer_dir(&args),
+                (None, false) => {
+                    let d = default_buffer_dir(&args);
+                    // `$TMPDIR/logship-<uid>` is shared ground: one another user made first
+                    // (or can write into) could rename our buffer between runs.
+                    if let Some(parent) = d.parent() {
+                        logship::fsutil::private_dir(parent).with_context(|| {
+                            format!(
+                                "the default buffer directory's parent {} cannot be used; give --buffer-dir",
+                                parent.display()
+                            )
+                        })?;
+                    }
+                    d
+                }
             };
             // Quick mode's errors are about flags: a usage error, exit 2, like clap's own.
             let c = match build(&args, buffer_dir) {

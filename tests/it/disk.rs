@@ -216,3 +216,109 @@ fn buffer_files_are_private() {
     env.signal_end();
     assert!(d.wait_exit(Duration::from_secs(60)).success(), "{}", d.stderr());
 }
+
+/// Issue 36: private means private. A buffer directory its group can write (0770, a member
+/// planting `secondary -> their directory`) is refused like a world-writable one; a link planted
+/// by another user where the secondary directory goes is refused, whoever owns its target; and
+/// the default buffer's parent `$TMPDIR/logship-<uid>`, made first by another user (0777), is
+/// refused rather than used (that user could rename the buffer between runs).
+#[test]
+fn group_writable_buffers_planted_links_and_a_hostile_default_parent_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let run_as_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n");
+    // A group-writable buffer directory.
+    let env = Env::new();
+    fs::write(env.path("app.log"), b"secret line\n").unwrap();
+    fs::create_dir_all(&env.buffer).unwrap();
+    fs::set_permissions(&env.buffer, fs::Permissions::from_mode(0o770)).unwrap();
+    let err = refused_run(&env);
+    assert!(err.contains("writable by its group"), "{err}");
+    assert!(!env.out.exists());
+
+    // A secondary directory that is someone else's link (needs root to own a link as another).
+    if run_as_root {
+        let env = Env::new();
+        let a = lines("kept", 0, 10);
+        fs::write(env.path("app.log"), &a).unwrap();
+        let theirs = env.dir.path().join("theirs");
+        fs::create_dir_all(&theirs).unwrap();
+        let secondary = env.dir.path().join("secondary");
+        std::os::unix::fs::symlink(&theirs, &secondary).unwrap();
+        let st = std::process::Command::new("chown")
+            .args(["-h", "4242:4242"])
+            .arg(&secondary)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        // An output that fails at once (its directory is a file), so the chunk goes to the
+        // secondary directory, which is the planted link.
+        let not_a_dir = env.dir.path().join("not-a-dir");
+        fs::write(&not_a_dir, b"").unwrap();
+        let args = env.once_args(
+            "app.log",
+            &[
+                "--buffer-dir",
+                env.buffer.to_str().unwrap(),
+                "--secondary-dir",
+                secondary.to_str().unwrap(),
+            ],
+        );
+        let mut args = args;
+        set_flag(&mut args, "--to", &format!("file://{}", not_a_dir.display()));
+        let mut d = Daemon::spawn(&args, env.dir.path());
+        let st = d.wait_exit(Duration::from_secs(60));
+        let err = d.stderr();
+        assert_ne!(st.code(), Some(0), "{err}");
+        assert_eq!(
+            fs::read_dir(&theirs).unwrap().count(),
+            0,
+            "nothing written through the link: {err}"
+        );
+    }
+
+    // The default parent made first by another user.
+    if run_as_root {
+        let env = Env::new();
+        fs::write(env.path("app.log"), b"secret line\n").unwrap();
+        let tmp = env.dir.path().join("tmp");
+        let parent = tmp.join("logship-0");
+        fs::create_dir_all(&parent).unwrap();
+        fs::set_permissions(&parent, fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(
+            std::process::Command::new("chown")
+                .arg("4242")
+                .arg(&parent)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let mut cmd = crate::common::logship_cmd();
+        cmd.env("TMPDIR", &tmp);
+        let args = env.follow_args("app.log");
+        let args: Vec<String> = {
+            // Without --buffer-dir: the default one under $TMPDIR.
+            let mut v = Vec::new();
+            let mut it = args.into_iter();
+            while let Some(a) = it.next() {
+                if a == "--buffer-dir" {
+                    it.next();
+                } else {
+                    v.push(a);
+                }
+            }
+            v
+        };
+        let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
+        let st = d.wait_exit(Duration::from_secs(60));
+        let err = d.stderr();
+        assert_eq!(st.code(), Some(1), "{err}");
+        assert!(
+            err.contains("default buffer directory's parent") && err.contains("owned by uid 4242"),
+            "{err}"
+        );
+        assert_eq!(fs::read_dir(&parent).unwrap().count(), 0, "nothing made in it");
+    }
+}
