@@ -14,6 +14,7 @@ pub mod engine;
 pub mod fluentd;
 pub mod fsutil;
 pub mod lifecycle;
+pub mod log_writer;
 pub mod memory;
 pub mod metrics;
 pub mod pipeline;

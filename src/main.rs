@@ -268,15 +268,15 @@ fn init_logging() -> std::result::Result<(), String> {
     for cap in SDK_LOG_CAPS {
         filter = filter.add_directive(cap.parse().expect("a valid directive"));
     }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
     if json {
-        builder.json().init();
+        builder.with_writer(std::io::stderr).json().init();
     } else {
+        // Untrusted text (file names, keys) cannot forge or break a log line.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
         builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(logship::log_writer::EscapedStderr { ansi })
+            .with_ansi(ansi)
             .init();
     }
     Ok(())

@@ -22,6 +22,22 @@ pub const EXIT_SECONDARY: i32 = 3;
 /// Exit code: some data was not delivered anywhere (left in the buffer, or not read).
 pub const EXIT_UNDELIVERED: i32 = 4;
 
+/// Adds `text` to `s` as one line: a line feed, carriage return or other control character
+/// inside it (a file name can hold any) is escaped, so it cannot split the line or forge
+/// another.
+fn line(s: &mut String, text: String) {
+    for c in text.chars() {
+        match c {
+            '\n' => s.push_str("\\n"),
+            '\r' => s.push_str("\\r"),
+            '\t' => s.push(c),
+            c if c.is_control() => s.push_str(&format!("\\u{{{:02x}}}", c as u32)),
+            c => s.push(c),
+        }
+    }
+    s.push('\n');
+}
+
 /// One chunk written to a secondary directory.
 #[derive(Debug, Clone, Serialize)]
 pub struct SecondaryFile {
@@ -219,66 +235,84 @@ impl Summary {
                 (_, Some(b)) => format!(": key {b}"),
                 _ => String::new(),
             };
-            s.push_str(&format!(
-                "logship: {}: delivered {} chunks ({} bytes read{stored}) to {}{keys}\n",
-                o.name, o.chunks_delivered, o.bytes_delivered, o.destination
-            ));
+            line(
+                &mut s,
+                format!(
+                    "logship: {}: delivered {} chunks ({} bytes read{stored}) to {}{keys}",
+                    o.name, o.chunks_delivered, o.bytes_delivered, o.destination
+                ),
+            );
             if let Some(e) = &o.events {
                 let parts: Vec<String> = e.iter().map(|(k, v)| format!("{k} {v}")).collect();
-                s.push_str(&format!("logship: {}: {}\n", o.name, parts.join(", ")));
+                line(&mut s, format!("logship: {}: {}", o.name, parts.join(", ")));
             }
             for f in &o.secondary {
-                s.push_str(&format!(
-                    "logship: {}: NOT DELIVERED: {} bytes for key {} are in {} ({})\n",
-                    o.name,
-                    f.bytes,
-                    f.key,
-                    f.file.display(),
-                    f.reason
-                ));
+                line(
+                    &mut s,
+                    format!(
+                        "logship: {}: NOT DELIVERED: {} bytes for key {} are in {} ({})",
+                        o.name,
+                        f.bytes,
+                        f.key,
+                        f.file.display(),
+                        f.reason
+                    ),
+                );
             }
         }
         if self.outputs.iter().any(|o| !o.secondary.is_empty()) && !self.buffer_dir.as_os_str().is_empty() {
-            s.push_str(&format!(
-                "logship: once the cause is fixed, `logship resend {}` sends them to their keys\n",
-                self.buffer_dir.display()
-            ));
+            line(
+                &mut s,
+                format!(
+                    "logship: once the cause is fixed, `logship resend {}` sends them to their keys",
+                    self.buffer_dir.display()
+                ),
+            );
         }
         for (path, key, bytes) in &self.left_in_buffer {
-            s.push_str(&format!(
-                "logship: NOT DELIVERED: {bytes} bytes for key {key} are still in {}\n",
-                path.display()
-            ));
+            line(
+                &mut s,
+                format!(
+                    "logship: NOT DELIVERED: {bytes} bytes for key {key} are still in {}",
+                    path.display()
+                ),
+            );
         }
         for d in &self.damaged_chunks {
-            s.push_str(&format!(
-                "logship: LOST: {} of {} bytes for key {} were missing from {} when the buffer was recovered\n",
-                d.missing,
-                d.committed,
-                d.key,
-                d.path.display()
-            ));
+            line(
+                &mut s,
+                format!(
+                    "logship: LOST: {} of {} bytes for key {} were missing from {} when the buffer was recovered",
+                    d.missing,
+                    d.committed,
+                    d.key,
+                    d.path.display()
+                ),
+            );
         }
         for d in &self.state_doubts {
-            s.push_str(&format!("logship: STATE: {d}\n"));
+            line(&mut s, format!("logship: STATE: {d}"));
         }
         for p in &self.unaccounted {
-            s.push_str(&format!(
-                "logship: KEPT: {} is in the buffer but logship did not make it (or cannot account for it); it was not delivered\n",
-                p.display()
-            ));
+            line(
+                &mut s,
+                format!(
+                    "logship: KEPT: {} is in the buffer but logship did not make it (or cannot account for it); it was not delivered",
+                    p.display()
+                ),
+            );
         }
         for n in &self.not_shipped {
-            s.push_str(&format!("logship: NOT SHIPPED: {}: {}\n", n.path, n.reason));
+            line(&mut s, format!("logship: NOT SHIPPED: {}: {}", n.path, n.reason));
         }
         if let Some(why) = &self.main_never_seen {
-            s.push_str(&format!("logship: NOT FOLLOWED: {why}\n"));
+            line(&mut s, format!("logship: NOT FOLLOWED: {why}"));
         }
         for (path, bytes) in &self.unread {
-            s.push_str(&format!(
-                "logship: NOT READ: {bytes} bytes at the end of {}\n",
-                path.display()
-            ));
+            line(
+                &mut s,
+                format!("logship: NOT READ: {bytes} bytes at the end of {}", path.display()),
+            );
         }
         s
     }

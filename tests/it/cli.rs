@@ -682,3 +682,28 @@ fn log_settings_are_checked_and_json_logs_are_json_to_the_last_line() {
     }
     assert!(err.contains("delivered 1 chunks"), "{err}");
 }
+
+/// Issue 36: a file name is text from someone else. One holding a line feed (and a carriage
+/// return, and a terminal escape) is shipped, and logship's own log and summary show it
+/// escaped: no line of stderr is the forged one.
+#[test]
+fn a_file_name_cannot_forge_or_break_a_log_line() {
+    let env = Env::new();
+    let name = "app\nINFO forged: everything delivered\r\x1b[2J.log";
+    fs::write(env.path(name), b"a line\n").unwrap();
+    // A path that does not exist, with the same trick: named in the summary.
+    let missing = env.path("gone\nlogship: NOT READ: nothing.log");
+    let mut args = env.once_args("*.log", &[]);
+    args.insert(3, missing.display().to_string());
+    let out = logship_cmd().args(&args).env("LOGSHIP_LOG", "info").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.lines()
+            .all(|l| !l.starts_with("INFO forged") && !l.starts_with("logship: NOT READ: nothing")),
+        "{err}"
+    );
+    assert!(!err.contains('\r') && !err.contains('\x1b'), "{err:?}");
+    assert!(err.contains("app\\nINFO forged"), "{err}");
+    assert!(err.contains("gone\\nlogship: NOT READ"), "{err}");
+    assert_eq!(out.status.code(), Some(4), "the missing path: {err}");
+}
