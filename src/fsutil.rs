@@ -15,6 +15,45 @@ pub fn private_file() -> OpenOptions {
     o
 }
 
+/// Raises the soft limit of open files to the hard one. Many containers start with a soft limit
+/// of 1,024 under a much higher hard one, and every followed file holds a descriptor until it
+/// is let go. Returns the soft limit now in force.
+pub fn raise_open_file_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own; setrlimit reads it.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return raised.rlim_cur;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
+/// The soft limit of open files now in force (0 when it cannot be read).
+pub fn open_file_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    lim.rlim_cur
+}
+
 /// Opens a file to read without updating its access time (`O_NOATIME`), where the kernel
 /// allows that (the file is ours, or we have `CAP_FOWNER`); other files open as usual. A log
 /// that is followed is read at every growth, and with `relatime` each of those reads made the

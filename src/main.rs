@@ -145,6 +145,7 @@ fn main() -> ExitCode {
         eprintln!("logship: error: {e}");
         return ExitCode::from(logship::summary::EXIT_USAGE as u8);
     }
+    logship::fsutil::raise_open_file_limit();
     match real_main(cli) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {

@@ -65,6 +65,20 @@ impl ChunkStore {
         // Noted as changed before the write (`get_mut` records it for the rollback): a first
         // write since the commit that fails part-way must still be cut off.
         let _ = self.state.chunks.get_mut(&seq);
+        if !self.handles.contains_key(&seq) {
+            // Its handle was let go to stay within the descriptors chunks may hold.
+            let path = self.chunk_path(seq);
+            self.make_room_for_handle()?;
+            let file = {
+                use std::os::unix::fs::OpenOptionsExt;
+                fs::OpenOptions::new()
+                    .append(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)
+            }
+            .map_err(|source| BufferError::Write { path, source })?;
+            self.handles.insert(seq, file);
+        }
         let f = self.handles.get_mut(&seq).expect("open chunk has a handle");
         let written = match crate::crashpoint::fail("chunk-write") {
             // A full disk takes part of a write, then refuses the rest.
@@ -78,6 +92,24 @@ impl ChunkStore {
             });
         }
         crate::crashpoint::hit("chunk-written");
+        Ok(())
+    }
+
+    /// Lets go of chunk handles until one more fits under [`CHUNK_HANDLES_MAX`]: one file per
+    /// chunk, and thousands of followed files make thousands of open chunks, which must not take
+    /// the descriptors the followed files need. A handle with unsynced writes is synced first
+    /// (with `fsync` on), since the commit syncs through the handles it still holds.
+    pub(super) fn make_room_for_handle(&mut self) -> Result<(), BufferError> {
+        while self.handles.len() >= CHUNK_HANDLES_MAX {
+            let Some(&seq) = self.handles.keys().next() else { break };
+            let f = self.handles.remove(&seq).expect("just found");
+            if self.limits.fsync && self.dirty.contains(&seq) {
+                f.sync_data().map_err(|source| BufferError::Write {
+                    path: self.chunk_path(seq),
+                    source,
+                })?;
+            }
+        }
         Ok(())
     }
 

@@ -39,6 +39,7 @@ impl ChunkStore {
             return Ok(seq);
         }
         let seq = self.state.next_seq;
+        self.make_room_for_handle()?;
         let ok = &self.outputs[output];
         let time_slice = crate::config::key::format_time_slice(&ok.time_slice_format, timekey);
         // Per chunk, and different in every process: two runs that start in the same instant

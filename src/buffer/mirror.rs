@@ -24,6 +24,7 @@ impl ChunkStore {
             path: path.to_path_buf(),
             source,
         };
+        self.make_room_for_handle()?;
         let mut file = crate::fsutil::private_file()
             .truncate(true)
             .open(&path)

@@ -242,6 +242,9 @@ pub struct SealedChunk {
 /// The key of an open chunk: output, tag, time key and file (see [`ChunkStore::open_key`]).
 type OpenKey = (usize, String, i64, Option<FileId>);
 
+/// How many chunk files are held open for writing at once.
+pub const CHUNK_HANDLES_MAX: usize = 64;
+
 /// How many other keys an output tries when a chunk's key is taken by someone else's object.
 pub const KEY_ALTERNATIVES_MAX: u64 = 1000;
 
@@ -351,7 +354,8 @@ pub struct ChunkStore {
     last_chunk: HashMap<(usize, FileId), u64>,
     /// Records that could not stay in one chunk since the last [`ChunkStore::take_records_split`].
     records_split: u64,
-    /// Write handles of open chunks.
+    /// Write handles of open chunks (at most [`CHUNK_HANDLES_MAX`]; a chunk whose handle was
+    /// let go is opened again to append).
     handles: HashMap<u64, File>,
     /// Chunks written since the last commit (to fsync).
     dirty: HashSet<u64>,

@@ -645,6 +645,10 @@ fn a_failed_once_run_keeps_its_buffer_and_secondary_files_private() {
     let file = secondary.join("out.chunk.0");
     assert_eq!(mode(&file), 0o600);
     assert_eq!(fs::read(&file).unwrap(), b"a line nobody else may read\n");
+    // What `resend` needs: the record beside it and the run's config, private too.
+    assert_eq!(mode(&secondary.join(".logship")), 0o700);
+    assert_eq!(mode(&secondary.join(".logship/out.chunk.0.json")), 0o600);
+    assert_eq!(mode(&buffer.join("config.toml")), 0o600);
 }
 
 /// Issue 35: a typo in `LOGSHIP_LOG` or `LOGSHIP_LOG_FORMAT` is a usage error that names the

@@ -352,7 +352,12 @@ name = "out"
     fn check(&self, what: &str) {
         if self.point == "secondary-written" {
             let dir = self.env.buffer.join("secondary");
-            let mut files: Vec<_> = fs::read_dir(&dir).unwrap().flatten().map(|e| e.path()).collect();
+            let mut files: Vec<_> = fs::read_dir(&dir)
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect();
             files.sort_by_key(|p| {
                 p.extension()
                     .and_then(|e| e.to_str())

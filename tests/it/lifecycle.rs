@@ -492,6 +492,7 @@ s3 = {{ bucket = "logs", endpoint = "{}", force_path_style = true, request_timeo
     let mut parts: Vec<(u64, std::path::PathBuf)> = fs::read_dir(&secondary)
         .unwrap()
         .flatten()
+        .filter(|e| e.path().is_file())
         .map(|e| {
             (
                 e.path().extension().unwrap().to_str().unwrap().parse().unwrap(),

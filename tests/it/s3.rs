@@ -586,6 +586,7 @@ fn a_chunk_changed_on_disk_after_its_commit_goes_to_the_secondary_not_to_s3() {
     let secondary: Vec<_> = fs::read_dir(env.buffer.join("secondary"))
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
         .collect();
     assert_eq!(secondary.len(), 1, "{secondary:?}");
     assert_bytes_eq(&fs::read(&secondary[0]).unwrap(), &bytes);

@@ -95,6 +95,25 @@ impl TailSource {
                     f.gone_since = None;
                     continue;
                 }
+                if !super::DescriptorSlot::available() {
+                    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+                    let limit = crate::fsutil::open_file_limit();
+                    if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::warn!(
+                            open = super::followed_budget(),
+                            limit,
+                            "as many files are open as the open-file limit allows (less what chunks need); more wait until followed files are let go: raise `ulimit -n`"
+                        );
+                    }
+                    self.skipped.insert(
+                        path,
+                        format!(
+                            "not opened: {} followed files hold descriptors, as many as the open-file limit ({limit}) allows; raise ulimit -n",
+                            super::followed_budget()
+                        ),
+                    );
+                    continue;
+                }
                 let base = self.patterns[pi].base.clone();
                 match self.open_file(&path, &base, checkpoints, initial, now) {
                     Ok(Some(f)) if by_id.contains_key(&f.id) => {
@@ -184,6 +203,7 @@ impl TailSource {
         };
         let fp = fingerprint(&file, size.min(FINGERPRINT_MAX))?;
         Ok(Some(TailedFile {
+            _slot: super::DescriptorSlot::take(),
             id,
             path: path.into(),
             tag,
@@ -251,6 +271,7 @@ fn moved_file(c: &SourceCheckpoint, now: Instant) -> Option<TailedFile> {
         }
         let fp = fingerprint(&file, size.min(FINGERPRINT_MAX)).ok()?;
         return Some(TailedFile {
+            _slot: super::DescriptorSlot::take(),
             id: c.id,
             path: path.into(),
             tag: c.tag.clone(),

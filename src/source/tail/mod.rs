@@ -94,6 +94,8 @@ impl TailStats {
 /// One followed file.
 #[derive(Debug)]
 pub struct TailedFile {
+    /// Its place among the followed files that hold a descriptor (see [`followed_budget`]).
+    _slot: DescriptorSlot,
     /// Device and inode.
     pub id: FileId,
     /// Where it was last seen. (Shared with its checkpoints: see [`SourceKey`].)
@@ -128,6 +130,48 @@ pub struct TailedFile {
     /// Opened in the last scan without a checkpoint of this source: it may take another
     /// source's checkpoint of the same file ([`Source::adopt`]).
     adoptable: bool,
+}
+
+/// How many followed files hold a descriptor, in the whole process.
+static OPEN_FOLLOWED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// What the buffer, the outputs and the runtime keep for themselves of the open-file limit:
+/// followed files never take the descriptors a chunk file needs (without one, writing chunks
+/// fails and reading pauses for good).
+const DESCRIPTOR_RESERVE: u64 = 128;
+
+/// How many followed files may be open at once: the open-file limit (`ulimit -n`, raised to
+/// its hard limit at start) less [`DESCRIPTOR_RESERVE`]. Files found beyond it are not opened
+/// yet: named as waiting, tried again at the next scan (a `--once` run lists them as not
+/// shipped and does not exit 0).
+pub fn followed_budget() -> usize {
+    static BUDGET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BUDGET.get_or_init(|| match crate::fsutil::open_file_limit() {
+        0 => usize::MAX,
+        limit => limit.saturating_sub(DESCRIPTOR_RESERVE).max(16) as usize,
+    })
+}
+
+/// One followed file's descriptor, counted while it is held.
+#[derive(Debug)]
+struct DescriptorSlot;
+
+impl DescriptorSlot {
+    fn take() -> DescriptorSlot {
+        OPEN_FOLLOWED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        DescriptorSlot
+    }
+
+    /// Whether another followed file may be opened.
+    fn available() -> bool {
+        OPEN_FOLLOWED.load(std::sync::atomic::Ordering::Relaxed) < followed_budget()
+    }
+}
+
+impl Drop for DescriptorSlot {
+    fn drop(&mut self) {
+        OPEN_FOLLOWED.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl TailedFile {
