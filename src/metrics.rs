@@ -52,11 +52,14 @@ pub struct EventCounters {
     /// Records without a time of their own, sent with the time of the record before them or
     /// the time they were read.
     pub records_untimed: AtomicU64,
+    /// Records whose own time CloudWatch would refuse (too old, too far ahead), sent with the
+    /// time they were read instead.
+    pub records_retimed: AtomicU64,
 }
 
 impl EventCounters {
     /// The counters as (name, value), in a fixed order.
-    pub fn values(&self) -> [(&'static str, u64); 7] {
+    pub fn values(&self) -> [(&'static str, u64); 8] {
         let v = |a: &AtomicU64| a.load(Ordering::Relaxed);
         [
             ("events_sent", v(&self.events_sent)),
@@ -66,6 +69,7 @@ impl EventCounters {
             ("records_replaced", v(&self.records_replaced)),
             ("records_empty", v(&self.records_empty)),
             ("records_untimed", v(&self.records_untimed)),
+            ("records_retimed", v(&self.records_retimed)),
         ]
     }
 }

@@ -75,6 +75,16 @@ pub struct OutputSummary {
     pub events: Option<std::collections::BTreeMap<&'static str, u64>>,
 }
 
+impl OutputSummary {
+    /// Events CloudWatch refused one by one: not delivered, and not in the secondary directory.
+    pub fn events_rejected(&self) -> u64 {
+        self.events
+            .as_ref()
+            .and_then(|e| e.get("events_rejected").copied())
+            .unwrap_or(0)
+    }
+}
+
 /// Per-source results.
 #[derive(Debug, Clone, Serialize)]
 pub struct SourceSummary {
@@ -212,6 +222,7 @@ impl Summary {
             || !self.state_doubts.is_empty()
             || !self.not_shipped.is_empty()
             || self.main_never_seen.is_some()
+            || self.outputs.iter().any(|o| o.events_rejected() > 0)
         {
             EXIT_UNDELIVERED
         } else if self.outputs.iter().any(|o| !o.secondary.is_empty()) {
@@ -242,6 +253,16 @@ impl Summary {
                     o.name, o.chunks_delivered, o.bytes_delivered, o.destination
                 ),
             );
+            if o.events_rejected() > 0 {
+                line(
+                    &mut s,
+                    format!(
+                        "logship: {}: NOT DELIVERED: CloudWatch rejected {} events (outside the time range it accepts; see the log)",
+                        o.name,
+                        o.events_rejected()
+                    ),
+                );
+            }
             if let Some(e) = &o.events {
                 let parts: Vec<String> = e.iter().map(|(k, v)| format!("{k} {v}")).collect();
                 line(&mut s, format!("logship: {}: {}", o.name, parts.join(", ")));

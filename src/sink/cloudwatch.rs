@@ -573,15 +573,30 @@ impl CloudWatchSink {
         self.settings.max_event_size.bytes() as usize - EVENT_OVERHEAD
     }
 
-    /// The time of a record (`text`, not empty), by the output's rule.
+    /// The time of a record (`text`, not empty), by the output's rule. A time CloudWatch would
+    /// refuse (older than 14 days or than the group's retention, more than 2 hours ahead: a
+    /// record dated 2020, a two-digit year read as 1999) is replaced by the read time, within
+    /// what CloudWatch accepts, and counted (`records_retimed`): the record is delivered, not
+    /// dropped by CloudWatch.
     fn timestamp_of(&self, text: &str, read_ms: i64) -> Option<i64> {
-        match self.settings.timestamp {
+        let own = match self.settings.timestamp {
             TimestampRule::Record => {
                 let first = text.split('\n').next().unwrap_or("");
                 crate::record::record_timestamp(first, self.settings.time_zone.seconds())
             }
             TimestampRule::Read => Some(read_ms),
+        }?;
+        const HOUR: i64 = 3_600_000;
+        let now = crate::metrics::now_ms();
+        let kept_days = self.settings.retention_days.map_or(14, |d| i64::from(d).min(14));
+        // An hour of margin on each side, for clocks and for the time the batch takes.
+        let oldest = now - kept_days * 24 * HOUR + HOUR;
+        let newest = now + HOUR;
+        if (oldest..=newest).contains(&own) {
+            return Some(own);
         }
+        self.counters.records_retimed.fetch_add(1, Ordering::Relaxed);
+        Some(read_ms.clamp(oldest, newest))
     }
 
     /// Sends the untimed records held back at the start of a chunk with the time `ts`.

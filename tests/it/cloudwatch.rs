@@ -380,3 +380,57 @@ fn the_body_logship_writes_is_the_one_its_signature_covers() {
     assert_eq!(d.wait_exit(WAIT).code(), Some(0), "{}", d.stderr());
     assert_eq!(got(&moto, "pod/stdout"), want);
 }
+
+/// Issue 36: no record is dropped for its time stamp. Records dated 2020-01-01, `99/12/31`
+/// (a two-digit year, read as 1999) and a JSON `ts` of 2010 would be refused by CloudWatch as
+/// too old (and one dated next year as too new): each is sent with the time it was read,
+/// counted as `records_retimed`; a record of ten minutes ago keeps its own time. Every record
+/// arrives, and the run exits 0.
+#[test]
+fn records_whose_time_cloudwatch_would_refuse_are_sent_with_their_read_time() {
+    let moto = Moto::start();
+    let env = Env::new();
+    let err = env.path("driver/stderr");
+    std::fs::create_dir_all(err.parent().unwrap()).unwrap();
+    let now = chrono::Utc::now();
+    let recent = (now - chrono::Duration::minutes(10))
+        .format("%y/%m/%d %H:%M:%S")
+        .to_string();
+    let next_year = (now + chrono::Duration::days(400))
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string();
+    let text = format!(
+        "2020-01-01 00:00:00,000 INFO old record\n99/12/31 23:59:59 INFO two-digit year\n{{\"ts\":\"2010-05-05T00:00:00Z\",\"level\":\"INFO\",\"msg\":\"json\"}}\n{next_year} INFO from the future\n{recent} INFO recent record\n"
+    );
+    append(&err, text.as_bytes());
+    let args = ship(
+        &env,
+        &moto.endpoint,
+        &format!("cloudwatch://{GROUP}/p/%{{tag}}"),
+        &["--once"],
+    );
+    let mut d = spawn(&moto, &env, &args);
+    assert_eq!(d.wait_exit(WAIT).code(), Some(0), "{}", d.stderr());
+    let events = moto.events(GROUP, "p/driver/stderr");
+    let messages: Vec<&str> = events.iter().map(|(_, m)| m.as_str()).collect();
+    let want: Vec<&str> = text.lines().collect();
+    let mut sorted_want = want.clone();
+    sorted_want.sort();
+    let mut sorted_got = messages.clone();
+    sorted_got.sort();
+    assert_eq!(sorted_got, sorted_want, "every record arrives");
+    let now_ms = now.timestamp_millis();
+    for (ts, m) in &events {
+        if m.contains("recent record") {
+            assert!((now_ms - ts - 600_000).abs() < 2_000, "kept its own time: {ts} {m}");
+        } else {
+            assert!((ts - now_ms).abs() < 120_000, "sent with the read time: {ts} {m}");
+        }
+    }
+    assert_eq!(
+        d.summary()["outputs"][0]["events"]["records_retimed"],
+        4,
+        "{}",
+        d.stderr()
+    );
+}
