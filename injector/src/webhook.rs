@@ -98,8 +98,29 @@ pub fn options_for(meta: &Value, defaults: &SidecarOptions) -> Result<SidecarOpt
     Ok(o)
 }
 
-/// Largest AdmissionReview accepted (a pod is at most about 1.5 MB).
-const MAX_BODY: usize = 4 << 20;
+/// Largest AdmissionReview accepted: a pod is at most about 1.5 MB (etcd's limit), and a
+/// CREATE review carries it once.
+const MAX_BODY: usize = 3 << 20;
+
+/// Most JSON objects and arrays (counted as `{` and `[` bytes, strings included: an upper
+/// bound) a review may hold. Parsed, each costs tens of bytes: a 3 MiB body of `[{},{},…]`
+/// would take a hundred megabytes. A real pod has a few thousand.
+const MAX_JSON_CONTAINERS: usize = 100_000;
+
+/// Reviews read and answered at once: with [`MAX_BODY`] and [`MAX_JSON_CONTAINERS`], this
+/// bounds the memory of all reviews in flight to a few tens of megabytes, within the
+/// Deployment's 64 Mi limit, whatever the number of clients.
+const REVIEWS_AT_ONCE: usize = 4;
+
+/// Connections held at once; more are closed at once (the API server retries). Far below a
+/// container's usual `ulimit -n` of 1,024.
+const MAX_CONNECTIONS: usize = 256;
+
+/// How long a client may take to send a request's headers, or its body.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long one connection may live (the API server opens another).
+const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Why the webhook cannot serve.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +157,12 @@ pub enum OnError {
 
 /// Answers one AdmissionReview (the request body) with an AdmissionReview response.
 pub fn review(body: &[u8], opts: &SidecarOptions, on_error: OnError) -> Result<Value, String> {
+    let containers = body.iter().filter(|&&b| b == b'{' || b == b'[').count();
+    if containers > MAX_JSON_CONTAINERS {
+        return Err(format!(
+            "not an AdmissionReview a pod makes: {containers} JSON objects and arrays (at most {MAX_JSON_CONTAINERS})"
+        ));
+    }
     let review: Value = serde_json::from_slice(body).map_err(|e| format!("not an AdmissionReview: {e}"))?;
     let request = review.get("request").ok_or("an AdmissionReview without a request")?;
     let uid = request
@@ -404,6 +431,8 @@ impl Webhook {
     /// Serves until `shutdown` completes; connections in flight finish on their own tasks.
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let reviews = Arc::new(tokio::sync::Semaphore::new(REVIEWS_AT_ONCE));
         loop {
             let (tcp, peer) = tokio::select! {
                 _ = &mut shutdown => return,
@@ -416,11 +445,18 @@ impl Webhook {
                     }
                 },
             };
+            let Ok(slot) = connections.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, max = MAX_CONNECTIONS, "too many connections; closing this one");
+                drop(tcp);
+                continue;
+            };
             let acceptor = self.acceptor.clone();
             let config = self.config.clone();
             let metrics = self.metrics.clone();
+            let reviews = reviews.clone();
             tokio::spawn(async move {
-                let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
+                let _slot = slot;
+                let tls = match tokio::time::timeout(READ_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -428,13 +464,19 @@ impl Webhook {
                     }
                     Err(_) => return,
                 };
-                let service = hyper::service::service_fn(move |req| handle(req, config.clone(), metrics.clone()));
+                let service = hyper::service::service_fn(move |req| {
+                    handle(req, config.clone(), metrics.clone(), reviews.clone())
+                });
                 let io = hyper_util::rt::TokioIo::new(tls);
-                if let Err(e) = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, service)
-                    .await
-                {
-                    tracing::debug!(%peer, error = %e, "connection ended");
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(READ_TIMEOUT)
+                    .max_buf_size(64 << 10)
+                    .serve_connection(io, service);
+                match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended"),
+                    Ok(Ok(())) => {}
+                    Err(_) => tracing::debug!(%peer, "connection closed after its lifetime"),
                 }
             });
         }
@@ -451,14 +493,26 @@ async fn handle(
     req: Request<Incoming>,
     config: Arc<WebhookConfig>,
     metrics: Arc<WebhookMetrics>,
+    reviews: Arc<tokio::sync::Semaphore>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => Ok(text(StatusCode::OK, "ok\n".into())),
         (&Method::GET, "/metrics") => Ok(text(StatusCode::OK, metrics.render())),
         (&Method::POST, "/mutate") => {
-            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => return Ok(text(StatusCode::PAYLOAD_TOO_LARGE, format!("{e}\n"))),
+            // The body is read, parsed and answered under a permit: memory stays bounded.
+            let Ok(_permit) = reviews.acquire().await else {
+                return Ok(text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into()));
+            };
+            let body = match tokio::time::timeout(READ_TIMEOUT, Limited::new(req.into_body(), MAX_BODY).collect()).await
+            {
+                Ok(Ok(b)) => b.to_bytes(),
+                Ok(Err(e)) => return Ok(text(StatusCode::PAYLOAD_TOO_LARGE, format!("{e}\n"))),
+                Err(_) => {
+                    return Ok(text(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "the body did not arrive in time\n".into(),
+                    ));
+                }
             };
             let started = std::time::Instant::now();
             let answer = review(&body, &config.options, config.on_error);

@@ -501,3 +501,87 @@ fn pod_annotations_override_the_defaults_bad_ones_are_refused_and_metrics_count_
     );
     assert_eq!(value("review_seconds_count"), 7);
 }
+
+/// The peak resident memory of this process (the webhook runs in it), in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// Issue 36: the webhook survives its clients. Twenty bodies of a million empty JSON objects at
+/// once (each under the body limit; parsed, each would take a hundred megabytes) are refused
+/// before parsing, and the process's peak memory grows by less than the Deployment's 64 Mi; a
+/// body over the limit is refused; 300 connections that never finish their TLS handshake are
+/// closed by the server within seconds and never stop a real review from being answered.
+#[test]
+fn hostile_clients_do_not_exhaust_the_webhook_and_a_real_review_is_still_answered() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    certificate(dir.path(), "logship-inject");
+    let served = serve(dir.path(), &[], OnError::Deny);
+    let c = client(dir.path());
+    // One body, shared by the clients (their copies would count in this process's memory).
+    let body = hyper::body::Bytes::from(format!(
+        "{{\"request\":{{\"uid\":\"u1\",\"x\":[{}]}}}}",
+        vec!["{}"; 900_000].join(",")
+    ));
+    assert!(body.len() < 3 << 20);
+    let before = peak_rss();
+    std::thread::scope(|s| {
+        for _ in 0..20 {
+            s.spawn(|| {
+                let r = c
+                    .post(format!("{}/mutate", served.url))
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .unwrap();
+                assert_eq!(r.status(), 400);
+                assert!(r.text().unwrap().contains("JSON objects and arrays"));
+            });
+        }
+    });
+    let grown = peak_rss().saturating_sub(before);
+    assert!(grown < 64 << 20, "peak memory grew by {} MiB", grown >> 20);
+    let too_big = vec![b' '; 4 << 20];
+    let r = c.post(format!("{}/mutate", served.url)).body(too_big).send().unwrap();
+    assert_eq!(r.status(), 413);
+
+    // Connections that never finish their handshake.
+    let addr = served.url.trim_start_matches("https://").to_string();
+    let idle: Vec<std::net::TcpStream> = (0..300)
+        .filter_map(|_| std::net::TcpStream::connect(&addr).ok())
+        .collect();
+    let start = std::time::Instant::now();
+    let answered = loop {
+        let fresh = client(dir.path());
+        match fresh
+            .post(format!("{}/mutate", served.url))
+            .header("content-type", "application/json")
+            .body(review_json().to_string())
+            .send()
+        {
+            Ok(r) if r.status() == 200 => break serde_json::from_str::<Value>(&r.text().unwrap()).unwrap(),
+            _ if start.elapsed() < std::time::Duration::from_secs(60) => {
+                std::thread::sleep(std::time::Duration::from_millis(200))
+            }
+            other => panic!("no answer to a real review: {other:?}"),
+        }
+    };
+    assert_eq!(answered["response"]["allowed"], true, "{answered}");
+    for mut t in idle {
+        t.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+        let mut b = [0u8; 16];
+        // Closed by the server: end of stream or a reset, not a timeout.
+        match t.read(&mut b) {
+            Ok(0) => {}
+            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut => {}
+            other => panic!("a half-open connection was kept: {other:?}"),
+        }
+    }
+}
