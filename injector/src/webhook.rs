@@ -65,11 +65,13 @@ pub fn options_for(meta: &Value, defaults: &SidecarOptions) -> Result<SidecarOpt
             "inject" if v == "true" || v == "false" => {}
             "inject" => return Err(bad("must be \"true\" or \"false\"".into())),
             "to" => {
-                crate::sidecar::parse_destination("logship.io/to", v).map_err(|e| bad(e.to_string()))?;
+                let d = crate::sidecar::parse_destination("logship.io/to", v).map_err(|e| bad(e.to_string()))?;
+                annotation_destination(v, &d).map_err(bad)?;
                 o.to = v.to_string();
             }
             "events-to" => {
-                crate::sidecar::parse_destination("logship.io/events-to", v).map_err(|e| bad(e.to_string()))?;
+                let d = crate::sidecar::parse_destination("logship.io/events-to", v).map_err(|e| bad(e.to_string()))?;
+                annotation_destination(v, &d).map_err(bad)?;
                 o.events_to = Some(v.to_string());
             }
             "presigned-post-secret" => {
@@ -96,6 +98,50 @@ pub fn options_for(meta: &Value, defaults: &SidecarOptions) -> Result<SidecarOpt
         }
     }
     Ok(o)
+}
+
+/// A destination a pod's annotation may name: one the sidecar can use as written. Environment
+/// references are refused (the sidecar's environment holds its credentials: `${AWS_SECRET_ACCESS_KEY}`
+/// would be expanded into object keys, and an unset one stops the sidecar at start); so are
+/// control characters, a bucket name S3 refuses and a log group name CloudWatch refuses.
+fn annotation_destination(v: &str, d: &logship_config::destination::Destination) -> Result<(), String> {
+    use logship_config::destination::Destination;
+    if v.contains('$') {
+        return Err(
+            "environment references are not allowed in an annotation (the sidecar's environment holds its credentials)"
+                .into(),
+        );
+    }
+    if v.chars().any(char::is_control) {
+        return Err("control characters are not allowed".into());
+    }
+    match d {
+        Destination::S3 { bucket, .. } => {
+            let b = bucket.as_bytes();
+            let ok = (3..=63).contains(&b.len())
+                && b.iter()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'.' || *c == b'-')
+                && b[0].is_ascii_alphanumeric()
+                && b[b.len() - 1].is_ascii_alphanumeric()
+                && !bucket.contains("..");
+            if !ok {
+                return Err(format!(
+                    "{bucket:?} is not an S3 bucket name (3 to 63 lowercase letters, digits, '.' and '-')"
+                ));
+            }
+        }
+        Destination::CloudWatch { group, .. } => {
+            let ok = (1..=512).contains(&group.len())
+                && group
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/' | '#'));
+            if !ok {
+                return Err(format!("{group:?} is not a CloudWatch log group name"));
+            }
+        }
+        Destination::File(_) | Destination::Stdout => {}
+    }
+    Ok(())
 }
 
 /// Largest AdmissionReview accepted: a pod is at most about 1.5 MB (etcd's limit), and a
