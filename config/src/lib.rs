@@ -219,6 +219,11 @@ pub struct SourceConfig {
     /// (writers keep appending to a rotated file until they reopen).
     #[serde(default = "default_rotate_wait")]
     pub rotate_wait: HumanDuration,
+    /// Directories a symbolic link matched by a glob may point into, besides the pattern's own
+    /// directory (a link elsewhere is not followed, and is named: `in/x.log -> /etc/shadow`).
+    /// A node forwarder following `/var/log/containers/*.log` needs `["/var/log/pods"]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub follow_links_into: Vec<PathBuf>,
     /// Which lines form one log record (one CloudWatch event): `auto` recognises Spark's log4j
     /// text with its stack traces, Python tracebacks and JSON lines; `off` makes every line a
     /// record. Files and S3 objects keep their bytes either way.
@@ -853,6 +858,7 @@ impl SourceConfig {
             watch: WatchMode::default(),
             poll_interval: default_poll_interval(),
             rotate_wait: default_rotate_wait(),
+            follow_links_into: Vec::new(),
             multiline: Multiline::default(),
             multiline_start: None,
             multiline_flush: default_multiline_flush(),

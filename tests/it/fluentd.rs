@@ -354,10 +354,21 @@ fn malformed_configs_name_the_file_line_and_column() {
         &[],
     );
     assert!(e.contains("bad.conf:5:3") && e.contains("refresh_interval"), "{e}");
-    let e = translate_error(
+    // An unset variable is an error where the config runs (`translate` keeps it as `${NAME}`).
+    let d = tempfile::tempdir().unwrap();
+    let conf = d.path().join("bad.conf");
+    fs::write(
+        &conf,
         "<source>\n  @type tail\n  path \"#{ENV['NO_SUCH_VAR']}/x\"\n</source>\n",
-        &[],
-    );
+    )
+    .unwrap();
+    let out = crate::common::logship_cmd()
+        .args(["run", "--fluentd-config"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{e}");
     assert!(e.contains("bad.conf:3:9") && e.contains("NO_SUCH_VAR"), "{e}");
     let e = translate_error(
         "<source>\n  @type tail\n  path /x\n  tag t\n</source>\n<match t>\n  @type kafka2\n</match>\n",

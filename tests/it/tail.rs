@@ -586,3 +586,80 @@ fn more_files_than_descriptors_ships_what_it_can_names_the_rest_and_never_hangs(
     }
     assert_eq!(shipped + not_shipped.len(), 700);
 }
+
+/// Issue 36: symbolic links by policy. `in/evil.log -> <a secret outside in/>` matched by
+/// `in/*.log` is not shipped, and is named (exit 4 under `--once`); a link inside `in/` is
+/// followed; under `**`, a linked directory (`in/sub/etc -> <outside>`) is not descended and a
+/// loop (`in/d/up -> ..`) ends at once; `follow_links_into` allows a directory by name.
+#[test]
+fn links_out_of_the_pattern_directory_are_not_followed_unless_allowed() {
+    use std::os::unix::fs::symlink;
+    let env = Env::new();
+    let outside = env.dir.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("shadow"), b"root:secret\n").unwrap();
+    fs::write(outside.join("other.log"), b"outside log\n").unwrap();
+    let app = lines("app", 0, 5);
+    fs::write(env.path("app.log"), &app).unwrap();
+    symlink(outside.join("shadow"), env.path("evil.log")).unwrap();
+    symlink(env.path("app.log"), env.path("current.log")).unwrap();
+    fs::create_dir_all(env.path("d/deeper")).unwrap();
+    let deep = lines("deep", 0, 3);
+    fs::write(env.path("d/deeper/x.log"), &deep).unwrap();
+    symlink("..", env.path("d/up")).unwrap();
+    fs::create_dir_all(env.path("sub")).unwrap();
+    symlink(&outside, env.path("sub/etc")).unwrap();
+
+    let mut d = Daemon::spawn(&env.once_args("*.log", &[]), env.dir.path());
+    assert_eq!(d.wait_exit(T).code(), Some(4), "{}", d.stderr());
+    let err = d.stderr();
+    assert!(err.contains("evil.log") && err.contains("not followed"), "{err}");
+    assert_bytes_eq(&collect(&env.out, "app.log"), &app);
+    assert!(!err.contains("root:secret"));
+    let everything: Vec<u8> = walk_files(&env.out).iter().flat_map(|p| fs::read(p).unwrap()).collect();
+    assert!(!everything.windows(6).any(|w| w == b"secret"), "the secret was shipped");
+
+    // `**`: the loop ends, the linked directory is not entered.
+    let env2_out = env.dir.path().join("out-deep");
+    let mut args = env.once_args("**/*.log", &[]);
+    set_flag(&mut args, "--to", &format!("file://{}", env2_out.display()));
+    let mut d = Daemon::spawn(&args, env.dir.path());
+    assert_eq!(d.wait_exit(T).code(), Some(4), "{}", d.stderr());
+    let shipped: Vec<String> = walk_files(&env2_out)
+        .iter()
+        .map(|p| p.strip_prefix(&env2_out).unwrap().display().to_string())
+        .collect();
+    assert!(shipped.iter().any(|k| k.starts_with("d/deeper/x.log/")), "{shipped:?}");
+    assert!(
+        !shipped.iter().any(|k| k.contains("up/") || k.contains("etc/")),
+        "{shipped:?}"
+    );
+
+    // Allowed by name: followed.
+    let allowed = env.run_config(&format!(
+        "[buffer]\ndir = \"{{buffer}}-allowed\"\n[[source]]\ntype = \"tail\"\npaths = [\"{{input}}/*.log\"]\nfollow_links_into = [\"{}\"]\n[[output]]\ntype = \"file\"\ndir = \"{{out}}-allowed\"\n[lifecycle]\nonce = true\n",
+        outside.display()
+    ));
+    let mut d = Daemon::spawn(&allowed, env.dir.path());
+    assert_eq!(d.wait_exit(T).code(), Some(0), "{}", d.stderr());
+    let out = std::path::PathBuf::from(format!("{}-allowed", env.out.display()));
+    assert_bytes_eq(&collect(&out, "evil.log"), b"root:secret\n");
+}
+
+/// Every file under `dir`, sorted.
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}

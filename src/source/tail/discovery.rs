@@ -36,6 +36,88 @@ pub fn glob_base(pattern: &str) -> (PathBuf, bool) {
     (base, false)
 }
 
+/// Most directories one `**` walk looks into (a tree that large is a mistake, not a log dir).
+const WALK_MAX_DIRS: usize = 100_000;
+
+/// The paths `pattern` matches, by the link policy: a symbolic link is followed only to a
+/// file inside the pattern's own directory (its literal start) or inside one of `roots`
+/// (`follow_links_into`); one pointing elsewhere is named in `skipped` (`in/evil.log ->
+/// /etc/shadow` is not shipped). Under `**`, the walk does not descend into linked directories
+/// (`in/sub/etc -> /etc`, `d/up -> ..`), and never visits a directory twice. A path named
+/// without a glob is what was asked for: followed wherever it points.
+fn matching_paths(
+    pattern: &super::Pattern,
+    roots: &[PathBuf],
+    skipped: &mut std::collections::BTreeMap<PathBuf, String>,
+) -> Result<Vec<PathBuf>, glob::PatternError> {
+    let found: Vec<PathBuf> = if pattern.glob.contains("**") {
+        walk(pattern)?
+    } else {
+        glob::glob(&pattern.glob)?.flatten().collect()
+    };
+    if pattern.literal {
+        return Ok(found);
+    }
+    let inside: Vec<PathBuf> = std::iter::once(&pattern.base)
+        .chain(roots)
+        .filter_map(|r| std::fs::canonicalize(r).ok())
+        .collect();
+    Ok(found
+        .into_iter()
+        .filter(|p| {
+            // Only paths that pass through a link can lead outside.
+            let Ok(real) = std::fs::canonicalize(p) else {
+                return true;
+            };
+            if inside.iter().any(|r| real.starts_with(r)) {
+                return true;
+            }
+            skipped.insert(
+                p.clone(),
+                format!(
+                    "a link to {}, outside {}: not followed (allow its directory with follow_links_into)",
+                    real.display(),
+                    pattern.base.display()
+                ),
+            );
+            false
+        })
+        .collect())
+}
+
+/// The files under `pattern.base` that a `**` pattern matches: a walk that does not follow
+/// linked directories and visits each directory once.
+fn walk(pattern: &super::Pattern) -> Result<Vec<PathBuf>, glob::PatternError> {
+    use std::os::unix::fs::MetadataExt;
+    let glob = glob::Pattern::new(&pattern.glob)?;
+    let options = glob::MatchOptions {
+        require_literal_separator: true,
+        ..glob::MatchOptions::new()
+    };
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut todo = vec![pattern.base.clone()];
+    while let Some(dir) = todo.pop() {
+        let Ok(meta) = std::fs::metadata(&dir) else { continue };
+        if !seen.insert((meta.dev(), meta.ino())) || seen.len() > WALK_MAX_DIRS {
+            continue;
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            let path = e.path();
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                todo.push(path.clone());
+            }
+            if glob.matches_path_with(&path, options) {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 impl TailSource {
     /// Looks for files matching the patterns: new ones are opened (resuming from `checkpoints`
     /// when the fingerprint matches), known ones get their current path, missing ones are marked
@@ -51,15 +133,15 @@ impl TailSource {
         // Rebuilt at every scan: what is skipped is what is there now.
         let before = std::mem::take(&mut self.skipped);
         for pi in 0..self.patterns.len() {
-            let entries = match glob::glob(&self.patterns[pi].glob) {
+            let literal = self.patterns[pi].literal;
+            let entries = match matching_paths(&self.patterns[pi], &self.config.follow_links_into, &mut self.skipped) {
                 Ok(e) => e,
                 Err(e) => {
                     tracing::warn!(pattern = %self.patterns[pi].glob, error = %e, "bad glob pattern");
                     continue;
                 }
             };
-            let literal = self.patterns[pi].literal;
-            for path in entries.flatten() {
+            for path in entries {
                 let meta = match std::fs::metadata(&path) {
                     Ok(m) => m,
                     Err(e) => {
@@ -153,6 +235,11 @@ impl TailSource {
                     by_id.insert(f.id, self.files.len());
                     self.files.push(f);
                 }
+            }
+        }
+        for (path, why) in &self.skipped {
+            if why.starts_with("a link to") && !before.contains_key(path) {
+                tracing::warn!(path = %path.display(), reason = %why, "not followed");
             }
         }
         for f in &mut self.files {

@@ -188,7 +188,7 @@ impl TailedFile {
     }
 }
 
-struct Pattern {
+pub(crate) struct Pattern {
     glob: String,
     /// The literal directory the pattern starts from; tags are paths relative to it.
     base: PathBuf,
