@@ -33,7 +33,7 @@ fn boto3_presign(server: &S3Server, key: &str, signature: Option<&str>) -> Vec<u
          print(json.dumps(s3.generate_presigned_post('logs', '{key}', ExpiresIn=3600)))\n",
         server.endpoint
     );
-    let pythonpath = python::python_path(&["boto3"], &["boto3"]);
+    let pythonpath = python::python_path(&["boto3"], &[python::BOTO3]);
     let out = Command::new("python3")
         .arg("-c")
         .arg(script)

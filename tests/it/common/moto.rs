@@ -41,7 +41,10 @@ impl Moto {
     }
 
     fn spawn(env: &[(&str, &str)]) -> Moto {
-        let py = python_path(&["moto.server", "boto3", "flask_cors"], &["moto[server]", "boto3"]);
+        let py = python_path(
+            &["moto.server", "boto3", "flask_cors"],
+            &[super::python::MOTO, super::python::BOTO3],
+        );
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()

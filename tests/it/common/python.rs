@@ -5,6 +5,11 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+/// moto, pinned: a new release can change what the CloudWatch and S3 tests see.
+pub const MOTO: &str = "moto[server]==5.2.1";
+/// boto3, pinned (it makes presigned POSTs and reads moto's streams in the tests).
+pub const BOTO3: &str = "boto3==1.43.11";
+
 /// A `PYTHONPATH` under which every module in `modules` imports; `packages` are what pip installs
 /// when one is missing (`tests/requirements.txt` lists the same).
 pub fn python_path(modules: &[&str], packages: &[&str]) -> PathBuf {
@@ -19,6 +24,8 @@ pub fn python_path(modules: &[&str], packages: &[&str]) -> PathBuf {
             .collect::<Vec<_>>()
             .join("; ");
         for (name, version) in packages.iter().filter_map(|p| p.split_once("==")) {
+            // `moto[server]` is the distribution `moto` with an extra.
+            let name = name.split('[').next().unwrap_or(name);
             code.push_str(&format!(
                 "; import importlib.metadata as md; assert md.version({name:?}) == {version:?}"
             ));
