@@ -526,16 +526,8 @@ fn a_low_soft_limit_of_open_files_is_raised_and_two_thousand_files_ship() {
         panic!("the test needs prlimit (util-linux)");
     }
     let env = Env::new();
-    let mut want = std::collections::BTreeMap::new();
-    for i in 0..2000 {
-        let name = format!("f{i:04}.log");
-        let data = lines(&name, 0, 3);
-        fs::write(env.path(&name), &data).unwrap();
-        want.insert(name, data);
-    }
-    let mut cmd = std::process::Command::new("prlimit");
-    cmd.arg("--nofile=256:4096").arg(crate::common::bin());
-    let mut d = Daemon::spawn_cmd(cmd, &env.once_args("*.log", &[]), env.dir.path());
+    let want = many_files(&env, 2000);
+    let mut d = once_under_prlimit(&env, "--nofile=256:4096");
     assert_eq!(d.wait_exit(T).code(), Some(0), "{}", d.stderr());
     for (name, data) in &want {
         assert_bytes_eq(&collect(&env.out, name), data);
@@ -549,16 +541,8 @@ fn a_low_soft_limit_of_open_files_is_raised_and_two_thousand_files_ship() {
 #[test]
 fn more_files_than_descriptors_ships_what_it_can_names_the_rest_and_never_hangs() {
     let env = Env::new();
-    let mut want = std::collections::BTreeMap::new();
-    for i in 0..700 {
-        let name = format!("f{i:04}.log");
-        let data = lines(&name, 0, 3);
-        fs::write(env.path(&name), &data).unwrap();
-        want.insert(name, data);
-    }
-    let mut cmd = std::process::Command::new("prlimit");
-    cmd.arg("--nofile=512:512").arg(crate::common::bin());
-    let mut d = Daemon::spawn_cmd(cmd, &env.once_args("*.log", &[]), env.dir.path());
+    let want = many_files(&env, 700);
+    let mut d = once_under_prlimit(&env, "--nofile=512:512");
     assert_eq!(d.wait_exit(T).code(), Some(4), "{}", d.stderr());
     let summary = d.summary();
     let not_shipped: Vec<String> = summary["not_shipped"]
@@ -662,4 +646,23 @@ fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out.sort();
     out
+}
+
+/// `n` small files `fNNNN.log` in the input directory: name -> bytes.
+fn many_files(env: &Env, n: usize) -> std::collections::BTreeMap<String, Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let name = format!("f{i:04}.log");
+            let data = lines(&name, 0, 3);
+            fs::write(env.path(&name), &data).unwrap();
+            (name, data)
+        })
+        .collect()
+}
+
+/// `ship --once *.log` under `prlimit LIMIT`.
+fn once_under_prlimit(env: &Env, limit: &str) -> Daemon {
+    let mut cmd = std::process::Command::new("prlimit");
+    cmd.arg(limit).arg(crate::common::bin());
+    Daemon::spawn_cmd(cmd, &env.once_args("*.log", &[]), env.dir.path())
 }

@@ -9,6 +9,17 @@ use serde_json::Value;
 const IMAGE: &str = "registry.example/logship:1";
 
 fn template(role: &str, file: &str, extra: &[&str]) -> String {
+    let out = template_output(role, file, extra);
+    assert!(
+        out.status.success(),
+        "logship-inject template {file} {extra:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `logship-inject template` of the fixture `file`, its output and status as they are.
+fn template_output(role: &str, file: &str, extra: &[&str]) -> std::process::Output {
     let f = fixture(file);
     let mut args = vec![
         "template",
@@ -22,7 +33,7 @@ fn template(role: &str, file: &str, extra: &[&str]) -> String {
         "s3://logs-bucket/spark",
     ];
     args.extend(extra);
-    ok(&args, b"")
+    run(&args, b"")
 }
 
 /// Patching the output again (from stdin) gives it back byte for byte.
@@ -434,19 +445,7 @@ fn the_default_termination_is_heartbeat_for_emr_pods_and_native_elsewhere_and_sa
         ("executor", "pod-template-executor.yaml", "heartbeat"),
         ("driver", "multi-container.yaml", "native"),
     ] {
-        let f = fixture(file);
-        let args = [
-            "template",
-            "--role",
-            role,
-            "--in",
-            f.to_str().unwrap(),
-            "--image",
-            IMAGE,
-            "--to",
-            "s3://logs-bucket/spark",
-        ];
-        let out = run(&args, b"");
+        let out = template_output(role, file, &[]);
         assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
