@@ -111,6 +111,16 @@ fn heartbeat_that_never_appears_drains_after_the_appear_timeout() {
 
 #[test]
 fn sigterm_mid_stream_delivers_everything_written_before_it() {
+    signal_mid_stream_delivers_everything_written_before_it("TERM");
+}
+
+/// Issue 34: SIGINT (Ctrl-C on a terminal) drains exactly as SIGTERM does.
+#[test]
+fn sigint_mid_stream_delivers_everything_written_before_it() {
+    signal_mid_stream_delivers_everything_written_before_it("INT");
+}
+
+fn signal_mid_stream_delivers_everything_written_before_it(sig: &str) {
     let env = Env::new();
     let p = env.path("stream.log");
     append(&p, b"");
@@ -137,12 +147,12 @@ fn sigterm_mid_stream_delivers_everything_written_before_it() {
     };
     wait_until("some data written", T, || written.load(Ordering::SeqCst) > 2_000_000);
     let before_signal = written.load(Ordering::SeqCst);
-    d.signal("TERM");
+    d.signal(sig);
     let st = d.wait_exit(T);
     stop.store(true, Ordering::SeqCst);
     writer.join().unwrap();
     assert!(st.success(), "exit {st:?}; stderr:\n{}", d.stderr());
-    assert!(d.stderr().contains("SIGTERM"));
+    assert!(d.stderr().contains(&format!("SIG{sig}")), "{}", d.stderr());
     let got = collect(&env.out, "stream.log");
     let file = fs::read(&p).unwrap();
     assert!(

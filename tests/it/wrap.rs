@@ -90,6 +90,32 @@ fn signals_are_forwarded_to_the_child() {
     assert_eq!(fs::read_to_string(&env.signal).unwrap(), "42\n");
 }
 
+/// Issue 34: every signal the README says `logship wrap` forwards reaches the child: INT, HUP,
+/// QUIT, USR1 and USR2 (TERM above). The child records each one, then ends on the last.
+#[test]
+fn int_hup_quit_usr1_and_usr2_are_forwarded_to_the_child() {
+    let env = Env::new();
+    let ready = env.dir.path().join("ready");
+    let script = format!(
+        "for s in INT HUP QUIT USR1; do trap \"echo got-$s\" $s; done; trap 'echo got-USR2; exit 7' USR2; touch '{}'; while :; do sleep 0.05; done",
+        ready.display()
+    );
+    let mut d = Daemon::spawn(&wrap(&env, &script), env.dir.path());
+    d.wait_until("the child is ready", WAIT, || ready.exists());
+    let mut want = String::new();
+    for sig in ["INT", "HUP", "QUIT", "USR1"] {
+        d.signal(sig);
+        want.push_str(&format!("got-{sig}\n"));
+        d.wait_until(&format!("the child got {sig}"), WAIT, || {
+            String::from_utf8_lossy(&d.stdout()).contains(&format!("got-{sig}"))
+        });
+    }
+    d.signal("USR2");
+    want.push_str("got-USR2\n");
+    assert_eq!(d.wait_exit(WAIT).code(), Some(7), "{}", d.stderr());
+    assert_eq!(String::from_utf8_lossy(&d.stdout()), want);
+}
+
 #[test]
 fn the_daemon_follows_the_wrapped_container_and_drains_when_it_ends() {
     let env = Env::new();
