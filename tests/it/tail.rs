@@ -293,6 +293,8 @@ fn forced_polling_follows_files_without_inotify() {
     args.push("--poll".into());
     let mut d = Daemon::spawn(&args, env.dir.path());
     wait_until("polled lines shipped", T, || collect(&env.out, "app.log") == one);
+    // Issue 34: polling only: no inotify instance at all (the default mode has one).
+    assert_eq!(d.inotify_fds(), 0, "--poll must not watch with inotify");
     let two = lines("poll", 100, 100);
     append(&p, &two);
     let want = [one, two].concat();
@@ -309,6 +311,7 @@ fn restart_resumes_from_the_checkpoint_without_repeating() {
     append(&p, &one);
     let mut d = Daemon::spawn(&env.follow_args("app.log"), env.dir.path());
     wait_until("first part shipped", T, || collect(&env.out, "app.log") == one);
+    assert_eq!(d.inotify_fds(), 1, "the default mode watches with inotify");
     env.signal_end();
     ok(d.wait_exit(T), &d);
     fs::remove_file(&env.signal).unwrap();

@@ -188,6 +188,23 @@ impl Daemon {
         assert!(st.success());
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// How many inotify instances the process holds (its descriptors that link to
+    /// `anon_inode:inotify`).
+    pub fn inotify_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains("inotify")))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
     /// Polls `f` until it is true; after `timeout`, panics naming `what`, with this daemon's log.
     pub fn wait_until(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
         let start = Instant::now();
