@@ -19,10 +19,14 @@ use serde_json::Value;
 const IMAGE: &str = "registry.example/logship:1";
 const WAIT: Duration = Duration::from_secs(240);
 
-/// One Spark at a time (a 2-core machine).
-fn exclusive() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+/// One Spark at a time (a 2-core machine), across test processes and across the workspace's
+/// test binaries: the same file lock (`flock`) the root package's Spark tests take, in the
+/// workspace's shared temporary directory.
+fn exclusive() -> std::fs::File {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("spark.lock");
+    let f = std::fs::File::create(path).unwrap();
+    f.lock().unwrap();
+    f
 }
 
 fn spark_submit() -> (PathBuf, PathBuf) {
