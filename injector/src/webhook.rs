@@ -88,7 +88,7 @@ pub fn options_for(meta: &Value, defaults: &SidecarOptions) -> Result<SidecarOpt
             }
             "termination" => {
                 o.termination = <Termination as clap::ValueEnum>::from_str(v, false)
-                    .map_err(|_| bad("one of heartbeat, native, wrap".into()))?;
+                    .map_err(|_| bad("one of auto, heartbeat, native, wrap".into()))?;
             }
             "store-as" => {
                 logship_config::StoreAs::parse(v).ok_or_else(|| bad("one of text, gzip, zstd".into()))?;
