@@ -669,3 +669,28 @@ fn once_under_prlimit(env: &Env, limit: &str) -> Daemon {
     cmd.arg(limit).arg(crate::common::bin());
     Daemon::spawn_cmd(cmd, &env.once_args("*.log", &[]), env.dir.path())
 }
+
+/// Issue 34: `read_from = "end"` starts a file found at start without a checkpoint at its end
+/// (what was there is not shipped; what is written after is, exactly), and a file that appears
+/// later is read from its start.
+#[test]
+fn read_from_end_skips_what_was_there_and_ships_what_follows() {
+    let env = Env::new();
+    let old = lines("before", 0, 50);
+    append(&env.path("app.log"), &old);
+    let args = env.run_config(
+        "[buffer]\ndir = \"{buffer}\"\nflush_mode = \"immediate\"\n[[source]]\ntype = \"tail\"\npaths = [\"{input}/*.log\"]\nread_from = \"end\"\n[[output]]\ntype = \"file\"\ndir = \"{out}\"\n[lifecycle]\nsignal_file = \"{signal}\"\n",
+    );
+    let mut d = Daemon::spawn(&args, env.dir.path());
+    d.wait_until("logship follows the file", T, || d.stderr().contains("following file"));
+    let new = lines("after", 0, 50);
+    append(&env.path("app.log"), &new);
+    let late = lines("late", 0, 10);
+    append(&env.path("late.log"), &late);
+    wait_until("the new lines and the late file are shipped", T, || {
+        collect(&env.out, "app.log") == new && collect(&env.out, "late.log") == late
+    });
+    env.signal_end();
+    ok(d.wait_exit(T), &d);
+    assert_bytes_eq(&collect(&env.out, "app.log"), &new);
+}
