@@ -631,3 +631,48 @@ dir = "{{out}}"
         "the summary counts every configuration's deliveries: {summary}"
     );
 }
+
+/// Issue 34: when even the secondary write fails (its directory cannot be made), the chunk
+/// stays in the buffer, the summary names it, and the exit code is 4; a later run with a usable
+/// secondary directory puts the exact bytes there.
+#[test]
+fn a_secondary_write_that_fails_keeps_the_chunk_in_the_buffer_and_exits_4() {
+    let env = Env::new();
+    let a = lines("kept", 0, 20);
+    fs::write(env.path("app.log"), &a).unwrap();
+    let blocker = env.dir.path().join("a-file");
+    fs::write(&blocker, b"").unwrap();
+    let run = |secondary: &std::path::Path| {
+        let mut args = env.once_args(
+            "app.log",
+            &[
+                "--buffer-dir",
+                env.buffer.to_str().unwrap(),
+                "--secondary-dir",
+                secondary.to_str().unwrap(),
+            ],
+        );
+        // The output itself fails for good: its directory is a file.
+        set_flag(&mut args, "--to", &format!("file://{}", blocker.display()));
+        let mut d = Daemon::spawn(&args, env.dir.path());
+        let code = d.wait_exit(T).code();
+        (code, d.stderr())
+    };
+    let (code, err) = run(&blocker.join("secondary"));
+    assert_eq!(code, Some(4), "{err}");
+    assert!(
+        err.contains("cannot write the secondary file") && err.contains("are still in"),
+        "{err}"
+    );
+    let good = env.dir.path().join("secondary");
+    let (code, err) = run(&good);
+    assert_eq!(code, Some(3), "{err}");
+    let files: Vec<_> = fs::read_dir(&good)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_bytes_eq(&fs::read(&files[0]).unwrap(), &a);
+}
