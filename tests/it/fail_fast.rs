@@ -161,12 +161,7 @@ fn refusals_end_retrying_within_a_minute_and_the_chunk_is_kept() {
                 let err = d.stderr();
                 assert!(err.contains(code) && err.contains("refused for 6"), "{what}: {err}");
                 // (Its record of what it was for is in `secondary/.logship/`.)
-                let kept: Vec<_> = fs::read_dir(env.buffer.join("secondary"))
-                    .unwrap()
-                    .flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.is_file())
-                    .collect();
+                let kept = files_in(&env.buffer.join("secondary"));
                 assert_eq!(kept.len(), 1, "{what}: {kept:?}");
                 assert_bytes_eq(&fs::read(&kept[0]).unwrap(), &a);
             });
@@ -279,11 +274,7 @@ fn resend_sends_what_a_failed_run_left_to_its_key_once_the_cause_is_fixed() {
         "import sys\ns3 = boto3.client('s3', endpoint_url=ENDPOINT, region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\nsys.stdout.write(s3.get_object(Bucket='late-bucket', Key='{key}')['Body'].read().decode())"
     ));
     assert_bytes_eq(got.as_bytes(), &a);
-    let left: Vec<_> = fs::read_dir(env.buffer.join("secondary"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.path().is_file())
-        .collect();
+    let left = files_in(&env.buffer.join("secondary"));
     assert!(left.is_empty(), "{left:?}");
     let (code, err) = resend();
     assert_eq!(code, Some(0), "{err}");

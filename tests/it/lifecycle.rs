@@ -667,12 +667,7 @@ fn a_secondary_write_that_fails_keeps_the_chunk_in_the_buffer_and_exits_4() {
     let good = env.dir.path().join("secondary");
     let (code, err) = run(&good);
     assert_eq!(code, Some(3), "{err}");
-    let files: Vec<_> = fs::read_dir(&good)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.is_file())
-        .collect();
+    let files = files_in(&good);
     assert_eq!(files.len(), 1, "{files:?}");
     assert_bytes_eq(&fs::read(&files[0]).unwrap(), &a);
 }

@@ -386,3 +386,16 @@ pub fn metric(body: &str, line_start: &str) -> Option<u64> {
         .and_then(|v| v.parse::<f64>().ok())
         .map(|v| v as u64)
 }
+
+/// The files directly in `dir` (not its subdirectories: a secondary directory keeps its records
+/// in `.logship/`), sorted.
+pub fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    v.sort();
+    v
+}
