@@ -474,6 +474,7 @@ async fn deliver_loop(
     (metrics, index): (Arc<Metrics>, usize),
 ) {
     let retries = &metrics.outputs[index].retries;
+    let log = crate::sink::retry::FailureLog::default();
     let (mut stop, mut cancel) = (deliveries.clone(), deliveries.clone());
     loop {
         let chunk = tokio::select! {
@@ -484,7 +485,7 @@ async fn deliver_loop(
             _ = stop.wait_for(|d| *d != Deliveries::Run) => return,
         };
         let result = tokio::select! {
-            r = crate::sink::retry::deliver_with_retry(&sink, &chunk, &retry, retries, &deliveries) => r,
+            r = crate::sink::retry::deliver_with_retry(&sink, &chunk, &retry, (retries, &log), &deliveries) => r,
             _ = cancel.wait_for(|d| *d == Deliveries::Cancel) => return,
         };
         let msg = match result {

@@ -195,7 +195,8 @@ async fn send(
     };
     let (_tx, rx) = tokio::sync::watch::channel(Deliveries::Run);
     let retries = AtomicU64::new(0);
-    crate::sink::retry::deliver_with_retry(sink, &chunk, &out.retry, &retries, &rx).await?;
+    let log = crate::sink::retry::FailureLog::default();
+    crate::sink::retry::deliver_with_retry(sink, &chunk, &out.retry, (&retries, &log), &rx).await?;
     Ok(c.key.clone())
 }
 

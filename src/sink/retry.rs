@@ -31,6 +31,60 @@ const CREDENTIALS_MAX_WAIT: Duration = Duration::from_secs(15);
 /// it goes to the secondary directory.
 pub const REFUSED_FOR: Duration = Duration::from_secs(60);
 
+/// How often a failing output says it is still failing.
+const STILL_FAILING_EVERY: Duration = Duration::from_secs(60);
+
+/// One output's failed attempts, logged as episodes rather than one line each (an output down
+/// for an hour with a chunk retried every few seconds would fill the log): a warning when
+/// attempts start failing, one a minute while they go on (with the count), and one line when a
+/// delivery works again. The single attempts are at debug level.
+#[derive(Debug, Default)]
+pub struct FailureLog {
+    episode: std::sync::Mutex<Option<Episode>>,
+}
+
+#[derive(Debug)]
+struct Episode {
+    since: tokio::time::Instant,
+    failures: u64,
+    said: tokio::time::Instant,
+}
+
+impl FailureLog {
+    /// A failed attempt that will be tried again in `retry_in`; `what` says what happened.
+    fn failed(&self, key: &str, error: &DeliveryError, retry_in: Duration, what: &str) {
+        let now = tokio::time::Instant::now();
+        let mut episode = self.episode.lock().unwrap_or_else(|e| e.into_inner());
+        match episode.as_mut() {
+            None => {
+                *episode = Some(Episode {
+                    since: now,
+                    failures: 1,
+                    said: now,
+                });
+                tracing::warn!(%key, %error, ?retry_in, "{what}; retrying (while it fails, a line a minute)");
+            }
+            Some(ep) => {
+                ep.failures += 1;
+                if now.duration_since(ep.said) >= STILL_FAILING_EVERY {
+                    ep.said = now;
+                    tracing::warn!(%key, %error, failures = ep.failures, failing_for = ?now.duration_since(ep.since), "{what}; still retrying");
+                } else {
+                    tracing::debug!(%key, %error, ?retry_in, "{what}; retrying");
+                }
+            }
+        }
+    }
+
+    /// A delivery succeeded: ends the episode, if any, in one line.
+    fn succeeded(&self) {
+        let ended = self.episode.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(ep) = ended {
+            tracing::info!(failures = ep.failures, failing_for = ?ep.since.elapsed(), "deliveries work again");
+        }
+    }
+}
+
 /// Delivers `chunk`: retryable errors follow `config`'s schedule (the last error is returned when
 /// retries are exhausted or `config.timeout` has passed); credential errors (an expired
 /// presigned POST) are retried without limit, re-reading the credentials each time; refusals
@@ -44,10 +98,10 @@ pub async fn deliver_with_retry(
     sink: &Sink,
     chunk: &SealedChunk,
     config: &RetryConfig,
-    retries: &AtomicU64,
+    (retries, log): (&AtomicU64, &FailureLog),
     deliveries: &watch::Receiver<Deliveries>,
 ) -> Result<u64, DeliveryError> {
-    retry(|| sink.deliver(chunk), &chunk.key, config, retries, deliveries).await
+    retry(|| sink.deliver(chunk), &chunk.key, config, (retries, log), deliveries).await
 }
 
 /// [`deliver_with_retry`] for any attempt (`key` names what it delivers, in messages).
@@ -55,7 +109,7 @@ pub(crate) async fn retry<F, Fut, T>(
     mut attempt: F,
     key: &str,
     config: &RetryConfig,
-    retries: &AtomicU64,
+    (retries, log): (&AtomicU64, &FailureLog),
     deliveries: &watch::Receiver<Deliveries>,
 ) -> Result<T, DeliveryError>
 where
@@ -65,7 +119,7 @@ where
     let mut wait = config.wait.get().max(Duration::from_millis(100));
     let mut refused_since: Option<tokio::time::Instant> = None;
     loop {
-        match with_backoff(&mut attempt, key, config, retries, deliveries).await {
+        match with_backoff(&mut attempt, key, config, (retries, log), deliveries).await {
             Err(DeliveryError::Refused(e)) => {
                 let since = *refused_since.get_or_insert_with(tokio::time::Instant::now);
                 let left = REFUSED_FOR.saturating_sub(since.elapsed());
@@ -77,7 +131,12 @@ where
                 }
                 retries.fetch_add(1, Ordering::Relaxed);
                 let jittered = wait.mul_f64(0.5 + fastrand::f64() / 2.0).min(left);
-                tracing::warn!(%key, error = %e, retry_in = ?jittered, "the destination refused the chunk; trying again for at most a minute");
+                log.failed(
+                    key,
+                    &DeliveryError::Refused(e),
+                    jittered,
+                    "the destination refused the chunk, which is tried again for at most a minute",
+                );
                 sleep_unless_paused(jittered, deliveries.clone()).await;
                 wait = (wait * 2).min(CREDENTIALS_MAX_WAIT);
             }
@@ -86,11 +145,21 @@ where
                 // Jittered (half to the full wait), so the executors of a job whose credentials
                 // expired together do not all come back in the same instant.
                 let jittered = wait.mul_f64(0.5 + fastrand::f64() / 2.0);
-                tracing::warn!(%key, error = %e, retry_in = ?jittered, "cannot upload with the current credentials; keeping the chunk and trying again");
+                log.failed(
+                    key,
+                    &e,
+                    jittered,
+                    "cannot upload with the current credentials; the chunk is kept",
+                );
                 sleep_unless_paused(jittered, deliveries.clone()).await;
                 wait = (wait * 2).min(CREDENTIALS_MAX_WAIT);
             }
-            other => return other,
+            other => {
+                if other.is_ok() {
+                    log.succeeded();
+                }
+                return other;
+            }
         }
     }
 }
@@ -129,7 +198,7 @@ async fn with_backoff<F, Fut, T>(
     attempt: &mut F,
     key: &str,
     config: &RetryConfig,
-    retries: &AtomicU64,
+    (retries, log): (&AtomicU64, &FailureLog),
     deliveries: &watch::Receiver<Deliveries>,
 ) -> Result<T, DeliveryError>
 where
@@ -153,7 +222,7 @@ where
         .when(DeliveryError::is_retryable)
         .notify(|e: &DeliveryError, wait: Duration| {
             retries.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%key, error = %e, retry_in = ?wait, "delivery failed; retrying");
+            log.failed(key, e, wait, "delivery failed");
         });
     match tokio::time::timeout(config.timeout.get(), run).await {
         Ok(r) => r,
@@ -193,6 +262,7 @@ mod tests {
         let start = Instant::now();
         let at = Mutex::new(Vec::new());
         let retries = AtomicU64::new(0);
+        let log = FailureLog::default();
         let r = retry(
             || {
                 let mut at = at.lock().unwrap();
@@ -202,11 +272,19 @@ mod tests {
             },
             "k",
             c,
-            &retries,
+            (&retries, &log),
             deliveries,
         )
         .await;
-        (r, at.into_inner().unwrap(), retries.load(Ordering::Relaxed))
+        // The failures are one episode, ended by the success (if any).
+        let episode = log.episode.lock().unwrap().as_ref().map(|e| e.failures);
+        let failures = retries.load(Ordering::Relaxed);
+        match &r {
+            Ok(()) => assert_eq!(episode, None, "a success ends the episode"),
+            Err(_) if failures > 0 => assert_eq!(episode, Some(failures), "one episode counts every retry"),
+            Err(_) => {}
+        }
+        (r, at.into_inner().unwrap(), failures)
     }
 
     fn running() -> (watch::Sender<Deliveries>, watch::Receiver<Deliveries>) {

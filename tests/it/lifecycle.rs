@@ -282,7 +282,10 @@ fn retry_jitter_differs_between_processes() {
     let mut ds: Vec<Daemon> = buffers
         .iter()
         .map(|b| {
-            let cmd = unreachable_s3(&env, &["--buffer-dir", &b.display().to_string()]);
+            let mut cmd = unreachable_s3(&env, &["--buffer-dir", &b.display().to_string()]);
+            // Each retry's wait is logged at debug level (a failing output logs one warning a
+            // minute).
+            cmd.env("LOGSHIP_LOG", "info,logship=debug");
             Daemon::spawn_cmd(cmd, &[], env.dir.path())
         })
         .collect();

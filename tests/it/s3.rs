@@ -454,7 +454,15 @@ fn server_errors_throttling_resets_and_stalls_are_retried_until_delivered() {
         "{seen:?}"
     );
     let err = d.stderr();
-    assert!(err.contains("SlowDown") && err.contains("retrying"), "{err}");
+    // Issue 36: the failures are one episode in the log: one warning when they start, one line
+    // when deliveries work again (each attempt is at debug level).
+    assert_eq!(
+        err.matches("retrying (while it fails, a line a minute)").count(),
+        1,
+        "{err}"
+    );
+    assert_eq!(err.matches("deliveries work again").count(), 1, "{err}");
+    assert!(!err.contains("delivery failed; retrying\n"), "{err}");
 }
 
 #[test]
@@ -871,7 +879,10 @@ fn a_403_keeps_the_chunk_and_the_drain_deadline_puts_its_bytes_in_the_secondary_
     args.extend(["--presigned-post".into(), post.display().to_string()]);
     args.extend(["--secondary-dir".into(), secondary.display().to_string()]);
     set_flag(&mut args, "--drain-deadline", "3s");
-    let mut d = Daemon::spawn(&args, env.dir.path());
+    // Each refused attempt is logged at debug level (a failing output warns once a minute).
+    let mut cmd = logship_cmd();
+    cmd.env("LOGSHIP_LOG", "info,logship=debug");
+    let mut d = Daemon::spawn_cmd(cmd, &args, env.dir.path());
     d.wait_until("S3 refuses the upload (403) at least twice", T, || {
         d.stderr().matches("403").count() >= 2
     });
