@@ -8,6 +8,9 @@
 //! `https://...` with a certificate and key: TLS as real S3 endpoints have it), then serves until
 //! killed.
 
+#[path = "../tests/it/common/atomic_requests.rs"]
+mod atomic_requests;
+
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
 
@@ -32,21 +35,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("{scheme}://{}", listener.local_addr()?);
     loop {
         let (socket, _) = listener.accept().await?;
-        // Each request is handled to its end in a task of its own: hyper drops a handler whose
-        // client went away, and s3s-fs writes an object in steps (bytes, then metadata), so a
-        // client killed right after its body could leave an object without its metadata, which
-        // real S3 (an atomic PUT) never does.
-        let service = {
-            let service = service.clone();
-            hyper::service::service_fn(move |req| {
-                let service = service.clone();
-                async move {
-                    tokio::spawn(async move { hyper::service::Service::call(&service, req).await })
-                        .await
-                        .expect("request handler")
-                }
-            })
-        };
+        // Each request handled to its end, as real S3's atomic PUT (see the function).
+        let service = atomic_requests::atomic_requests(service.clone());
         let tls = tls.clone();
         tokio::spawn(async move {
             let builder = ConnBuilder::new(TokioExecutor::new());

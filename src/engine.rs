@@ -320,17 +320,8 @@ async fn run_config(
 /// going. It holds no secret: credentials come from the environment. Failing to write it is
 /// logged; the run does not depend on it.
 fn save_config(config: &Config) {
-    use std::io::Write;
     let path = config.buffer.dir.join(crate::resend::CONFIG_FILE);
-    let tmp = crate::fsutil::temp_path_for(&path);
-    let written = crate::fsutil::private_file()
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(config.to_toml().as_bytes()))
-        .and_then(|()| std::fs::rename(&tmp, &path));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
+    if let Err(e) = crate::fsutil::write_atomic(&path, config.to_toml().as_bytes(), false) {
         tracing::warn!(file = %path.display(), error = %e, "cannot save the configuration in the buffer directory; `logship resend` will not find it");
     }
 }

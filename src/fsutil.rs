@@ -19,23 +19,15 @@ pub fn private_file() -> OpenOptions {
 /// of 1,024 under a much higher hard one, and every followed file holds a descriptor until it
 /// is let go. Returns the soft limit now in force.
 pub fn raise_open_file_limit() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we own; setrlimit reads it.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 0;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                return raised.rlim_cur;
-            }
+    let Some(lim) = open_file_rlimit() else { return 0 };
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return raised.rlim_cur;
         }
     }
     lim.rlim_cur
@@ -43,15 +35,17 @@ pub fn raise_open_file_limit() -> u64 {
 
 /// The soft limit of open files now in force (0 when it cannot be read).
 pub fn open_file_limit() -> u64 {
+    open_file_rlimit().map_or(0, |l| l.rlim_cur)
+}
+
+/// `RLIMIT_NOFILE`, soft and hard.
+fn open_file_rlimit() -> Option<libc::rlimit> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes into the struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return 0;
-    }
-    lim.rlim_cur
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0).then_some(lim)
 }
 
 /// Opens a file to read without updating its access time (`O_NOATIME`), where the kernel

@@ -36,23 +36,33 @@ pub struct EscapingWriter<W> {
 /// `buf` with its control characters escaped, but for a final line feed (and tabs; escape
 /// characters too when `ansi`).
 pub fn escape_event(buf: &[u8], ansi: bool) -> Vec<u8> {
-    let (body, end) = match buf.strip_suffix(b"\n") {
-        Some(b) => (b, &b"\n"[..]),
-        None => (buf, &b""[..]),
+    // An event is formatted into a `String`: valid UTF-8.
+    let text = String::from_utf8_lossy(buf);
+    let (body, end) = match text.strip_suffix('\n') {
+        Some(b) => (b, "\n"),
+        None => (&*text, ""),
     };
-    let mut out = Vec::with_capacity(buf.len() + 8);
-    for &b in body {
-        match b {
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.push(b),
-            0x1b if ansi => out.push(b),
-            0..=0x1f | 0x7f => out.extend_from_slice(format!("\\u{{{b:02x}}}").as_bytes()),
-            _ => out.push(b),
+    let mut out = String::with_capacity(buf.len() + 8);
+    escape_controls(body, ansi, &mut out);
+    out.push_str(end);
+    out.into_bytes()
+}
+
+/// Appends `text` to `out` with its control characters escaped: a line feed or carriage return
+/// as `\n` / `\r`, others as `\u{..}`; tabs are kept, and so are escape characters with
+/// `keep_esc` (a terminal's colour codes). Text from others (file names, keys) can then
+/// neither split a line nor forge one, in the log or in the summary.
+pub fn escape_controls(text: &str, keep_esc: bool, out: &mut String) {
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push(c),
+            '\x1b' if keep_esc => out.push(c),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:02x}}}", c as u32)),
+            c => out.push(c),
         }
     }
-    out.extend_from_slice(end);
-    out
 }
 
 impl<W: Write> Write for EscapingWriter<W> {

@@ -26,15 +26,7 @@ pub const EXIT_UNDELIVERED: i32 = 4;
 /// inside it (a file name can hold any) is escaped, so it cannot split the line or forge
 /// another.
 fn line(s: &mut String, text: String) {
-    for c in text.chars() {
-        match c {
-            '\n' => s.push_str("\\n"),
-            '\r' => s.push_str("\\r"),
-            '\t' => s.push(c),
-            c if c.is_control() => s.push_str(&format!("\\u{{{:02x}}}", c as u32)),
-            c => s.push(c),
-        }
-    }
+    crate::log_writer::escape_controls(&text, false, s);
     s.push('\n');
 }
 

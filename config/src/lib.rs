@@ -1463,6 +1463,15 @@ fn validate_s3(i: usize, s3: &S3Settings) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// CloudWatch's rule for log group names: 1 to 512 characters of a-z, A-Z, 0-9, '.', '-', '_',
+/// '/' and '#' (what the injector's webhook checks in an annotation too).
+pub fn is_log_group_name(name: &str) -> bool {
+    (1..=512).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/' | '#'))
+}
+
 /// An endpoint is an `http://` or `https://` URL with a host: without the scheme the SDK's
 /// requests fail one by one, retried for as long as the retry timeout allows.
 fn check_endpoint(key: String, e: &str) -> Result<(), ConfigError> {
@@ -1490,10 +1499,9 @@ fn validate_cloudwatch(i: usize, cw: &CloudWatchSettings) -> Result<(), ConfigEr
             "required for type = \"cloudwatch\"",
         ));
     }
-    // CloudWatch's rule for group names; a `${NAME}` not yet expanded (a config built for a
-    // pod, by the injector) is checked where it runs.
-    let group_chars = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/' | '#');
-    if !cw.log_group.contains("${") && (cw.log_group.len() > 512 || !cw.log_group.chars().all(group_chars)) {
+    // A `${NAME}` not yet expanded (a config built for a pod, by the injector) is checked where
+    // it runs.
+    if !cw.log_group.contains("${") && !is_log_group_name(&cw.log_group) {
         return Err(invalid(
             format!("output[{i}].cloudwatch.log_group"),
             format!(

@@ -131,11 +131,7 @@ fn annotation_destination(v: &str, d: &logship_config::destination::Destination)
             }
         }
         Destination::CloudWatch { group, .. } => {
-            let ok = (1..=512).contains(&group.len())
-                && group
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/' | '#'));
-            if !ok {
+            if !logship_config::is_log_group_name(group) {
                 return Err(format!("{group:?} is not a CloudWatch log group name"));
             }
         }

@@ -233,12 +233,12 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
 impl CloudWatchSink {
     /// Builds the output (loads the AWS configuration).
     pub async fn new(settings: &CloudWatchSettings, rule: RecordRule) -> Result<CloudWatchSink, super::SetupError> {
-        let (shared, timeouts) = super::aws_config(settings.region.as_deref(), Duration::from_secs(60)).await?;
-        if settings.endpoint.is_none()
-            && let Some(region) = shared.region()
-        {
-            super::preflight::aws_endpoint_resolves("logs", region.as_ref()).await?;
-        }
+        let (shared, timeouts) = super::aws_config(
+            settings.region.as_deref(),
+            Duration::from_secs(60),
+            settings.endpoint.is_none().then_some("logs"),
+        )
+        .await?;
         let mut b = aws_sdk_cloudwatchlogs::config::Builder::from(&shared).timeout_config(timeouts);
         if let Some(e) = &settings.endpoint {
             b = b.endpoint_url(e);

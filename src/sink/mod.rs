@@ -54,11 +54,6 @@ impl DeliveryError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, DeliveryError::Retryable(_))
     }
-
-    /// Whether the chunk must wait for new credentials.
-    pub fn is_credentials(&self) -> bool {
-        matches!(self, DeliveryError::Credentials(_))
-    }
 }
 
 /// Every key a chunk may take (its `%{index}` moved on as far as it goes) holds other data:
@@ -145,10 +140,13 @@ fn credential_source_configured() -> bool {
 ///
 /// A missing region, or a chain in which no provider has credentials at all, is refused here,
 /// at start, in one line: retrying cannot supply them. A provider that fails for a reason that
-/// may pass (STS unreachable, IMDS slow) is only logged; each delivery resolves again.
+/// may pass (STS unreachable, IMDS slow) is only logged; each delivery resolves again. With
+/// `sdk_host` (the service's host prefix, `s3` or `logs`: the output names no endpoint), the
+/// SDK's own host for the region must resolve ([`preflight::aws_endpoint_resolves`]).
 pub(crate) async fn aws_config(
     region: Option<&str>,
     attempt: std::time::Duration,
+    sdk_host: Option<&str>,
 ) -> Result<(aws_config::SdkConfig, aws_config::timeout::TimeoutConfig), SetupError> {
     use aws_credential_types::provider::{ProvideCredentials, error::CredentialsError};
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
@@ -178,6 +176,9 @@ pub(crate) async fn aws_config(
         Err(e) => {
             tracing::warn!(error = %error_chain(&e), "cannot get AWS credentials yet; each delivery tries again")
         }
+    }
+    if let (Some(service), Some(region)) = (sdk_host, shared.region()) {
+        preflight::aws_endpoint_resolves(service, region.as_ref()).await?;
     }
     Ok((shared, timeouts))
 }

@@ -25,9 +25,10 @@ pub async fn check(config: &OutputConfig) -> Result<(), SetupError> {
     match &config.kind {
         OutputKind::S3(s3) => {
             if let Some(post_path) = &s3.presigned_post {
-                let post = PresignedPost::load(post_path).map_err(|e| SetupError::PresignedPost(e.to_string()))?;
-                let found = presigned_post::mismatches(post_path, s3.bucket.as_deref(), Some(&key_prefix(config)))
-                    .map_err(|e| SetupError::PresignedPost(e.to_string()))?;
+                let unusable = |e: presigned_post::PostError| SetupError::PresignedPost(e.to_string());
+                let post = PresignedPost::load(post_path).map_err(unusable)?;
+                let policy = post.policy(post_path).map_err(unusable)?;
+                let found = presigned_post::mismatches(&post, &policy, s3.bucket.as_deref(), Some(&key_prefix(config)));
                 if !found.is_empty() {
                     return Err(SetupError::PresignedPost(format!(
                         "presigned POST file {}: {}",

@@ -504,17 +504,20 @@ pub fn problems(
     if now + chrono::Duration::from_std(margin).unwrap_or_default() >= policy.expiration {
         v.push(format!("expired at {}", policy.expiration.to_rfc3339()));
     }
-    v.extend(mismatches(path, bucket, key_prefix)?);
+    v.extend(mismatches(&post, &policy, bucket, key_prefix));
     Ok(v)
 }
 
-/// [`problems`] that a refreshed file cannot fix (all but expiry): the output starts only
-/// without them.
-pub fn mismatches(path: &Path, bucket: Option<&str>, key_prefix: Option<&str>) -> Result<Vec<String>, PostError> {
-    let post = PresignedPost::load(path)?;
-    let policy = post.policy(path)?;
+/// [`problems`] of the loaded `post` (with its decoded `policy`) that a refreshed file cannot
+/// fix (all but expiry): the output starts only without them.
+pub fn mismatches(
+    post: &PresignedPost,
+    policy: &Policy,
+    bucket: Option<&str>,
+    key_prefix: Option<&str>,
+) -> Vec<String> {
     let mut v = Vec::new();
-    if let (Some(want), Some(got)) = (bucket, post.bucket(&policy))
+    if let (Some(want), Some(got)) = (bucket, post.bucket(policy))
         && want != got
     {
         v.push(format!(
@@ -557,7 +560,7 @@ pub fn mismatches(path: &Path, bucket: Option<&str>, key_prefix: Option<&str>) -
     if token.is_some() && !token_covered {
         v.push("sends x-amz-security-token, but its policy has no condition for it (S3 refuses extra fields)".into());
     }
-    Ok(v)
+    v
 }
 
 fn hidden_or(field: &str, value: &str) -> String {

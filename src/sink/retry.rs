@@ -120,37 +120,34 @@ where
     let mut refused_since: Option<tokio::time::Instant> = None;
     loop {
         match with_backoff(&mut attempt, key, config, (retries, log), deliveries).await {
-            Err(DeliveryError::Refused(e)) => {
-                let since = *refused_since.get_or_insert_with(tokio::time::Instant::now);
-                let left = REFUSED_FOR.saturating_sub(since.elapsed());
-                if left.is_zero() {
-                    return Err(DeliveryError::Refused(format!(
-                        "{e} (refused for {}s: no retry fixes that)",
-                        since.elapsed().as_secs()
-                    )));
-                }
-                retries.fetch_add(1, Ordering::Relaxed);
-                let jittered = wait.mul_f64(0.5 + fastrand::f64() / 2.0).min(left);
-                log.failed(
-                    key,
-                    &DeliveryError::Refused(e),
-                    jittered,
-                    "the destination refused the chunk, which is tried again for at most a minute",
-                );
-                sleep_unless_paused(jittered, deliveries.clone()).await;
-                wait = (wait * 2).min(CREDENTIALS_MAX_WAIT);
-            }
-            Err(e) if e.is_credentials() => {
+            Err(e @ (DeliveryError::Refused(_) | DeliveryError::Credentials(_))) => {
+                // A refusal is tried again for `REFUSED_FOR` at most; credentials (the kubelet
+                // brings a refreshed presigned POST) for as long as it takes.
+                let (left, what) = match &e {
+                    DeliveryError::Refused(msg) => {
+                        let since = *refused_since.get_or_insert_with(tokio::time::Instant::now);
+                        let left = REFUSED_FOR.saturating_sub(since.elapsed());
+                        if left.is_zero() {
+                            return Err(DeliveryError::Refused(format!(
+                                "{msg} (refused for {}s: no retry fixes that)",
+                                since.elapsed().as_secs()
+                            )));
+                        }
+                        (
+                            left,
+                            "the destination refused the chunk, which is tried again for at most a minute",
+                        )
+                    }
+                    _ => (
+                        Duration::MAX,
+                        "cannot upload with the current credentials; the chunk is kept",
+                    ),
+                };
                 retries.fetch_add(1, Ordering::Relaxed);
                 // Jittered (half to the full wait), so the executors of a job whose credentials
                 // expired together do not all come back in the same instant.
-                let jittered = wait.mul_f64(0.5 + fastrand::f64() / 2.0);
-                log.failed(
-                    key,
-                    &e,
-                    jittered,
-                    "cannot upload with the current credentials; the chunk is kept",
-                );
+                let jittered = wait.mul_f64(0.5 + fastrand::f64() / 2.0).min(left);
+                log.failed(key, &e, jittered, what);
                 sleep_unless_paused(jittered, deliveries.clone()).await;
                 wait = (wait * 2).min(CREDENTIALS_MAX_WAIT);
             }

@@ -51,13 +51,12 @@ impl S3Sink {
                     .expect("HTTP client"),
             },
             None => {
-                let (shared, timeouts) =
-                    super::aws_config(settings.region.as_deref(), settings.request_timeout.get()).await?;
-                if settings.endpoint.is_none()
-                    && let Some(region) = shared.region()
-                {
-                    super::preflight::aws_endpoint_resolves("s3", region.as_ref()).await?;
-                }
+                let (shared, timeouts) = super::aws_config(
+                    settings.region.as_deref(),
+                    settings.request_timeout.get(),
+                    settings.endpoint.is_none().then_some("s3"),
+                )
+                .await?;
                 let mut b = aws_sdk_s3::config::Builder::from(&shared)
                     .force_path_style(settings.force_path_style)
                     .timeout_config(timeouts);

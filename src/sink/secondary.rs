@@ -62,19 +62,8 @@ pub fn write_record(file: &Path, record: &SecondaryRecord) -> Result<(), Seconda
         source,
     };
     crate::fsutil::private_dir(&dir).map_err(err)?;
-    let tmp = crate::fsutil::temp_path_for(&path);
     let text = serde_json::to_vec_pretty(record).map_err(|e| err(io::Error::other(e)))?;
-    let mut f = crate::fsutil::private_file()
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(err)?;
-    io::Write::write_all(&mut f, &text)
-        .and_then(|_| fs::rename(&tmp, &path))
-        .map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            err(e)
-        })
+    crate::fsutil::write_atomic(&path, &text, false).map_err(err)
 }
 
 /// Reads the record of `file`: `None` when it has none.

@@ -1,6 +1,7 @@
 //! Test harness: runs the real `logship` binary as a process on real files, and reads what the
 //! directory output wrote. Waits are on conditions with generous timeouts, never fixed sleeps.
 
+pub mod atomic_requests;
 pub mod moto;
 pub mod python;
 pub mod s3;

@@ -2,7 +2,6 @@
 //! s3s-fs (objects as files), with authentication on, listening on 127.0.0.1. It stops when
 //! dropped.
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -65,28 +64,6 @@ impl s3s::access::S3Access for Recorder {
     }
 }
 
-/// `service` with each request handled to its end in a task of its own. hyper drops a request's
-/// handler when its client goes away; s3s-fs writes an object in steps (its bytes, then its
-/// metadata), so a client killed right after sending a body could leave an object without its
-/// metadata: what real S3, whose PUT is atomic, never does (a crash test's `kill -9` found it).
-fn atomic_requests(
-    service: s3s::service::S3Service,
-) -> impl hyper::service::Service<
-    http::Request<hyper::body::Incoming>,
-    Response = s3s::HttpResponse,
-    Error = s3s::HttpError,
-    Future = impl Future<Output = Result<s3s::HttpResponse, s3s::HttpError>> + Send,
-> + Clone {
-    hyper::service::service_fn(move |req| {
-        let service = service.clone();
-        async move {
-            tokio::spawn(async move { hyper::service::Service::call(&service, req).await })
-                .await
-                .expect("request handler")
-        }
-    })
-}
-
 impl S3Server {
     /// Starts a server with the given buckets.
     pub fn start(buckets: &[&str]) -> S3Server {
@@ -123,7 +100,7 @@ impl S3Server {
                 let Ok((socket, _)) = listener.accept().await else {
                     continue;
                 };
-                let service = atomic_requests(service.clone());
+                let service = super::atomic_requests::atomic_requests(service.clone());
                 tokio::spawn(async move {
                     let _ = ConnBuilder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(socket), service)
